@@ -1,0 +1,197 @@
+"""The ``dicom-gateway`` command line.
+
+Commands (a contract other tools and users rely on)::
+
+    dicom-gateway serve --config FILE
+    dicom-gateway check-config FILE
+    dicom-gateway spool list|retry|purge --config FILE [...]
+    dicom-gateway demo [--out DIR] [--serve]
+
+Errors are one line on stderr and a non-zero exit code (2: configuration, 1: anything else);
+set ``DICOM_GATEWAY_DEBUG=1`` to see a traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, GatewayError
+
+__all__ = ["main"]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .gateway import Gateway
+
+    config = load_config(args.config)
+    _setup_logging(config.log_level)
+    gateway = Gateway(config)
+    try:
+        gateway.start()
+    except OSError as exc:
+        gateway.stop()
+        raise GatewayError(f"cannot start: {exc.strerror or exc}") from None
+
+    def _term(signum: int, frame: object) -> None:
+        logging.getLogger(__name__).info("signal %d: stopping", signum)
+        gateway._stop.set()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    gateway.wait()
+    gateway.stop()
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    config = load_config(args.file)
+    print(f"{args.file}: OK: {len(config.partners)} partner(s), {len(config.routes)} route(s), "
+          f"{len(config.profiles)} profile(s), no_route={config.no_route.action}")
+    return 0
+
+
+def _spool(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .config import load_config
+    from .spool import Spool
+
+    config = load_config(args.config)
+    return Spool(config.gateway.spool_dir)
+
+
+def _cmd_spool_list(args: argparse.Namespace) -> int:
+    spool = _spool(args)
+    now = time.time()
+    states = [args.state] if args.state else ["inbox", "work", "outbox", "failed", "quarantine"]
+    total = 0
+    print(f"{'STATE':<11} {'PARTNER/STUDY':<24} {'AGE_S':>8} {'TRIES':>5}  NAME  REASON")
+    for state in states:
+        for group, entry in spool.entries(state, args.partner):
+            info = entry.read_json(".reason.json") or entry.read_json(".state.json")
+            age = now - entry.path.stat().st_mtime if entry.path.exists() else 0.0
+            tries = info.get("attempts", "")
+            reason = info.get("reason", "")
+            message = info.get("message", info.get("last_error", ""))
+            print(f"{state:<11} {group[:24]:<24} {age:>8.0f} {tries!s:>5}  {entry.name}  "
+                  f"{reason}{': ' + message if message else ''}")
+            total += 1
+    print(f"{total} entr{'y' if total == 1 else 'ies'}")
+    return 0
+
+
+def _selected(spool, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    for group, entry in list(spool.entries(args.state, args.partner)):
+        if args.names and entry.name not in args.names:
+            continue
+        if getattr(args, "older_than", None) and time.time() - entry.path.stat().st_mtime < args.older_than:
+            continue
+        yield group, entry
+
+
+def _cmd_spool_retry(args: argparse.Namespace) -> int:
+    spool = _spool(args)
+    n = 0
+    for group, entry in _selected(spool, args):
+        spool.requeue(args.state, entry, group)
+        n += 1
+    where = "outbox (delivery)" if args.state == "failed" else "inbox (protection)"
+    print(f"requeued {n} entr{'y' if n == 1 else 'ies'} from {args.state}/ to the {where}; "
+          "a running gateway picks them up within gateway.rescan_seconds")
+    return 0
+
+
+def _cmd_spool_purge(args: argparse.Namespace) -> int:
+    spool = _spool(args)
+    n = 0
+    for _, entry in _selected(spool, args):
+        spool.purge(args.state, entry)
+        n += 1
+    print(f"purged {n} entr{'y' if n == 1 else 'ies'} from {args.state}/")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    _setup_logging("WARNING" if not args.verbose else "INFO")
+    return run_demo(Path(args.out), serve=args.serve, data_dir=args.data_dir)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dicom-gateway", description="DICOM egress gateway")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", required=True, help="YAML configuration file")
+    s.set_defaults(func=_cmd_serve)
+
+    c = sub.add_parser("check-config", help="validate a configuration file")
+    c.add_argument("file")
+    c.set_defaults(func=_cmd_check_config)
+
+    sp = sub.add_parser("spool", help="inspect and repair the spool")
+    ssub = sp.add_subparsers(dest="spool_command", required=True)
+    ls = ssub.add_parser("list", help="list spooled entries")
+    ls.add_argument("--config", required=True)
+    ls.add_argument("--state", choices=["inbox", "work", "outbox", "failed", "quarantine"])
+    ls.add_argument("--partner")
+    ls.set_defaults(func=_cmd_spool_list)
+    for name, func, helptext in (("retry", _cmd_spool_retry, "requeue failed/quarantined entries"),
+                                 ("purge", _cmd_spool_purge, "delete failed/quarantined entries")):
+        x = ssub.add_parser(name, help=helptext)
+        x.add_argument("--config", required=True)
+        x.add_argument("--state", choices=["failed", "quarantine"], default="failed")
+        x.add_argument("--partner")
+        x.add_argument("names", nargs="*", help="entry names (default: all matching)")
+        if name == "purge":
+            x.add_argument("--older-than", type=float, metavar="SECONDS")
+        x.set_defaults(func=func)
+
+    d = sub.add_parser("demo", help="run gateway + local partner and send a sample study")
+    d.add_argument("--out", default="demo-out", help="where spool and partner output go")
+    d.add_argument("--data-dir", default=os.environ.get("DICOM_GATEWAY_DATA"),
+                   help="shared data directory (uses its real CT series when present)")
+    d.add_argument("--serve", action="store_true", help="keep running after the study arrived")
+    d.add_argument("-v", "--verbose", action="store_true")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"dicom-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"dicom-gateway: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("DICOM_GATEWAY_DEBUG") == "1":
+            raise
+        print(f"dicom-gateway: internal error: {type(exc).__name__}: {exc} "
+              "(set DICOM_GATEWAY_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""Configuration: one YAML file, validated fully at load into frozen typed objects.
+
+Every error names the file, the key path and the problem (:class:`~.errors.ConfigError`).
+Unknown keys are errors too: a typo must not silently fall back to a default. Relative paths
+are resolved against the directory of the configuration file. The keys, defaults and meaning
+are documented in ``config/gateway.example.yaml``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .route import Matcher, Route, parse_matcher, tag_from_key
+
+__all__ = [
+    "Config",
+    "GatewayConfig",
+    "ListenConfig",
+    "MetricsConfig",
+    "NoRoute",
+    "PartnerConfig",
+    "ProfileConfig",
+    "RetryConfig",
+    "load_config",
+    "parse_config",
+]
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 §6.2: AE, no backslash, <= 16
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """Exponential backoff with jitter, bounded (dcm4chee's default: 30 s doubling to 10 min)."""
+
+    initial_seconds: float = 30.0
+    multiplier: float = 2.0
+    max_seconds: float = 600.0
+    max_attempts: int = 10
+    jitter: float = 0.2
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    ae_title: str
+    listen: ListenConfig
+    allowed_callers: tuple[str, ...]
+    spool_dir: Path
+    max_associations: int = 10
+    study_stable_seconds: float = 30.0
+    max_pdu_bytes: int = 0
+    acse_timeout_seconds: float = 30.0
+    dimse_timeout_seconds: float = 60.0
+    network_timeout_seconds: float = 60.0
+    rescan_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool
+    listen: ListenConfig
+
+
+@dataclass(frozen=True)
+class PartnerConfig:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str
+    associations: int = 2
+    max_pdu_bytes: int = 0
+    connect_timeout_seconds: float = 5.0
+    acse_timeout_seconds: float = 10.0
+    dimse_timeout_seconds: float = 10.0
+    idle_release_seconds: float = 10.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """A protection profile: a method and its settings, chosen by routes."""
+
+    name: str
+    method: str
+    require_pixel_data: bool
+    on_unprotectable: str  # "quarantine" (default, fail closed) or "forward"
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class NoRoute:
+    """What to do with an instance no route matches: reject, discard, or send to a partner."""
+
+    action: str  # "reject" | "discard" | "forward"
+    partner: str | None = None
+    profile: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    gateway: GatewayConfig
+    metrics: MetricsConfig
+    profiles: Mapping[str, ProfileConfig]
+    partners: Mapping[str, PartnerConfig]
+    routes: tuple[Route, ...]
+    no_route: NoRoute
+    log_level: str = "INFO"
+
+
+class _Reader:
+    """Walks a YAML mapping while tracking the key path for error messages."""
+
+    def __init__(self, source: str, data: Any, path: str = "") -> None:
+        self.source, self.data, self.path = source, data, path
+
+    def error(self, problem: str, key: str | None = None) -> ConfigError:
+        return ConfigError(self.source, self._join(key) if key is not None else self.path, problem)
+
+    def _join(self, key: str | int) -> str:
+        if isinstance(key, int):
+            return f"{self.path}[{key}]"
+        return f"{self.path}.{key}" if self.path else key
+
+    def mapping(self, allowed: Sequence[str]) -> _Reader:
+        if self.data is None:
+            self.data = {}
+        if not isinstance(self.data, Mapping):
+            raise self.error(f"expected a mapping, got {type(self.data).__name__}")
+        for key in self.data:
+            if key not in allowed:
+                raise self.error(f"unknown key (allowed: {', '.join(allowed)})", str(key))
+        return self
+
+    def child(self, key: str | int) -> _Reader:
+        if isinstance(key, int):
+            value = self.data[key]
+        else:
+            value = self.data.get(key) if isinstance(self.data, Mapping) else None
+        return _Reader(self.source, value, self._join(key))
+
+    def has(self, key: str) -> bool:
+        return isinstance(self.data, Mapping) and self.data.get(key) is not None
+
+    def has_data(self) -> bool:
+        return self.data is not None
+
+    def get(self, key: str, kind: type, default: Any = ..., *, check: Any = None) -> Any:
+        if not self.has(key):
+            if default is ...:
+                raise self.error("required key is missing", key)
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if (kind is not bool and isinstance(value, bool)) or not isinstance(value, kind):
+            raise self.error(f"expected {kind.__name__}, got {type(value).__name__}", key)
+        if check is not None:
+            problem = check(value)
+            if problem:
+                raise self.error(problem, key)
+        return value
+
+    def items(self) -> list[_Reader]:
+        if not isinstance(self.data, list):
+            raise self.error(f"expected a list, got {type(self.data).__name__}")
+        return [self.child(i) for i in range(len(self.data))]
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or greater"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a TCP port between 0 and 65535"
+
+
+def _ae(value: str) -> str | None:
+    ok = _AE_RE.match(value) and value.strip()
+    return None if ok else "must be a DICOM AE title: 1-16 printable characters, no backslash"
+
+
+def _name(value: str) -> str | None:
+    return None if _NAME_RE.match(value) else "must match [a-z0-9][a-z0-9_.-]* (used in paths and metric labels)"
+
+
+def _listen(r: _Reader, default_host: str, default_port: int) -> ListenConfig:
+    r.mapping(["host", "port"])
+    return ListenConfig(r.get("host", str, default_host), r.get("port", int, default_port, check=_port))
+
+
+def _retry(r: _Reader, base: RetryConfig) -> RetryConfig:
+    r.mapping(["initial_seconds", "multiplier", "max_seconds", "max_attempts", "jitter"])
+    retry = RetryConfig(
+        initial_seconds=r.get("initial_seconds", float, base.initial_seconds, check=_positive),
+        multiplier=r.get("multiplier", float, base.multiplier,
+                         check=lambda v: None if v >= 1 else "must be 1 or greater"),
+        max_seconds=r.get("max_seconds", float, base.max_seconds, check=_positive),
+        max_attempts=r.get("max_attempts", int, base.max_attempts, check=_positive),
+        jitter=r.get("jitter", float, base.jitter,
+                     check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+    )
+    if retry.max_seconds < retry.initial_seconds:
+        raise r.error("max_seconds must not be smaller than initial_seconds", "max_seconds")
+    return retry
+
+
+def _gateway(r: _Reader, base_dir: Path) -> GatewayConfig:
+    r.mapping(["ae_title", "listen", "allowed_callers", "spool_dir", "max_associations",
+               "study_stable_seconds", "max_pdu_bytes", "acse_timeout_seconds",
+               "dimse_timeout_seconds", "network_timeout_seconds", "rescan_seconds"])
+    callers_r = r.child("allowed_callers")
+    if not r.has("allowed_callers"):
+        raise r.error("required key is missing (list the AE titles allowed to send)", "allowed_callers")
+    callers = tuple(c.get_scalar(str, _ae) for c in _scalars(callers_r))
+    if not callers:
+        raise callers_r.error("must list at least one calling AE title")
+    return GatewayConfig(
+        ae_title=r.get("ae_title", str, check=_ae),
+        listen=_listen(r.child("listen"), "127.0.0.1", 11112),
+        allowed_callers=callers,
+        spool_dir=base_dir / r.get("spool_dir", str),
+        max_associations=r.get("max_associations", int, 10, check=_positive),
+        study_stable_seconds=r.get("study_stable_seconds", float, 30.0, check=_non_negative),
+        max_pdu_bytes=r.get("max_pdu_bytes", int, 0, check=_non_negative),
+        acse_timeout_seconds=r.get("acse_timeout_seconds", float, 30.0, check=_positive),
+        dimse_timeout_seconds=r.get("dimse_timeout_seconds", float, 60.0, check=_positive),
+        network_timeout_seconds=r.get("network_timeout_seconds", float, 60.0, check=_positive),
+        rescan_seconds=r.get("rescan_seconds", float, 5.0, check=_positive),
+    )
+
+
+class _Scalar(_Reader):
+    def get_scalar(self, kind: type, check: Any = None) -> Any:
+        if not isinstance(self.data, kind) or isinstance(self.data, bool):
+            raise self.error(f"expected {kind.__name__}, got {type(self.data).__name__}")
+        problem = check(self.data) if check else None
+        if problem:
+            raise self.error(problem)
+        return self.data
+
+
+def _scalars(r: _Reader) -> list[_Scalar]:
+    return [_Scalar(c.source, c.data, c.path) for c in r.items()]
+
+
+def _partner(r: _Reader, gateway_ae: str, retry: RetryConfig) -> PartnerConfig:
+    r.mapping(["name", "ae_title", "host", "port", "calling_ae_title", "associations",
+               "max_pdu_bytes", "connect_timeout_seconds", "acse_timeout_seconds",
+               "dimse_timeout_seconds", "idle_release_seconds", "retry"])
+    return PartnerConfig(
+        name=r.get("name", str, check=_name),
+        ae_title=r.get("ae_title", str, check=_ae),
+        host=r.get("host", str),
+        port=r.get("port", int, check=_port),
+        calling_ae_title=r.get("calling_ae_title", str, gateway_ae, check=_ae),
+        associations=r.get("associations", int, 2, check=_positive),
+        max_pdu_bytes=r.get("max_pdu_bytes", int, 0, check=_non_negative),
+        connect_timeout_seconds=r.get("connect_timeout_seconds", float, 5.0, check=_positive),
+        acse_timeout_seconds=r.get("acse_timeout_seconds", float, 10.0, check=_positive),
+        dimse_timeout_seconds=r.get("dimse_timeout_seconds", float, 10.0, check=_positive),
+        idle_release_seconds=r.get("idle_release_seconds", float, 10.0, check=_positive),
+        retry=_retry(r.child("retry"), retry) if r.has("retry") else retry,
+    )
+
+
+def _profile(name: str, r: _Reader) -> ProfileConfig:
+    from .protect import method_names, validate_options
+
+    if not isinstance(r.data, Mapping):
+        raise r.error("expected a mapping with at least 'method'")
+    method = r.get("method", str, check=lambda m: None if m in method_names()
+                   else f"unknown method {m!r} (available: {', '.join(method_names())})")
+    common = {"method", "require_pixel_data", "on_unprotectable"}
+    options = {k: v for k, v in r.data.items() if k not in common}
+    problem = validate_options(method, options)
+    if problem:
+        key, text = problem
+        raise r.error(text, key)
+    return ProfileConfig(
+        name=name,
+        method=method,
+        require_pixel_data=r.get("require_pixel_data", bool, method != "none"),
+        on_unprotectable=r.get("on_unprotectable", str, "quarantine",
+                               check=lambda v: None if v in ("quarantine", "forward")
+                               else "must be 'quarantine' or 'forward'"),
+        options=options,
+    )
+
+
+_MATCH_KEYS = ("calling_ae", "called_ae", "modality", "sop_class_uid", "tags")
+
+
+def _route(r: _Reader, partners: Mapping[str, PartnerConfig],
+           profiles: Mapping[str, ProfileConfig]) -> Route:
+    r.mapping(["name", "match", "to", "profile", "stop"])
+    name = r.get("name", str, check=_name)
+    m = r.child("match").mapping(_MATCH_KEYS)
+    matchers: list[tuple[str, Any, Matcher]] = []
+    for key in _MATCH_KEYS[:-1]:
+        if m.has(key):
+            matchers.append((key, None, _matcher(m.child(key))))
+    if m.has("tags"):
+        tags = m.child("tags")
+        if not isinstance(tags.data, Mapping):
+            raise tags.error("expected a mapping of DICOM keyword or 'GGGG,EEEE' to a value")
+        for key in tags.data:
+            try:
+                tag = tag_from_key(str(key))
+            except ValueError as exc:
+                raise tags.error(str(exc), str(key)) from None
+            matchers.append(("tag", tag, _matcher(tags.child(key))))
+    to_r = r.child("to")
+    if not r.has("to"):
+        raise r.error("required key is missing (list of partner names)", "to")
+    to = tuple(s.get_scalar(str, lambda p: None if p in partners else f"unknown partner {p!r}")
+               for s in _scalars(to_r))
+    if not to:
+        raise to_r.error("must name at least one partner")
+    profile = r.get("profile", str, check=lambda p: None if p in profiles else f"unknown profile {p!r}")
+    return Route(name=name, matchers=tuple(matchers), to=to, profile=profile,
+                 stop=r.get("stop", bool, False))
+
+
+def _matcher(r: _Reader) -> Matcher:
+    try:
+        return parse_matcher(r.data)
+    except ValueError as exc:
+        raise r.error(str(exc)) from None
+
+
+def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config:
+    """Validate a parsed YAML document and return the :class:`Config` it describes."""
+    base = base_dir if base_dir is not None else Path.cwd()
+    root = _Reader(source, data).mapping(
+        ["gateway", "metrics", "retry", "profiles", "partners", "routes", "no_route", "log_level"])
+    gateway = _gateway(root.child("gateway"), base)
+    mr = root.child("metrics").mapping(["enabled", "listen"])
+    metrics = MetricsConfig(mr.get("enabled", bool, True), _listen(mr.child("listen"), "127.0.0.1", 9108))
+    retry = _retry(root.child("retry"), RetryConfig())
+
+    profiles: dict[str, ProfileConfig] = {"none": ProfileConfig("none", "none", False, "quarantine", {})}
+    pr = root.child("profiles")
+    if pr.has_data():
+        if not isinstance(pr.data, Mapping):
+            raise pr.error("expected a mapping of profile name to settings")
+        for pname in pr.data:
+            if _name(str(pname)):
+                raise pr.error(_name(str(pname)) or "", str(pname))
+            profiles[str(pname)] = _profile(str(pname), pr.child(pname))
+
+    partners: dict[str, PartnerConfig] = {}
+    for item in root.child("partners").items() if root.has("partners") else []:
+        partner = _partner(item, gateway.ae_title, retry)
+        if partner.name in partners:
+            raise item.error(f"duplicate partner name {partner.name!r}", "name")
+        partners[partner.name] = partner
+
+    routes: list[Route] = []
+    for item in root.child("routes").items() if root.has("routes") else []:
+        route = _route(item, partners, profiles)
+        if any(x.name == route.name for x in routes):
+            raise item.error(f"duplicate route name {route.name!r}", "name")
+        routes.append(route)
+
+    no_route = _no_route(root, partners, profiles)
+    level = root.get("log_level", str, "INFO", check=lambda v: None if v in (
+        "DEBUG", "INFO", "WARNING", "ERROR") else "must be DEBUG, INFO, WARNING or ERROR")
+    return Config(source, gateway, metrics, profiles, partners, tuple(routes), no_route, level)
+
+
+def _no_route(root: _Reader, partners: Mapping[str, PartnerConfig],
+              profiles: Mapping[str, ProfileConfig]) -> NoRoute:
+    if not root.has("no_route"):
+        return NoRoute("reject")
+    value = root.data["no_route"]
+    r = root.child("no_route")
+    if value in ("reject", "discard"):
+        return NoRoute(str(value))
+    if isinstance(value, Mapping):
+        r.mapping(["partner", "profile"])
+        partner = r.get("partner", str, check=lambda p: None if p in partners else f"unknown partner {p!r}")
+        profile = r.get("profile", str, check=lambda p: None if p in profiles else f"unknown profile {p!r}")
+        return NoRoute("forward", partner, profile)
+    raise r.error("must be 'reject', 'discard' or {partner: NAME, profile: NAME}")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the YAML configuration at ``path``."""
+    p = Path(path)
+    source = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, "", f"invalid YAML: {where}{getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, source, p.resolve().parent)

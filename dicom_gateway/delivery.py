@@ -1,0 +1,214 @@
+"""Delivery: one outbox queue per partner, worker threads, and where a retry is decided.
+
+Each partner has its own queue and ``associations`` worker threads, each owning one
+:class:`~.forward.PartnerLink`; one partner being down never blocks another (decision 1).
+
+Retry policy (``docs/decisions/0004-retry-policy.md``): an entry's n-th failed attempt schedules
+the next one after ``min(max, initial * multiplier**(n-1))`` seconds, +/- ``jitter``. When the
+partner itself is unreachable (``scope == "partner"``), the whole partner is held for the same
+kind of growing delay and every entry that was due at that moment is charged one attempt: a
+down partner costs one probe per worker per hold period, not one connection per queued entry
+(no retry storm). After ``max_attempts`` an entry moves to ``failed/`` with the reason.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import PartnerConfig, RetryConfig
+from .errors import PartnerRefused, PartnerUnavailable
+from .forward import PartnerLink
+from .metrics import Metrics
+from .spool import Entry, Spool
+
+__all__ = ["PartnerQueue", "backoff_seconds"]
+
+_log = logging.getLogger(__name__)
+_seq = itertools.count()
+
+
+def backoff_seconds(retry: RetryConfig, attempts: int, rand: Callable[[], float] = random.random) -> float:
+    """Delay before the next try after ``attempts`` failures (attempts >= 1)."""
+    base = min(retry.max_seconds, retry.initial_seconds * retry.multiplier ** max(attempts - 1, 0))
+    return base * (1.0 + retry.jitter * (2.0 * rand() - 1.0))
+
+
+@dataclass(order=True)
+class _Item:
+    due: float
+    seq: int
+    entry: Entry = field(compare=False)
+    attempts: int = field(default=0, compare=False)
+    since: float = field(default_factory=time.time, compare=False)
+
+
+class PartnerQueue:
+    """The outbox of one partner: scheduling, workers, outcomes."""
+
+    def __init__(self, partner: PartnerConfig, spool: Spool, metrics: Metrics) -> None:
+        self.partner = partner
+        self._spool = spool
+        self._metrics = metrics
+        self._retry = partner.retry
+        self._cond = threading.Condition()
+        self._heap: list[_Item] = []
+        self._known: dict[str, _Item] = {}  # queued or in flight, by entry name
+        self._held_until = 0.0
+        self._partner_failures = 0
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        m = metrics
+        m.queue_depth.labels(partner=partner.name).set_function(lambda: len(self._known))
+        m.queue_oldest_age.labels(partner=partner.name).set_function(self._oldest_age)
+        m.partner_up.labels(partner=partner.name).set(1)
+        for result in ("success", "warning"):
+            m.forwarded_instances.labels(partner=partner.name, result=result)
+
+    # -- queueing ---------------------------------------------------------------------------
+    def add(self, entry: Entry) -> None:
+        """Queue a committed outbox entry (idempotent by name)."""
+        state = entry.read_json(".state.json")
+        with self._cond:
+            if entry.name in self._known:
+                return
+            delay = max(0.0, float(state.get("not_before", 0)) - time.time())
+            item = _Item(time.monotonic() + delay, next(_seq), entry, int(state.get("attempts", 0)))
+            try:
+                item.since = entry.path.stat().st_mtime
+            except FileNotFoundError:
+                return
+            self._known[entry.name] = item
+            heapq.heappush(self._heap, item)
+            self._cond.notify()
+
+    def rescan(self) -> None:
+        """Pick up entries placed by another process (``spool retry``) or left by a crash."""
+        for entry in self._spool.outbox_entries(self.partner.name):
+            self.add(entry)
+
+    def _oldest_age(self) -> float:
+        with self._cond:
+            oldest = min((i.since for i in self._known.values()), default=None)
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
+    def _next(self) -> _Item | None:
+        """Block until an entry is due and the partner is not held; None when stopping."""
+        with self._cond:
+            while not self._stopping:
+                now = time.monotonic()
+                if self._heap and now >= self._held_until and self._heap[0].due <= now:
+                    return heapq.heappop(self._heap)
+                wait = 1.0
+                if self._heap:
+                    wait = max(self._heap[0].due, self._held_until) - now
+                self._cond.wait(timeout=min(max(wait, 0.005), 1.0))
+            return None
+
+    # -- workers ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.rescan()
+        for i in range(self.partner.associations):
+            t = threading.Thread(target=self._work, name=f"forward-{self.partner.name}-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=self.partner.dimse_timeout_seconds + 5)
+
+    @property
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self._threads)
+
+    def _work(self) -> None:
+        link = PartnerLink(self.partner)
+        try:
+            while True:
+                item = self._next()
+                if item is None:
+                    return
+                self._attempt(link, item)
+                link.release_if_idle()
+        finally:
+            link.close()
+
+    def _attempt(self, link: PartnerLink, item: _Item) -> None:
+        name = self.partner.name
+        self._metrics.forward_attempts.labels(partner=name).inc()
+        started = time.perf_counter()
+        try:
+            size = item.entry.path.stat().st_size
+            result = link.send(item.entry.path)
+        except FileNotFoundError:  # purged by an operator meanwhile
+            self._forget(item)
+        except PartnerRefused as exc:
+            self._give_up(item, exc.reason, str(exc), exc.status)
+        except PartnerUnavailable as exc:
+            self._failed(item, exc)
+        except Exception as exc:  # a bug must not kill the worker; treat as a failed attempt
+            _log.exception("unexpected error forwarding %s to %s", item.entry.name, name)
+            self._failed(item, PartnerUnavailable("internal_error", repr(exc), scope="instance"))
+        else:
+            self._metrics.forward_seconds.labels(partner=name).observe(time.perf_counter() - started)
+            self._metrics.forwarded_instances.labels(partner=name, result=result).inc()
+            self._metrics.forwarded_bytes.labels(partner=name).inc(size)
+            self._metrics.partner_up.labels(partner=name).set(1)
+            self._spool.delivered(item.entry)
+            with self._cond:
+                self._partner_failures = 0
+            self._forget(item)
+            _log.info("forwarded %s to %s (%s)", item.entry.name, name, result)
+
+    def _forget(self, item: _Item) -> None:
+        with self._cond:
+            self._known.pop(item.entry.name, None)
+
+    def _give_up(self, item: _Item, reason: str, message: str, status: int | None) -> None:
+        self._forget(item)
+        try:
+            self._spool.dead_letter(item.entry, self.partner.name, {
+                "reason": reason, "message": message, "attempts": item.attempts + 1,
+                "status": status, "partner": self.partner.name})
+        except FileNotFoundError:
+            return
+        self._metrics.dead_letters.labels(partner=self.partner.name, reason=reason).inc()
+        _log.error("gave up on %s for %s: %s", item.entry.name, self.partner.name, message)
+
+    def _failed(self, item: _Item, exc: PartnerUnavailable) -> None:
+        """Charge the attempt (and, if the partner is down, every due entry) and reschedule."""
+        now = time.monotonic()
+        charged = [item]
+        with self._cond:
+            if exc.scope == "partner":
+                self._partner_failures += 1
+                self._held_until = now + backoff_seconds(self._retry, self._partner_failures)
+                while self._heap and self._heap[0].due <= now:
+                    charged.append(heapq.heappop(self._heap))
+        if exc.scope == "partner":
+            self._metrics.partner_up.labels(partner=self.partner.name).set(0)
+        for it in charged:
+            it.attempts += 1
+            if it.attempts >= self._retry.max_attempts:
+                self._give_up(it, exc.reason, f"{exc} (after {it.attempts} attempts)", exc.status)
+                continue
+            delay = backoff_seconds(self._retry, it.attempts)
+            it.due = now + delay
+            self._spool.record_attempt(it.entry, {
+                "attempts": it.attempts, "last_error": str(exc), "reason": exc.reason,
+                "not_before": time.time() + delay})
+            self._metrics.forward_retries.labels(partner=self.partner.name, reason=exc.reason).inc()
+            with self._cond:
+                heapq.heappush(self._heap, it)
+                self._cond.notify()
+        _log.warning("forward to %s failed (%s): %s; %d entr%s rescheduled", self.partner.name,
+                     exc.reason, exc, len(charged), "y" if len(charged) == 1 else "ies")

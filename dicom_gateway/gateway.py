@@ -1,0 +1,110 @@
+"""The gateway: wires receive -> route -> spool -> study assembly -> protect -> deliver.
+
+::
+
+    C-STORE --> Receiver --(fsync'd)--> spool inbox --> StudyAssembler (quiet for N s)
+        --> StudyWorker (ProtectionStage per series) --> spool outbox/<partner>
+        --> PartnerQueue workers (PartnerLink, retry/backoff) --> partner PACS
+
+Threads: pynetdicom's (one per inbound association), one assembler, ``associations`` workers
+per partner, one rescan loop, and the ops HTTP server. See ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from .config import Config
+from .delivery import PartnerQueue
+from .endpoint import OpsEndpoint
+from .metrics import Metrics
+from .protect import ProtectionStage, protection_device
+from .receive import Receiver
+from .route import Router
+from .spool import Entry, Spool
+from .study import StudyAssembler
+from .worker import StudyWorker
+
+__all__ = ["Gateway"]
+
+_log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """The running node. ``start()`` recovers the spool first, then serves; ``stop()`` drains."""
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.spool = Spool(config.gateway.spool_dir)
+        self.queues = {name: PartnerQueue(p, self.spool, self.metrics)
+                       for name, p in config.partners.items()}
+        self.stage = ProtectionStage(config.profiles, self.metrics)
+        self.worker = StudyWorker(self.spool, self.stage, self.metrics, self._enqueue)
+        self.assembler = StudyAssembler(self.spool, config.gateway.study_stable_seconds,
+                                        self.worker, self.metrics)
+        self.receiver = Receiver(config, self.spool, Router(config.routes), self.metrics,
+                                 self.assembler.note_arrival)
+        self.endpoint: OpsEndpoint | None = None
+        self._stop = threading.Event()
+        self._rescanner = threading.Thread(target=self._rescan_loop, name="rescan", daemon=True)
+        self.metrics.spool_free_bytes.set_function(self.spool.free_bytes)
+
+    def _enqueue(self, partner: str, entry: Entry) -> None:
+        self.queues[partner].add(entry)
+
+    def start(self) -> None:
+        counts = self.spool.recover()
+        _log.info("spool recovered at %s: %s", self.spool.root, counts)
+        self.metrics.protection_device.labels(device=protection_device()).set(1)
+        for queue in self.queues.values():
+            queue.start()
+        self.assembler.start()
+        self._rescanner.start()
+        if self.config.metrics.enabled:
+            listen = self.config.metrics.listen
+            self.endpoint = OpsEndpoint(listen.host, listen.port, self.metrics.registry,
+                                        self.healthy, self.ready)
+            self.endpoint.start()
+            _log.info("metrics on http://%s:%d/metrics", listen.host, self.endpoint.port)
+        self.receiver.start()
+
+    def stop(self) -> None:
+        """Stop accepting, then stop assembling and delivering; the spool keeps the rest."""
+        self.receiver.stop()
+        self._stop.set()
+        self.assembler.stop()
+        for queue in self.queues.values():
+            queue.stop()
+        if self.endpoint is not None:
+            self.endpoint.stop()
+        _log.info("stopped")
+
+    def wait(self) -> None:
+        self._stop.wait()
+
+    def _rescan_loop(self) -> None:
+        while not self._stop.wait(self.config.gateway.rescan_seconds):
+            for queue in self.queues.values():
+                try:
+                    queue.rescan()
+                except OSError:
+                    _log.exception("rescan of %s failed", queue.partner.name)
+
+    def healthy(self) -> tuple[bool, str]:
+        dead = [q.partner.name for q in self.queues.values() if not q.alive]
+        if not self.assembler.alive:
+            dead.append("assembler")
+        return (not dead, "ok" if not dead else "dead threads: " + ", ".join(dead))
+
+    def ready(self) -> tuple[bool, str]:
+        ok, why = self.healthy()
+        if not ok:
+            return ok, why
+        if not self.receiver.listening:
+            return False, "not accepting associations"
+        if not os.access(self.spool.root / "inbox", os.W_OK):
+            return False, "spool not writable"
+        return True, "ok"

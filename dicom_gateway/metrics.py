@@ -1,0 +1,92 @@
+"""Every metric the gateway exports, in one place, on an injectable registry.
+
+Names follow Prometheus conventions: prefix ``dicom_gateway_``, base units, counters end in
+``_total``. Labels come only from small fixed sets (``partner``, ``calling_ae`` from the
+allow-list, ``status``, ``reason``, ``method``, ``result``); never UIDs or patient data.
+The catalogue with meanings is in ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from . import __version__
+
+__all__ = ["Metrics"]
+
+_NS = "dicom_gateway"
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                  5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The gateway's metrics on ``registry`` (a fresh one per gateway; tests pass their own)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.build_info = Info("build", "Gateway version", namespace=_NS, registry=r)
+        self.build_info.info({"version": __version__})
+        self.protection_device = Gauge(
+            "protection_device", "1 for the device protection runs on (cpu or cuda)",
+            ["device"], namespace=_NS, registry=r)
+
+        # receive
+        self.received_instances = Counter(
+            "received_instances", "C-STORE requests answered, by calling AE and outcome "
+            "(stored, discarded, no_route, invalid, out_of_resources, error)",
+            ["calling_ae", "status"], namespace=_NS, registry=r)
+        self.received_bytes = Counter(
+            "received_bytes", "Encoded bytes of C-STORE data sets stored in the spool",
+            ["calling_ae"], namespace=_NS, registry=r)
+        self.associations = Counter(
+            "associations", "Association requests by result (accepted, rejected)",
+            ["result"], namespace=_NS, registry=r)
+        self.associations_active = Gauge(
+            "associations_active", "Inbound associations open now", namespace=_NS, registry=r)
+        self.receive_seconds = Histogram(
+            "receive_duration_seconds", "Time from C-STORE request to response, per instance",
+            namespace=_NS, registry=r, buckets=_STAGE_BUCKETS)
+
+        # assemble + protect
+        self.open_studies = Gauge(
+            "open_studies", "Studies in the inbox waiting to be stable", namespace=_NS, registry=r)
+        self.studies_released = Counter(
+            "studies_released", "Studies (or late parts of studies) released for processing",
+            namespace=_NS, registry=r)
+        self.protect_seconds = Histogram(
+            "protect_duration_seconds", "Protection time per instance, by method",
+            ["method"], namespace=_NS, registry=r, buckets=_STAGE_BUCKETS)
+        self.quarantined = Counter(
+            "quarantined_instances", "Instances quarantined instead of forwarded, by reason",
+            ["partner", "reason"], namespace=_NS, registry=r)
+
+        # forward
+        self.forwarded_instances = Counter(
+            "forwarded_instances", "Instances delivered to a partner, by result (success, warning)",
+            ["partner", "result"], namespace=_NS, registry=r)
+        self.forwarded_bytes = Counter(
+            "forwarded_bytes", "File bytes of instances delivered to a partner",
+            ["partner"], namespace=_NS, registry=r)
+        self.forward_attempts = Counter(
+            "forward_attempts", "C-STORE attempts towards a partner (first tries and retries)",
+            ["partner"], namespace=_NS, registry=r)
+        self.forward_retries = Counter(
+            "forward_retries", "Failed attempts scheduled for retry, by reason",
+            ["partner", "reason"], namespace=_NS, registry=r)
+        self.dead_letters = Counter(
+            "dead_letters", "Instances moved to failed/ (gave up), by reason",
+            ["partner", "reason"], namespace=_NS, registry=r)
+        self.forward_seconds = Histogram(
+            "forward_duration_seconds", "Time of a successful C-STORE to a partner",
+            ["partner"], namespace=_NS, registry=r, buckets=_STAGE_BUCKETS)
+        self.queue_depth = Gauge(
+            "queue_depth", "Instances waiting in a partner's outbox", ["partner"],
+            namespace=_NS, registry=r)
+        self.queue_oldest_age = Gauge(
+            "queue_oldest_age_seconds", "Age of the oldest instance in a partner's outbox",
+            ["partner"], namespace=_NS, registry=r)
+        self.partner_up = Gauge(
+            "partner_up", "1 if the last association attempt to the partner succeeded",
+            ["partner"], namespace=_NS, registry=r)
+        self.spool_free_bytes = Gauge(
+            "spool_free_bytes", "Free bytes on the spool's filesystem", namespace=_NS, registry=r)

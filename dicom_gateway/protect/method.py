@@ -1,0 +1,48 @@
+"""The one interface every protection method implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+
+from ..errors import ProtectionError
+
+__all__ = ["Outcome", "ProtectionMethod"]
+
+
+@dataclass
+class Outcome:
+    """What a method made of one spooled instance.
+
+    Exactly one of ``output`` and ``error`` is set. ``output`` is either a path to forward as
+    it is (the file is never modified afterwards, so it may be hard-linked) or a new
+    :class:`~pydicom.dataset.Dataset` to be written into the partner's outbox.
+    ``parameters`` are the method's per-instance parameters (the certificate's content).
+    """
+
+    source: Path
+    output: Path | Dataset | None = None
+    error: ProtectionError | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ProtectionMethod(Protocol):
+    """A protection method: settings in ``__init__``, work in ``__call__``.
+
+    ``__call__`` receives the spooled files of one series (a batch, so methods on a device can
+    protect them together) and returns one :class:`Outcome` per file, in order. It must not
+    raise for a bad instance: it returns an outcome with a :class:`ProtectionError`.
+    """
+
+    name: str
+
+    def __call__(self, paths: Sequence[Path]) -> list[Outcome]: ...
+
+
+def failed(path: Path, reason: str, message: str) -> Outcome:
+    """An outcome for an instance the method could not protect."""
+    return Outcome(source=path, error=ProtectionError(reason, message))

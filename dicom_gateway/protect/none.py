@@ -1,0 +1,33 @@
+"""Method ``none``: pass-through. The instance leaves exactly as it was received.
+
+This is the store-and-forward baseline (and what a route uses for data that needs no
+protection); the protection stage still runs, so the data path is the same as for real methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .method import Outcome
+
+__all__ = ["NoneMethod"]
+
+
+class NoneMethod:
+    """Forward the spooled file unchanged (it is hard-linked into the outbox, not copied)."""
+
+    name = "none"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.options = dict(options)
+
+    @staticmethod
+    def validate(options: Mapping[str, Any]) -> tuple[str, str] | None:
+        for key in options:
+            return key, "unknown key: method 'none' takes no settings"
+        return None
+
+    def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
+        return [Outcome(source=p, output=p) for p in paths]

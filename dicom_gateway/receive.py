@@ -1,0 +1,235 @@
+"""Receive: the Storage SCP where every C-STORE is answered.
+
+A C-STORE is answered Success only after the instance and its routing decision are fsync'd in
+the spool's inbox (decision 1). The answer never waits on a partner. Every outcome is a named
+status from PS3.4 Annex B.2.3 / PS3.7 Annex C with an ErrorComment; the handler never raises.
+Unknown calling AE titles are rejected at association time by pynetdicom's allow-list.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification
+
+from .config import Config
+from .errors import SpoolError
+from .metrics import Metrics
+from .route import Destination, Router
+from .spool import Spool, safe_key
+
+__all__ = ["Receiver", "Status"]
+
+_log = logging.getLogger(__name__)
+
+# pynetdicom would otherwise log request identifiers (patient names, IDs) at INFO/DEBUG.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float Pixel, Double Float Pixel Data
+_REACTOR_POLL_SECONDS = 0.0002  # pynetdicom polls its socket; 1 ms default caps throughput
+
+
+class Status:
+    """The C-STORE statuses this SCP answers with (PS3.4 B.2.3, PS3.7 C)."""
+
+    SUCCESS = 0x0000
+    PROCESSING_FAILURE = 0x0110  # unexpected error inside the gateway
+    NOT_AUTHORIZED = 0x0124  # no route: the gateway is not allowed to take this instance
+    OUT_OF_RESOURCES = 0xA700  # spool full or not writable
+    DATASET_MISMATCH = 0xA900  # data set does not match the SOP class / request
+    CANNOT_UNDERSTAND = 0xC000  # data set cannot be parsed
+
+
+def _answer(status: int, comment: str = "") -> Dataset:
+    rsp = Dataset()
+    rsp.Status = status
+    if comment:
+        rsp.ErrorComment = comment[:64]  # LO
+    return rsp
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, label: str, comment: str) -> None:
+        super().__init__(comment)
+        self.status, self.label, self.comment = status, label, comment
+
+
+class Receiver:
+    """The gateway's Storage SCP plus Verification on ``gateway.listen``.
+
+    Parameters
+    ----------
+    config : Config
+        The loaded configuration.
+    spool, router, metrics
+        Where instances go, how destinations are chosen, what is counted.
+    on_stored : callable
+        Called with the study key after an instance is committed (starts the study's timer).
+    """
+
+    def __init__(self, config: Config, spool: Spool, router: Router, metrics: Metrics,
+                 on_stored: Callable[[str], None]) -> None:
+        self._config = config
+        self._spool = spool
+        self._router = router
+        self._metrics = metrics
+        self._on_stored = on_stored
+        self._allowed = set(config.gateway.allowed_callers)
+        self._open: set[int] = set()
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self.port: int | None = None
+
+    def start(self) -> None:
+        g = self._config.gateway
+        ae = AE(ae_title=g.ae_title)
+        ae.maximum_pdu_size = g.max_pdu_bytes
+        ae.maximum_associations = g.max_associations
+        ae.require_calling_aet = list(g.allowed_callers)
+        ae.acse_timeout = g.acse_timeout_seconds
+        ae.dimse_timeout = g.dimse_timeout_seconds
+        ae.network_timeout = g.network_timeout_seconds
+        for cx in StoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        handlers = [
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_CONN_OPEN, self._handle_open),
+            (evt.EVT_ACCEPTED, self._handle_accepted),
+            (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_CONN_CLOSE, self._handle_close),
+        ]
+        self._server = ae.start_server((g.listen.host, g.listen.port), block=False,
+                                       evt_handlers=handlers)
+        self.port = self._server.server_address[1]
+        _log.info("listening as %s on %s:%d", g.ae_title, g.listen.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    # -- association bookkeeping ------------------------------------------------------------
+    @staticmethod
+    def _handle_open(event: evt.Event) -> None:
+        sock = event.assoc.dul.socket
+        if sock is not None and sock.socket is not None:
+            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        event.assoc.dul._run_loop_delay = _REACTOR_POLL_SECONDS
+
+    def _handle_accepted(self, event: evt.Event) -> None:
+        with self._lock:
+            self._open.add(id(event.assoc))
+        self._metrics.associations.labels(result="accepted").inc()
+        self._metrics.associations_active.inc()
+
+    def _handle_rejected(self, event: evt.Event) -> None:
+        self._metrics.associations.labels(result="rejected").inc()
+        _log.warning("association rejected (calling AE not allowed or limit reached)")
+
+    def _handle_close(self, event: evt.Event) -> None:
+        with self._lock:
+            if id(event.assoc) not in self._open:
+                return
+            self._open.discard(id(event.assoc))
+        self._metrics.associations_active.dec()
+
+    # -- C-STORE ------------------------------------------------------------------------------
+    def _handle_store(self, event: evt.Event) -> Dataset:
+        started = time.perf_counter()
+        calling = event.assoc.requestor.ae_title.strip()
+        ae_label = calling if calling in self._allowed else "other"
+        try:
+            label, comment, size = self._store(event, calling)
+            status = Status.SUCCESS
+        except _Refusal as refusal:
+            status, label, comment, size = refusal.status, refusal.label, refusal.comment, 0
+            _log.warning("C-STORE refused sop=%s from=%s status=0x%04X: %s",
+                         event.request.AffectedSOPInstanceUID, calling, status, comment)
+        except Exception:  # never let an exception reach pynetdicom (it would answer 0xC211)
+            _log.exception("C-STORE failed sop=%s", event.request.AffectedSOPInstanceUID)
+            status, label, comment, size = Status.PROCESSING_FAILURE, "error", "internal error", 0
+        self._metrics.received_instances.labels(calling_ae=ae_label, status=label).inc()
+        if size:
+            self._metrics.received_bytes.labels(calling_ae=ae_label).inc(size)
+        self._metrics.receive_seconds.observe(time.perf_counter() - started)
+        return _answer(status, comment)
+
+    def _store(self, event: evt.Event, calling: str) -> tuple[str, str, int]:
+        req = event.request
+        try:
+            ds = event.dataset
+            study = str(ds.StudyInstanceUID or "")
+            series = str(ds.SeriesInstanceUID or "")
+            sop = str(ds.SOPInstanceUID or "")
+            sop_class = str(ds.SOPClassUID or "")
+            modality = str(ds.get("Modality", "") or "")
+        except Exception as exc:
+            raise _Refusal(Status.CANNOT_UNDERSTAND, "invalid",
+                           f"cannot parse data set: {type(exc).__name__}") from None
+        if not (study and series and sop and sop_class):
+            raise _Refusal(Status.DATASET_MISMATCH, "invalid",
+                           "missing Study/Series/SOP Instance UID or SOP Class UID")
+        if sop != req.AffectedSOPInstanceUID or sop_class != req.AffectedSOPClassUID:
+            raise _Refusal(Status.DATASET_MISMATCH, "invalid",
+                           "SOP Class/Instance UID differ from the C-STORE request")
+
+        called = event.assoc.acceptor.ae_title.strip()
+        destinations = self._route(ds, calling, called)
+        if not destinations:
+            _log.info("discarded sop=%s from=%s: no route, no_route=discard", sop, calling)
+            return "discarded", "", 0
+        self._check_pixels(ds, destinations)
+
+        encoded = event.encoded_dataset(include_meta=True)
+        meta = {
+            "calling_ae": calling, "called_ae": called, "received": time.time(),
+            "study": study, "series": series, "sop": sop, "sop_class": sop_class,
+            "modality": modality, "transfer_syntax": str(event.context.transfer_syntax),
+            "destinations": [d.__dict__ for d in destinations],
+        }
+        try:
+            self._spool.store_incoming(study, sop, encoded, meta)
+        except SpoolError as exc:
+            _log.error("spool refused sop=%s: %s", sop, exc)
+            label = "out_of_resources" if exc.out_of_space else "error"
+            raise _Refusal(Status.OUT_OF_RESOURCES, label, str(exc)) from None
+        self._on_stored(safe_key(study))
+        _log.info("stored sop=%s study=%s from=%s to=%s", sop, study, calling,
+                  ",".join(d.partner for d in destinations))
+        return "stored", "", len(encoded)
+
+    def _route(self, ds: Dataset, calling: str, called: str) -> list[Destination]:
+        try:
+            destinations = self._router.destinations(ds, calling, called)
+        except Exception as exc:
+            raise _Refusal(Status.CANNOT_UNDERSTAND, "invalid",
+                           f"cannot read routing attributes: {type(exc).__name__}") from None
+        if destinations:
+            return destinations
+        no_route = self._config.no_route
+        if no_route.action == "forward":
+            assert no_route.partner and no_route.profile
+            return [Destination(no_route.partner, no_route.profile, "no_route")]
+        if no_route.action == "discard":
+            return []
+        raise _Refusal(Status.NOT_AUTHORIZED, "no_route", "no route matches this instance")
+
+    def _check_pixels(self, ds: Dataset, destinations: list[Destination]) -> None:
+        needs = [d for d in destinations if self._config.profiles[d.profile].require_pixel_data]
+        if needs and not any(tag in ds for tag in _PIXEL_TAGS):
+            raise _Refusal(Status.DATASET_MISMATCH, "invalid",
+                           f"no pixel data, but profile {needs[0].profile!r} needs it")

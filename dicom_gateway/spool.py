@@ -1,0 +1,335 @@
+"""The durable spool: the state of an instance is the directory its file is in.
+
+Layout under ``spool_dir`` (see ``docs/decisions/0002-spool-layout.md``)::
+
+    tmp/                               files being written; removed at start
+    inbox/<study>/<sop>.dcm + .json    received, fsync'd, waiting for the study to be stable
+    work/<study>/<sop>.dcm + .json     claimed by the assembler; moved back to inbox at start
+    outbox/<partner>/<name>.dcm        protected, waiting for delivery (+ .state.json on retry)
+    failed/<partner>/<name>.dcm        gave up delivering (+ .reason.json)
+    quarantine/<partner>/<name>.dcm    could not be protected (+ .reason.json)
+
+Every file is written to ``tmp/``, fsync'd, then renamed into place, and the directory is
+fsync'd (CPython ``mailbox.Maildir`` does the same); nothing changes a file after that, so the
+same file may be hard-linked into several outboxes. ``.json`` sidecars are committed before
+their ``.dcm``: a ``.dcm`` in ``inbox/`` always has its routing decision beside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from .errors import SpoolError
+
+__all__ = ["Entry", "Spool", "safe_key"]
+
+_STATES = ("tmp", "inbox", "work", "outbox", "failed", "quarantine")
+_UID_RE = re.compile(r"^[0-9][0-9.]{0,63}$")
+_counter = itertools.count()
+
+
+def safe_key(uid: str) -> str:
+    """A file-name-safe key for a UID: the UID itself when valid, else a hash of it."""
+    if _UID_RE.match(uid):
+        return uid
+    import hashlib
+
+    return "h" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:40]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One spooled instance: its ``.dcm`` path; sidecars live beside it."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name[: -len(".dcm")]
+
+    def sidecar(self, suffix: str) -> Path:
+        return self.path.with_name(f"{self.name}{suffix}")
+
+    def read_json(self, suffix: str) -> dict[str, Any]:
+        try:
+            data = json.loads(self.sidecar(suffix).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _translate(exc: OSError, what: str) -> SpoolError:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return SpoolError(f"spool cannot {what}: {exc.strerror or exc}", out_of_space=full)
+
+
+class Spool:
+    """All moves between spool states; the only module that touches ``spool_dir``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        try:
+            for state in _STATES:
+                (root / state).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _translate(exc, f"create its directories under {root}") from None
+
+    # -- writing -------------------------------------------------------------------------
+    def _tmp_path(self, suffix: str) -> Path:
+        return self.root / "tmp" / f"{time.time_ns()}-{threading.get_ident()}-{next(_counter)}{suffix}"
+
+    def _write_tmp(self, data: bytes | memoryview, suffix: str = ".dcm") -> Path:
+        tmp = self._tmp_path(suffix)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _translate(exc, "write a file") from None
+        return tmp
+
+    def _write_dataset_tmp(self, ds: Dataset) -> Path:
+        tmp = self._tmp_path(".dcm")
+        try:
+            with open(tmp, "wb") as f:
+                ds.save_as(f, enforce_file_format=True)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _translate(exc, "write a file") from None
+        return tmp
+
+    @staticmethod
+    def _place(tmp: Path, dest: Path) -> None:
+        for _ in range(5):  # the assembler may remove an empty study directory meanwhile
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(tmp, dest)
+                return
+            except FileNotFoundError:
+                continue
+        raise SpoolError(f"spool cannot place {dest.name}: directory keeps disappearing")
+
+    def store_incoming(self, study: str, sop: str, encoded: bytes | memoryview,
+                       meta: dict[str, Any]) -> Entry:
+        """Commit a received instance to ``inbox/``; returns only once it is durable."""
+        meta_tmp = self._write_tmp(json.dumps(meta, sort_keys=True).encode(), ".json")
+        try:
+            dcm_tmp = self._write_tmp(encoded)
+        except SpoolError:
+            meta_tmp.unlink(missing_ok=True)
+            raise
+        entry = Entry(self.root / "inbox" / safe_key(study) / f"{safe_key(sop)}.dcm")
+        self._place(meta_tmp, entry.sidecar(".json"))
+        self._place(dcm_tmp, entry.path)
+        _fsync_dir(entry.path.parent)
+        return entry
+
+    # -- assembly --------------------------------------------------------------------------
+    def inbox_studies(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "inbox").iterdir() if p.is_dir())
+
+    def inbox_entries(self, study: str) -> list[Entry]:
+        return self._entries(self.root / "inbox" / study)
+
+    def claim(self, entry: Entry) -> Entry:
+        """Move an inbox entry to ``work/`` so a re-send of the same SOP cannot be lost."""
+        dest = Entry(self.root / "work" / entry.path.parent.name / entry.path.name)
+        dest.path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(entry.path, dest.path)
+        os.replace(entry.sidecar(".json"), dest.sidecar(".json"))
+        return dest
+
+    def unclaim(self, entry: Entry) -> None:
+        """Put a work entry back into the inbox (processing failed; a newer re-send wins)."""
+        dest = Entry(self.root / "inbox" / entry.path.parent.name / entry.path.name)
+        if not entry.path.exists():
+            return
+        if dest.path.exists():
+            self.finish_work(entry)
+            return
+        self._place(entry.sidecar(".json"), dest.sidecar(".json"))
+        self._place(entry.path, dest.path)
+
+    def remove_empty_study(self, study: str) -> None:
+        for state in ("inbox", "work"):
+            try:
+                (self.root / state / study).rmdir()
+            except OSError:
+                pass
+
+    def finish_work(self, entry: Entry) -> None:
+        """The entry has been handed on (outbox, quarantine or discarded): drop it."""
+        entry.sidecar(".json").unlink(missing_ok=True)
+        entry.path.unlink(missing_ok=True)
+
+    # -- outbox ---------------------------------------------------------------------------
+    def stage_output(self, output: Path | Dataset) -> Path:
+        """Write a method's output to ``tmp/`` (a path is hard-linked, not copied)."""
+        if isinstance(output, Dataset):
+            return self._write_dataset_tmp(output)
+        tmp = self._tmp_path(".dcm")
+        try:
+            os.link(output, tmp)
+        except OSError as exc:
+            raise _translate(exc, "link a file") from None
+        return tmp
+
+    def commit_outbox(self, partner: str, name: str, staged: Path) -> Entry:
+        entry = Entry(self.root / "outbox" / partner / f"{name}.dcm")
+        self._place(staged, entry.path)
+        entry.sidecar(".state.json").unlink(missing_ok=True)
+        return entry
+
+    def sync_outbox(self, partner: str) -> None:
+        _fsync_dir(self.root / "outbox" / partner)
+
+    def outbox_entries(self, partner: str) -> list[Entry]:
+        return self._entries(self.root / "outbox" / partner)
+
+    def record_attempt(self, entry: Entry, state: dict[str, Any]) -> None:
+        """Persist the retry state of an outbox entry (attempts survive a restart)."""
+        try:
+            tmp = self._write_tmp(json.dumps(state, sort_keys=True).encode(), ".json")
+            os.replace(tmp, entry.sidecar(".state.json"))
+        except (OSError, SpoolError):
+            pass  # losing a retry counter only means more retries; never block delivery on it
+
+    def delivered(self, entry: Entry) -> None:
+        entry.sidecar(".state.json").unlink(missing_ok=True)
+        entry.path.unlink(missing_ok=True)
+
+    # -- dead ends ------------------------------------------------------------------------
+    def dead_letter(self, entry: Entry, partner: str, reason: dict[str, Any]) -> Entry:
+        """Move an outbox entry to ``failed/<partner>/`` with a reason file."""
+        return self._set_aside("failed", partner, entry, reason, move=True)
+
+    def quarantine(self, entry: Entry, partner: str, reason: dict[str, Any]) -> Entry:
+        """Keep a copy of a work entry in ``quarantine/<partner>/`` with a reason file."""
+        return self._set_aside("quarantine", partner, entry, reason, move=False)
+
+    def _set_aside(self, state: str, partner: str, entry: Entry, reason: dict[str, Any],
+                   move: bool) -> Entry:
+        dest = Entry(self.root / state / partner / entry.path.name)
+        dest.path.parent.mkdir(parents=True, exist_ok=True)
+        reason = {**reason, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if state == "quarantine":
+            reason["meta"] = entry.read_json(".json")
+        tmp = self._write_tmp(json.dumps(reason, indent=2, sort_keys=True).encode(), ".json")
+        os.replace(tmp, dest.sidecar(".reason.json"))
+        if move:
+            os.replace(entry.path, dest.path)
+            entry.sidecar(".state.json").unlink(missing_ok=True)
+        else:
+            dest.path.unlink(missing_ok=True)
+            os.link(entry.path, dest.path)
+        _fsync_dir(dest.path.parent)
+        return dest
+
+    # -- recovery and operator actions -----------------------------------------------------
+    def recover(self) -> dict[str, int]:
+        """Put the spool back in a consistent state after a crash; run before serving."""
+        counts = {"tmp_removed": 0, "work_requeued": 0, "orphans_removed": 0}
+        for tmp in (self.root / "tmp").iterdir():
+            tmp.unlink(missing_ok=True)
+            counts["tmp_removed"] += 1
+        work = self.root / "work"
+        for study_dir in [p for p in work.iterdir() if p.is_dir()]:
+            inbox_dir = self.root / "inbox" / study_dir.name
+            inbox_dir.mkdir(exist_ok=True)
+            for f in study_dir.iterdir():
+                if not (inbox_dir / f.name).exists():  # a newer re-send wins
+                    os.replace(f, inbox_dir / f.name)
+                    counts["work_requeued"] += f.suffix == ".dcm"
+                else:
+                    f.unlink()
+            study_dir.rmdir()
+        for study_dir in [p for p in (self.root / "inbox").iterdir() if p.is_dir()]:
+            for side in study_dir.glob("*.json"):
+                if not side.with_suffix(".dcm").exists():  # store interrupted before commit
+                    side.unlink()
+                    counts["orphans_removed"] += 1
+            for dcm in study_dir.glob("*.dcm"):
+                if not dcm.with_suffix(".json").exists():
+                    self._set_aside("quarantine", "_inbox", Entry(dcm), {
+                        "reason": "missing_sidecar",
+                        "message": "routing decision missing; re-send or requeue by hand"},
+                        move=False)
+                    dcm.unlink()
+            self.remove_empty_study(study_dir.name)
+        return counts
+
+    def partners_with_entries(self, state: str) -> list[str]:
+        return sorted(p.name for p in (self.root / state).iterdir() if p.is_dir())
+
+    def entries(self, state: str, partner: str | None = None) -> Iterator[tuple[str, Entry]]:
+        """Yield (group, entry) for ``state``: group is the partner, or the study for inbox/work."""
+        base = self.root / state
+        for group in sorted(p for p in base.iterdir() if p.is_dir()):
+            if partner is None or group.name == partner:
+                for entry in self._entries(group):
+                    yield group.name, entry
+
+    def requeue(self, state: str, entry: Entry, partner: str) -> None:
+        """Operator retry: a failed entry goes back to its outbox, a quarantined one to inbox."""
+        reason = entry.read_json(".reason.json")
+        if state == "failed":
+            self.commit_outbox(partner, entry.name, entry.path)
+        else:
+            meta = reason.get("meta") or {}
+            if not meta.get("study"):
+                raise SpoolError(f"{entry.path}: no routing record, cannot requeue")
+            meta["destinations"] = [d for d in meta.get("destinations", [])
+                                    if d.get("partner") == partner] or meta.get("destinations", [])
+            staged = self._write_tmp(json.dumps(meta, sort_keys=True).encode(), ".json")
+            target = Entry(self.root / "inbox" / safe_key(meta["study"]) / entry.path.name)
+            self._place(staged, target.sidecar(".json"))
+            self._place(entry.path, target.path)
+        entry.sidecar(".reason.json").unlink(missing_ok=True)
+
+    def purge(self, state: str, entry: Entry) -> None:
+        for suffix in (".reason.json", ".state.json", ".json"):
+            entry.sidecar(suffix).unlink(missing_ok=True)
+        entry.path.unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    @staticmethod
+    def _entries(directory: Path) -> list[Entry]:
+        try:
+            files = [p for p in directory.iterdir() if p.suffix == ".dcm"]
+        except FileNotFoundError:
+            return []
+        return [Entry(p) for p in sorted(files, key=_mtime_key)]
+
+
+def _mtime_key(p: Path) -> tuple[float, str]:
+    try:
+        return p.stat().st_mtime, p.name
+    except FileNotFoundError:
+        return 0.0, p.name

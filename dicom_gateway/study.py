@@ -1,0 +1,91 @@
+"""Study assembly: hold a study in the inbox until it has been quiet, then release it.
+
+Instances are grouped by Study Instance UID (the inbox directory). A study is released when no
+instance of it arrived for ``study_stable_seconds`` (Orthanc's StableAge, mercure's timeouts).
+Late instances of a released study start a new quiet period and are released in turn. After a
+restart every study in the inbox starts a full quiet period: a half-received study is never
+released early because the gateway was down (decision 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from .metrics import Metrics
+from .spool import Spool
+
+__all__ = ["StudyAssembler"]
+
+_log = logging.getLogger(__name__)
+
+
+class StudyAssembler:
+    """Tracks the last arrival per study and calls ``release(study_key)`` when it is stable."""
+
+    def __init__(self, spool: Spool, stable_seconds: float, release: Callable[[str], None],
+                 metrics: Metrics) -> None:
+        self._spool = spool
+        self._stable = stable_seconds
+        self._release = release
+        self._metrics = metrics
+        self._last: dict[str, float] = {}
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        metrics.open_studies.set_function(lambda: len(self._last))
+
+    def note_arrival(self, study: str) -> None:
+        """An instance of ``study`` was committed to the inbox (called by the receiver)."""
+        with self._cond:
+            self._last[study] = time.monotonic()
+            self._cond.notify()
+
+    def start(self) -> None:
+        for study in self._spool.inbox_studies():  # recovery: everything waits a full period
+            if self._spool.inbox_entries(study):
+                self.note_arrival(study)
+            else:
+                self._spool.remove_empty_study(study)
+        self._thread = threading.Thread(target=self._run, name="assembler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _due(self) -> tuple[list[str], float]:
+        now = time.monotonic()
+        due = [s for s, t in self._last.items() if now - t >= self._stable]
+        waits = [self._stable - (now - t) for s, t in self._last.items() if s not in due]
+        return due, min(waits, default=1.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                due, wait = self._due()
+                if not due:
+                    self._cond.wait(timeout=max(0.01, min(wait, 1.0)))
+                    continue
+                for study in due:
+                    del self._last[study]
+            for study in due:
+                if self._stopping:
+                    return
+                try:
+                    self._release(study)
+                    self._metrics.studies_released.inc()
+                except Exception:  # keep the study in the inbox, try again after a quiet period
+                    _log.exception("processing study %s failed; will retry", study)
+                    self.note_arrival(study)

@@ -1,0 +1,105 @@
+"""Study worker: turns a released study into outbox entries, series by series.
+
+For each series and each protection profile the study's instances are protected as one batch;
+the result is written once and hard-linked into the outbox of every partner using that profile.
+An instance that cannot be protected is quarantined for that partner (fail closed) unless the
+profile says ``on_unprotectable: forward``. Only after all its outbox and quarantine entries are
+committed is an instance removed from ``work/``: a crash in between re-processes it (a possible
+duplicate delivery, never a loss).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from .metrics import Metrics
+from .protect import Outcome, ProtectionStage
+from .spool import Entry, Spool
+
+__all__ = ["StudyWorker"]
+
+_log = logging.getLogger(__name__)
+
+
+class StudyWorker:
+    """Processes one released study (called by the assembler's thread)."""
+
+    def __init__(self, spool: Spool, stage: ProtectionStage, metrics: Metrics,
+                 enqueue: Callable[[str, Entry], None]) -> None:
+        self._spool = spool
+        self._stage = stage
+        self._metrics = metrics
+        self._enqueue = enqueue
+        self._pending: dict[Path, list[tuple[str, Entry]]] = {}
+
+    def __call__(self, study: str) -> None:
+        claimed = [self._spool.claim(e) for e in self._spool.inbox_entries(study)]
+        if not claimed:
+            self._spool.remove_empty_study(study)
+            return
+        try:
+            self._process(study, claimed)
+        except Exception:
+            for entry in claimed:  # back to the inbox: the assembler retries after a quiet period
+                self._spool.unclaim(entry)
+            self._pending.clear()
+            raise
+
+    def _process(self, study: str, claimed: list[Entry]) -> None:
+        # series -> profile -> [(entry, partners)]
+        batches: dict[str, dict[str, list[tuple[Entry, list[str]]]]] = defaultdict(
+            lambda: defaultdict(list))
+        for entry in claimed:
+            meta = entry.read_json(".json")
+            by_profile: dict[str, list[str]] = defaultdict(list)
+            for d in meta.get("destinations", []):
+                by_profile[d["profile"]].append(d["partner"])
+            for profile, partners in by_profile.items():
+                batches[str(meta.get("series", ""))][profile].append((entry, partners))
+        touched: set[str] = set()
+        for series, by_profile in batches.items():
+            for profile, items in by_profile.items():
+                outcomes = self._stage.protect(profile, [e.path for e, _ in items])
+                for (entry, partners), outcome in zip(items, outcomes):
+                    self._hand_on(study, entry, partners, profile, outcome)
+                    touched.update(partners)
+        for partner in touched:
+            self._spool.sync_outbox(partner)
+        for entry in claimed:
+            self._spool.finish_work(entry)
+            for partner, out in self._pending.pop(entry.path, []):
+                self._enqueue(partner, out)
+        self._spool.remove_empty_study(study)
+        _log.info("released study=%s instances=%d partners=%s", study, len(claimed),
+                  ",".join(sorted(touched)))
+
+    def _hand_on(self, study: str, entry: Entry, partners: list[str], profile: str,
+                 outcome: Outcome) -> None:
+        output = outcome.output
+        if outcome.error is not None:
+            if self._stage.profile(profile).on_unprotectable == "forward":
+                _log.warning("forwarding UNPROTECTED sop=%s (on_unprotectable: forward): %s",
+                             entry.name, outcome.error)
+                output = entry.path
+            else:
+                for partner in partners:
+                    self._spool.quarantine(entry, partner, {
+                        "reason": outcome.error.reason, "message": str(outcome.error),
+                        "profile": profile})
+                    self._metrics.quarantined.labels(partner=partner,
+                                                     reason=outcome.error.reason).inc()
+                _log.warning("quarantined sop=%s for %s: %s", entry.name, ",".join(partners),
+                             outcome.error)
+                return
+        assert output is not None
+        staged = self._spool.stage_output(output)
+        try:
+            for partner in partners:
+                out = self._spool.commit_outbox(partner, f"{study}_{entry.name}",
+                                                self._spool.stage_output(staged))
+                self._pending.setdefault(entry.path, []).append((partner, out))
+        finally:
+            staged.unlink(missing_ok=True)

@@ -1,0 +1,38 @@
+"""Fixtures wrapping the real-peer helpers of ``peers`` / ``peers_orthanc``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peers import RecordingSCP, build_multiseries_study, copy_ct_series
+from peers_orthanc import OrthancPeer
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancPeer]:
+    """A running Orthanc (skips outside a private network namespace)."""
+    with OrthancPeer(tmp_path / "orthanc") as peer:
+        yield peer
+
+
+@pytest.fixture
+def recording_scp() -> Iterator[RecordingSCP]:
+    """A running in-process Storage SCP on 127.0.0.1 that records what it receives."""
+    with RecordingSCP() as scp:
+        yield scp
+
+
+@pytest.fixture
+def ct_series_dir(tmp_path: Path) -> Path:
+    """Directory with a copy of the real 18-slice CT series (skips if data is absent)."""
+    copy_ct_series(tmp_path / "ct")
+    return tmp_path / "ct"
+
+
+@pytest.fixture
+def multiseries_study_dir(tmp_path: Path) -> Path:
+    """Directory with a 9-series study in mixed transfer syntaxes."""
+    build_multiseries_study(tmp_path / "multiseries")
+    return tmp_path / "multiseries"
