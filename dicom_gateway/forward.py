@@ -35,7 +35,7 @@ _log = logging.getLogger(__name__)
 _config.STORE_SEND_CHUNKED_DATASET = True
 
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-_MAX_SOP_CLASSES = 60  # two contexts each, below the 128-context limit of PS3.8
+_MAX_CONTEXTS = 128  # PS3.8 §9.3.2: at most 128 presentation contexts per association
 _REACTOR_POLL_SECONDS = 0.0002
 
 
@@ -120,8 +120,7 @@ class PartnerLink:
         if syntax in wanted and self._assoc is not None:
             raise PartnerRefused("no_context", f"partner accepts no transfer syntax for {sop_class}")
         wanted.add(syntax)
-        while len(self._wanted) > _MAX_SOP_CLASSES:
-            self._wanted.pop(next(iter(self._wanted)))
+        self._wanted[sop_class] = self._wanted.pop(sop_class)  # most recently needed last
         self.close()
         self._associate()
         ctx = self._find(sop_class, syntax)
@@ -146,11 +145,12 @@ class PartnerLink:
 
     def _associate(self) -> None:
         contexts = []
-        for sop_class, syntaxes in self._wanted.items():
-            own = [s for s in syntaxes if s not in _UNCOMPRESSED]
-            if own:
-                contexts.append(build_context(sop_class, own))
-            contexts.append(build_context(sop_class, list(_UNCOMPRESSED)))
+        for sop_class, syntaxes in reversed(self._wanted.items()):  # newest first
+            wanted = [build_context(sop_class, [s]) for s in sorted(syntaxes) if s not in _UNCOMPRESSED]
+            wanted.append(build_context(sop_class, list(_UNCOMPRESSED)))
+            if len(contexts) + len(wanted) > _MAX_CONTEXTS:
+                break
+            contexts.extend(wanted)
         p = self._partner
         try:
             assoc = self._ae.associate(p.host, p.port, ae_title=p.ae_title, contexts=contexts)
@@ -173,7 +173,7 @@ class PartnerLink:
         try:
             ds = dcmread(path)
             if ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress()
+                ds.decompress(generate_instance_uid=False)  # same instance, decoded losslessly
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         except Exception as exc:
             raise PartnerRefused("transcode_failed", f"cannot decompress for the partner: {exc}") from None

@@ -339,7 +339,7 @@ def _dicom_files(paths: Iterable[Path]) -> Iterable[Path]:
 
 
 def _storescu_config(paths: Iterable[Path]) -> str:
-    """Association profile: per SOP class, each compressed TS found plus uncompressed."""
+    """Association profile: per SOP class, one context per TS found plus an uncompressed one."""
     syntaxes: dict[str, set[str]] = {}
     for path in _dicom_files(paths):
         try:
@@ -352,7 +352,7 @@ def _storescu_config(paths: Iterable[Path]) -> str:
     groups: dict[str, str] = {}
     contexts: list[str] = []
     for sop_class, found in sorted(syntaxes.items()):
-        for ts in sorted(found - set(_UNCOMPRESSED)):
+        for ts in sorted(found):
             contexts.append(f"{sop_class}\\{groups.setdefault(ts, f'TS{len(groups)}')}")
         contexts.append(f"{sop_class}\\Uncompressed")
     if len(contexts) > 128:
@@ -379,10 +379,14 @@ def dcmtk_storescu(
     """Send files (directories are scanned recursively) with DCMTK ``storescu``.
 
     A generated association profile (``-xf``) proposes, for every SOP class in
-    the input, each file's own compressed transfer syntax in a separate context
-    plus an uncompressed fallback, so files go out as stored whenever the peer
-    accepts their syntax.  Returns the completed process (not checked): a refused
-    or failed store gives a non-zero return code.
+    the input, each transfer syntax found in the files in a context of its own
+    plus an uncompressed (explicit, implicit VR LE) fallback, so files go out
+    exactly as stored whenever the peer accepts their syntax.  storescu cannot
+    decompress (RLE/JPEG/JPEG-LS/J2K) for the fallback; such a file then fails.
+    Returns the completed process unchecked: storescu halts on the first failed
+    store and exits with the high byte of its status (0xA700 -> 167), printing
+    statuses only with ``-v``.  With ``-nh`` (go on after failures) it exits 0
+    even when stores failed: check the peer, or ``-v`` output, instead.
     """
     paths = [Path(p) for p in files_or_dirs]
     with tempfile.TemporaryDirectory(prefix="storescu-") as tmp:

@@ -25,7 +25,7 @@ from peers import (
     require_shared_data,
 )
 from peers_orthanc import OrthancPeer
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 HOST = "127.0.0.1"
 
@@ -136,8 +136,10 @@ def test_recording_scp_restart_counts_duplicates(tmp_path: Path, multiseries_stu
 
 def test_recording_scp_failure_status_fails_storescu(multiseries_study_dir: Path) -> None:
     with RecordingSCP(status=0xA700) as scp:
-        result = dcmtk_storescu([multiseries_study_dir], HOST, scp.port, "GWTEST", scp.ae_title)
-        assert result.returncode != 0
+        result = dcmtk_storescu(
+            [multiseries_study_dir], HOST, scp.port, "GWTEST", scp.ae_title, extra_args=["-v"]
+        )
+        assert result.returncode == 0xA7  # storescu exits with the status' high byte
         assert "Refused: OutOfResources" in result.stderr + result.stdout
         assert scp.attempts == 1  # storescu halts after the first failure
         assert scp.received == []
@@ -151,13 +153,15 @@ def test_recording_scp_delay(multiseries_study_dir: Path) -> None:
         assert time.monotonic() - started >= 0.6
 
 
-def test_recording_scp_restricted_syntaxes_forces_fallback(multiseries_study_dir: Path) -> None:
-    rle = next(p for p in multiseries_study_dir.iterdir() if p.name.endswith("MR_small_RLE.dcm"))
-    assert pydicom.dcmread(rle).file_meta.TransferSyntaxUID == RLELossless
-    with RecordingSCP(accept_transfer_syntaxes=[ExplicitVRLittleEndian]) as scp:
-        assert dcmtk_storescu([rle], HOST, scp.port, "GWTEST", scp.ae_title).returncode == 0
-        assert [ts for _, ts in scp.received] == [ExplicitVRLittleEndian]
-        assert list(scp.pixel_hashes.values()) == [pixel_sha256_of(rle)]
+def test_recording_scp_restricted_syntaxes(multiseries_study_dir: Path) -> None:
+    by_name = {p.name.split("_", 1)[1]: p for p in multiseries_study_dir.iterdir()}
+    explicit, rle = by_name["CT_small.dcm"], by_name["MR_small_RLE.dcm"]
+    with RecordingSCP(accept_transfer_syntaxes=[ImplicitVRLittleEndian]) as scp:
+        # storescu converts explicit -> implicit VR itself but cannot decompress RLE
+        result = dcmtk_storescu([explicit, rle], HOST, scp.port, "GWTEST", scp.ae_title, ["-nh"])
+        assert "Store Failed" in result.stderr  # but returncode is 0 with -nh
+        assert scp.received == [(pydicom.dcmread(explicit).SOPInstanceUID, ImplicitVRLittleEndian)]
+        assert list(scp.pixel_hashes.values()) == [pixel_sha256_of(explicit)]
 
 
 def test_multiseries_study_to_dcmtk_storescp(tmp_path: Path, multiseries_study_dir: Path) -> None:

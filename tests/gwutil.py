@@ -1,0 +1,131 @@
+"""Running the gateway in tests: a config built from a dict, in-process or as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from dicom_gateway.config import Config, parse_config
+from dicom_gateway.gateway import Gateway
+from peers import free_port
+
+__all__ = ["GatewayProcess", "base_config", "metric", "running_gateway", "scrape"]
+
+FAST_RETRY = {"initial_seconds": 0.2, "multiplier": 2.0, "max_seconds": 1.0,
+              "max_attempts": 20, "jitter": 0.1}
+
+
+def base_config(spool: Path, partners: list[dict[str, Any]], routes: list[dict[str, Any]],
+                **gateway: Any) -> dict[str, Any]:
+    """A config dict: allowed callers HOSPITAL_PACS and MODALITY, quiet time 0.5 s, fast retries."""
+    g = {"ae_title": "EGRESS_GW", "listen": {"host": "127.0.0.1", "port": 0},
+         "allowed_callers": ["HOSPITAL_PACS", "MODALITY"], "spool_dir": str(spool),
+         "study_stable_seconds": 0.5, "rescan_seconds": 0.5}
+    g.update(gateway)
+    return {
+        "gateway": g,
+        "metrics": {"listen": {"host": "127.0.0.1", "port": 0}},
+        "retry": dict(FAST_RETRY),
+        "profiles": {"passthrough": {"method": "none"},
+                     "needs-pixels": {"method": "none", "require_pixel_data": True}},
+        "partners": partners,
+        "routes": routes,
+        "no_route": "reject",
+    }
+
+
+def partner(name: str, port: int, ae_title: str = "PARTNER", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "ae_title": ae_title, "host": "127.0.0.1", "port": port, **extra}
+
+
+@contextmanager
+def running_gateway(raw: dict[str, Any], source: str = "<test>") -> Iterator[Gateway]:
+    config: Config = parse_config(raw, source)
+    gw = Gateway(config)
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """All samples of ``/metrics``, parsed with prometheus_client's parser."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+           **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+class GatewayProcess:
+    """``dicom-gateway serve`` as a separate process, with fixed ports so it can be restarted."""
+
+    def __init__(self, raw: dict[str, Any], workdir: Path) -> None:
+        self.raw = raw
+        self.port = raw["gateway"]["listen"]["port"] = raw["gateway"]["listen"]["port"] or free_port()
+        self.metrics_port = raw["metrics"]["listen"]["port"] = raw["metrics"]["listen"]["port"] or free_port()
+        self.config_path = workdir / "gateway.yaml"
+        self.config_path.write_text(yaml.safe_dump(raw))
+        self.log_path = workdir / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicom_gateway.cli", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.log_tail()}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1)
+                return self
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+        raise RuntimeError(f"gateway not ready: {self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind, as in a power cut of the process."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

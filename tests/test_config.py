@@ -1,0 +1,89 @@
+"""Configuration: the example loads; every error names file, key path and problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dicom_gateway.cli import main
+from dicom_gateway.config import load_config, parse_config
+from dicom_gateway.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "gateway.example.yaml"
+
+
+def _raw() -> dict[str, Any]:
+    return yaml.safe_load(EXAMPLE.read_text())
+
+
+def test_example_config_is_valid() -> None:
+    config = load_config(EXAMPLE)
+    assert config.gateway.ae_title
+    assert config.routes and config.partners and "none" in config.profiles
+
+
+def test_check_config_cli_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(EXAMPLE)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mutate, path, problem", [
+    (lambda r: r["gateway"].update(colour="red"), "gateway.colour", "unknown key"),
+    (lambda r: r["gateway"].pop("ae_title"), "gateway.ae_title", "required key is missing"),
+    (lambda r: r["gateway"].update(ae_title="WAY_TOO_LONG_AE_TITLE"), "gateway.ae_title", "AE title"),
+    (lambda r: r["gateway"].update(allowed_callers=[]), "gateway.allowed_callers", "at least one"),
+    (lambda r: r["gateway"]["listen"].update(port=70000), "gateway.listen.port", "TCP port"),
+    (lambda r: r["gateway"].update(study_stable_seconds="soon"), "gateway.study_stable_seconds",
+     "expected float"),
+    (lambda r: r["routes"][0].update(to=["nobody"]), "routes[0].to[0]", "unknown partner 'nobody'"),
+    (lambda r: r["routes"][0].update(profile="nope"), "routes[0].profile", "unknown profile"),
+    (lambda r: r["routes"][0]["match"].update(tags={"SeriesDescriptio": "x"}),
+     "routes[0].match.tags.SeriesDescriptio", "unknown DICOM keyword"),
+    (lambda r: r["routes"][0]["match"].update(modality={"regex": "(CT"}),
+     "routes[0].match.modality", "invalid regular expression"),
+    (lambda r: r["profiles"].update(bad={"method": "magic"}), "profiles.bad.method", "unknown method"),
+    (lambda r: r["profiles"].update(bad={"method": "none", "strength": 3}), "profiles.bad.strength",
+     "takes no settings"),
+    (lambda r: r.update(no_route="bounce"), "no_route", "must be 'reject'"),
+    (lambda r: r["partners"].append(dict(r["partners"][0])), "partners[2].name", "duplicate"),
+    (lambda r: r["retry"].update(jitter=1.5), "retry.jitter", "[0, 1)"),
+])
+def test_errors_name_file_key_and_problem(mutate: Any, path: str, problem: str) -> None:
+    raw = _raw()
+    mutate(raw)
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "site.yaml")
+    assert info.value.source == "site.yaml"
+    assert info.value.path == path
+    assert problem in info.value.problem
+    assert str(info.value).startswith(f"site.yaml: {path}: ")
+
+
+def test_cli_reports_config_error_in_one_line(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gateway: {ae_title: GW, allowed_callers: [A], spool_dir: s, prot: 1}\n")
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{bad}: gateway.prot: unknown key" in err
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("gateway: [unclosed\n")
+    assert main(["check-config", str(broken)]) == 2
+    assert "invalid YAML: line" in capsys.readouterr().err
+    assert main(["serve", "--config", str(tmp_path / "absent.yaml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_relative_spool_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    raw = _raw()
+    raw["gateway"]["spool_dir"] = "spool-here"
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(path).gateway.spool_dir == tmp_path / "spool-here"
