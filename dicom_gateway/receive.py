@@ -49,6 +49,17 @@ class Status:
     CANNOT_UNDERSTAND = 0xC000  # data set cannot be parsed
 
 
+def _check_complete(ds: Dataset) -> None:
+    """Refuse a data set with an element shorter than its declared length (truncated)."""
+    for elem in ds.elements():
+        length = getattr(elem, "length", None)
+        value = getattr(elem, "value", None)
+        if (isinstance(value, bytes) and length is not None and length != 0xFFFFFFFF
+                and len(value) != length):
+            raise _Refusal(Status.DATASET_MISMATCH, "invalid",
+                           f"element {elem.tag} truncated: {len(value)} of {length} bytes")
+
+
 def _answer(status: int, comment: str = "") -> Dataset:
     rsp = Dataset()
     rsp.Status = status
@@ -180,6 +191,7 @@ class Receiver:
         except Exception as exc:
             raise _Refusal(Status.CANNOT_UNDERSTAND, "invalid",
                            f"cannot parse data set: {type(exc).__name__}") from None
+        _check_complete(ds)
         if not (study and series and sop and sop_class):
             raise _Refusal(Status.DATASET_MISMATCH, "invalid",
                            "missing Study/Series/SOP Instance UID or SOP Class UID")

@@ -1,4 +1,4 @@
-"""Fixtures wrapping the real-peer helpers of ``peers`` / ``peers_orthanc``."""
+"""Fixtures wrapping the real-peer helpers of :mod:`peers`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import RecordingSCP, build_multiseries_study, copy_ct_series
-from peers_orthanc import OrthancPeer
+from peers import OrthancPeer, RecordingSCP, build_multiseries_study, copy_ct_series
 
 
 @pytest.fixture

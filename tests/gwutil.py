@@ -21,7 +21,8 @@ from dicom_gateway.config import Config, parse_config
 from dicom_gateway.gateway import Gateway
 from peers import free_port
 
-__all__ = ["GatewayProcess", "base_config", "metric", "running_gateway", "scrape"]
+__all__ = ["GatewayProcess", "base_config", "metric", "partner", "running_gateway", "sample", "scrape",
+           "send"]
 
 FAST_RETRY = {"initial_seconds": 0.2, "multiplier": 2.0, "max_seconds": 1.0,
               "max_attempts": 20, "jitter": 0.1}
@@ -129,3 +130,43 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def send(port: int, datasets: list[Any], calling: str = "HOSPITAL_PACS",
+         called: str = "EGRESS_GW") -> list[int]:
+    """C-STORE datasets (or file paths) with pynetdicom; return each status (-1: no response)."""
+    from pydicom import dcmread
+    from pynetdicom import AE, build_context
+
+    loaded = [dcmread(d) if isinstance(d, (str, Path)) else d for d in datasets]
+    classes: dict[str, set[str]] = {}
+    for ds in loaded:
+        classes.setdefault(str(ds.SOPClassUID), set()).add(str(ds.file_meta.TransferSyntaxUID))
+    ae = AE(ae_title=calling)
+    contexts = [build_context(c, [t]) for c, ts in classes.items() for t in sorted(ts)]
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, contexts=contexts)
+    if not assoc.is_established:
+        raise ConnectionRefusedError(f"association rejected={assoc.is_rejected}")
+    statuses = []
+    try:
+        for ds in loaded:
+            rsp = assoc.send_c_store(ds)
+            statuses.append(int(getattr(rsp, "Status", -1)) if rsp is not None else -1)
+    finally:
+        assoc.release()
+    return statuses
+
+
+def sample(name: str = "CT_small.dcm", **attrs: Any) -> Any:
+    """A pydicom bundled example with fresh Study/Series/SOP UIDs and the given attributes."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(get_testdata_file(name))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
+        generate_uid(), generate_uid(), generate_uid())
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    return ds

@@ -12,12 +12,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import pydicom
+from peers_base import (
+    free_port,
+    pixel_sha256_of,
+    require_private_netns,
+    stop_process,
+    wait_listening,
+)
 from pydicom.dataset import Dataset
-
-from peers import free_port, pixel_sha256_of, require_private_netns, stop_process, wait_listening
 
 __all__ = ["OrthancPeer"]
 
@@ -28,7 +33,7 @@ class OrthancPeer:
     Orthanc 1.10 has no bind-address option: both its DICOM and HTTP ports listen
     on all interfaces (HTTP refuses non-loopback clients via
     ``RemoteAccessAllowed: false``).  :meth:`start` therefore calls
-    :func:`peers.require_private_netns`.
+    :func:`peers_base.require_private_netns`.
 
     Parameters
     ----------
@@ -83,7 +88,7 @@ class OrthancPeer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> OrthancPeer:
+    def start(self) -> Self:
         """Start Orthanc and wait for REST and DICOM; restartable with the same data/ports."""
         require_private_netns()
         if self._proc is not None and self._proc.poll() is None:
@@ -122,11 +127,17 @@ class OrthancPeer:
                     ) from None
                 time.sleep(0.1)
         if not wait_listening(self.dicom_port, timeout=max(1.0, deadline - time.monotonic())):
-            raise RuntimeError(f"Orthanc DICOM port {self.dicom_port} not listening:\n{self.log_tail()}")
+            raise RuntimeError(
+                f"Orthanc DICOM port {self.dicom_port} not listening:\n{self.log_tail()}"
+            )
 
-    def stop(self) -> None:
-        """Terminate Orthanc and wait for it (storage is kept)."""
-        stop_process(self._proc, timeout=20.0)
+    def stop(self, graceful: bool = True) -> None:
+        """Stop Orthanc and wait for it; storage is kept for :meth:`start`.
+
+        A graceful stop (SIGTERM) takes about 3 s in Orthanc 1.10;
+        ``graceful=False`` SIGKILLs it (a crash; committed instances survive).
+        """
+        stop_process(self._proc, timeout=20.0, graceful=graceful)
         self._proc = None
         if self._log is not None:
             self._log.close()
@@ -140,13 +151,16 @@ class OrthancPeer:
         path = self.workdir / "orthanc.log"
         return path.read_bytes()[-limit:].decode(errors="replace") if path.exists() else ""
 
-    def __enter__(self) -> OrthancPeer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.stop(graceful=False)  # the test is over: skip Orthanc's ~3 s shutdown
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

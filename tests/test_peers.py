@@ -15,8 +15,8 @@ import pytest
 from peers import (
     DATA_ENV,
     DcmtkStoreSCP,
+    OrthancPeer,
     RecordingSCP,
-    build_multiseries_study,
     copy_ct_series,
     dcmtk_storescu,
     free_port,
@@ -24,7 +24,6 @@ from peers import (
     pixel_sha256_of,
     require_shared_data,
 )
-from peers_orthanc import OrthancPeer
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 HOST = "127.0.0.1"
@@ -45,7 +44,9 @@ def test_free_port_and_netns_detection() -> None:
     assert isinstance(in_private_netns(), bool)
 
 
-def test_require_shared_data_skips_naming_the_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_require_shared_data_skips_naming_the_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(pytest.skip.Exception, match="nowhere"):
         require_shared_data()
@@ -84,7 +85,9 @@ def test_ct_series_to_orthanc_keeps_pixels(orthanc: OrthancPeer, ct_series_dir: 
 
 def test_multiseries_study_to_orthanc(orthanc: OrthancPeer, multiseries_study_dir: Path) -> None:
     expected = source_index(sorted(multiseries_study_dir.iterdir()))
-    result = dcmtk_storescu([multiseries_study_dir], HOST, orthanc.dicom_port, "GWTEST", orthanc.aet)
+    result = dcmtk_storescu(
+        [multiseries_study_dir], HOST, orthanc.dicom_port, "GWTEST", orthanc.aet
+    )
     assert result.returncode == 0, result.stderr
     assert orthanc.wait_for_count(len(expected)) == len(expected)
     assert len(orthanc.rest_json("/studies")) == 1
@@ -108,7 +111,9 @@ def test_orthanc_stop_start_keeps_data_and_ports(orthanc: OrthancPeer, tmp_path:
     assert dcmtk_storescu(files, HOST, orthanc.dicom_port, "GWTEST", orthanc.aet).returncode == 0
 
 
-def test_multiseries_study_to_recording_scp(recording_scp: RecordingSCP, multiseries_study_dir: Path) -> None:
+def test_multiseries_study_to_recording_scp(
+    recording_scp: RecordingSCP, multiseries_study_dir: Path
+) -> None:
     expected = source_index(sorted(multiseries_study_dir.iterdir()))
     result = dcmtk_storescu([multiseries_study_dir], HOST, recording_scp.port, "GWTEST", "RECORDER")
     assert result.returncode == 0, result.stderr
@@ -120,7 +125,9 @@ def test_multiseries_study_to_recording_scp(recording_scp: RecordingSCP, multise
     assert recording_scp.connection_count == 1
 
 
-def test_recording_scp_restart_counts_duplicates(tmp_path: Path, multiseries_study_dir: Path) -> None:
+def test_recording_scp_restart_counts_duplicates(
+    tmp_path: Path, multiseries_study_dir: Path
+) -> None:
     files = sorted(multiseries_study_dir.iterdir())[:2]
     with RecordingSCP(store_dir=tmp_path) as scp:
         assert dcmtk_storescu(files, HOST, scp.port, "GWTEST", scp.ae_title).returncode == 0

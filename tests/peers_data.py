@@ -1,0 +1,132 @@
+"""Sample DICOM data: the shared real CT series and a synthetic multi-series study."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+__all__ = [
+    "CT_SERIES_SUBDIR",
+    "DATA_ENV",
+    "MULTISERIES_SOURCES",
+    "build_multiseries_study",
+    "copy_ct_series",
+    "require_shared_data",
+    "shared_data_dir",
+]
+
+DATA_ENV = "DICOM_GATEWAY_DATA"
+CT_SERIES_SUBDIR = Path("dicom") / "ct_kits_series"
+
+
+def _data_root() -> Path:
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"  # <repo>/../shared/data
+    return Path(os.environ.get(DATA_ENV) or default)
+
+
+def shared_data_dir() -> Path | None:
+    """``$DICOM_GATEWAY_DATA`` (default ``<repo>/../shared/data``) if it holds the CT series."""
+    base = _data_root()
+    return base if (base / CT_SERIES_SUBDIR).is_dir() else None
+
+
+def require_shared_data() -> Path:
+    """Return :func:`shared_data_dir` or skip the calling test naming the expected path."""
+    base = shared_data_dir()
+    if base is None:
+        expected = _data_root() / CT_SERIES_SUBDIR
+        pytest.skip(f"shared test data absent: expected {expected} (set {DATA_ENV})")
+    return base
+
+
+def copy_ct_series(
+    dest: Path,
+    n_instances: int | None = None,
+    study_uid: str | None = None,
+    *,
+    fresh_uids: bool = False,
+) -> list[Path]:
+    """Copy the real 18-slice CT series into ``dest`` (skips if the data is absent).
+
+    ``n_instances`` beyond 18 cycles through the slices with fresh SOPInstanceUIDs
+    and InstanceNumbers (same series).  ``study_uid`` sets StudyInstanceUID on all;
+    ``fresh_uids`` gives every instance and the series new UIDs (for a second,
+    distinct copy).  Untouched slices are copied byte for byte.
+    """
+    sources = sorted((require_shared_data() / CT_SERIES_SUBDIR).glob("*.dcm"))
+    count = len(sources) if n_instances is None else n_instances
+    series_uid = generate_uid() if fresh_uids else None
+    dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for index in range(count):
+        source = sources[index % len(sources)]
+        target = dest / f"ct_{index + 1:05d}.dcm"
+        replica = index >= len(sources)
+        if not (replica or fresh_uids or study_uid):
+            shutil.copyfile(source, target)
+        else:
+            ds = pydicom.dcmread(source)
+            if replica or fresh_uids:
+                ds.SOPInstanceUID = generate_uid()
+                ds.InstanceNumber = index + 1
+            if series_uid:
+                ds.SeriesInstanceUID = series_uid
+            if study_uid:
+                ds.StudyInstanceUID = study_uid
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.save_as(target, enforce_file_format=True)
+        written.append(target)
+    return written
+
+
+# One series per file: (pydicom test file, transfer syntax it exercises).
+MULTISERIES_SOURCES = (
+    "CT_small.dcm",  # CT, explicit VR little endian
+    "MR_small.dcm",  # MR, explicit VR little endian
+    "MR_small_RLE.dcm",  # MR, RLE lossless
+    "MR_small_jpeg_ls_lossless.dcm",  # MR, JPEG-LS lossless
+    "MR_small_jp2klossless.dcm",  # MR, JPEG 2000 lossless
+    "JPEG2000.dcm",  # SC (NM), JPEG 2000
+    "examples_rgb_color.dcm",  # US, RGB, explicit VR little endian
+    "SC_rgb_rle_2frame.dcm",  # SC, RGB multi-frame, RLE
+    "SC_rgb_jpeg_dcmtk.dcm",  # SC, YBR_FULL, JPEG baseline (lossy)
+)
+
+
+def build_multiseries_study(dest: Path, study_uid: str | None = None) -> list[Path]:
+    """Write a 9-series / 9-instance study from pydicom's bundled test files.
+
+    All share a new StudyInstanceUID (or ``study_uid``) and one made-up patient;
+    each source file gets its own SeriesInstanceUID and a fresh SOPInstanceUID.
+    Original transfer syntaxes (incl. compressed) are kept.
+    """
+    study_uid = study_uid or generate_uid()
+    dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for number, name in enumerate(MULTISERIES_SOURCES, 1):
+        source = get_testdata_file(name)
+        if source is None:
+            raise FileNotFoundError(f"pydicom test file {name} not found")
+        ds = pydicom.dcmread(source)
+        ds.PatientName, ds.PatientID = "GATEWAY^MULTISERIES", "GWTEST0001"
+        ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
+        ds.StudyInstanceUID, ds.StudyID, ds.AccessionNumber = study_uid, "1", "GWACC0001"
+        ds.StudyDate, ds.StudyTime, ds.StudyDescription = (
+            "20240101",
+            "120000",
+            "Gateway multiseries",
+        )
+        ds.SeriesInstanceUID, ds.SeriesNumber = generate_uid(), number
+        ds.SOPInstanceUID, ds.InstanceNumber = generate_uid(), 1
+        ds.Modality = ds.get("Modality") or "OT"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        target = dest / f"{number:02d}_{Path(name).stem}.dcm"
+        ds.save_as(target, enforce_file_format=True)
+        written.append(target)
+    return written
