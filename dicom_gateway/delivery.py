@@ -152,7 +152,7 @@ class PartnerQueue:
         except FileNotFoundError:  # purged by an operator meanwhile
             self._forget(item)
         except PartnerRefused as exc:
-            self._give_up(item, exc.reason, str(exc), exc.status)
+            self._give_up(item, exc.reason, str(exc), exc.status, item.attempts + 1)
         except PartnerUnavailable as exc:
             self._failed(item, exc)
         except Exception as exc:  # a bug must not kill the worker; treat as a failed attempt
@@ -173,11 +173,12 @@ class PartnerQueue:
         with self._cond:
             self._known.pop(item.entry.name, None)
 
-    def _give_up(self, item: _Item, reason: str, message: str, status: int | None) -> None:
+    def _give_up(self, item: _Item, reason: str, message: str, status: int | None,
+                 attempts: int) -> None:
         self._forget(item)
         try:
             self._spool.dead_letter(item.entry, self.partner.name, {
-                "reason": reason, "message": message, "attempts": item.attempts + 1,
+                "reason": reason, "message": message, "attempts": attempts,
                 "status": status, "partner": self.partner.name})
         except FileNotFoundError:
             return
@@ -189,7 +190,7 @@ class PartnerQueue:
         now = time.monotonic()
         charged = [item]
         with self._cond:
-            if exc.scope == "partner":
+            if exc.scope == "partner" and now >= self._held_until:  # one bump per hold period
                 self._partner_failures += 1
                 self._held_until = now + backoff_seconds(self._retry, self._partner_failures)
                 while self._heap and self._heap[0].due <= now:
@@ -199,7 +200,8 @@ class PartnerQueue:
         for it in charged:
             it.attempts += 1
             if it.attempts >= self._retry.max_attempts:
-                self._give_up(it, exc.reason, f"{exc} (after {it.attempts} attempts)", exc.status)
+                self._give_up(it, exc.reason, f"{exc} (after {it.attempts} attempts)", exc.status,
+                              it.attempts)
                 continue
             delay = backoff_seconds(self._retry, it.attempts)
             it.due = now + delay

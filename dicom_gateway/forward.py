@@ -22,7 +22,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, build_context
+from pynetdicom import AE, _config, build_context, evt
 
 from .config import PartnerConfig
 from .errors import PartnerRefused, PartnerUnavailable
@@ -152,13 +152,15 @@ class PartnerLink:
                 break
             contexts.extend(wanted)
         p = self._partner
+        connected: list[bool] = []  # pynetdicom reports a refused TCP connect as an abort
         try:
-            assoc = self._ae.associate(p.host, p.port, ae_title=p.ae_title, contexts=contexts)
+            assoc = self._ae.associate(p.host, p.port, ae_title=p.ae_title, contexts=contexts,
+                                       evt_handlers=[(evt.EVT_CONN_OPEN, lambda e: connected.append(True))])
         except Exception as exc:  # socket errors surface here on some pynetdicom paths
             raise PartnerUnavailable("connection_failed", str(exc)) from None
         if not assoc.is_established:
-            reason = "association_rejected" if assoc.is_rejected else (
-                "association_aborted" if assoc.is_aborted else "connection_failed")
+            reason = "connection_failed" if not connected else (
+                "association_rejected" if assoc.is_rejected else "association_aborted")
             raise PartnerUnavailable(reason, f"cannot associate with {p.ae_title}@{p.host}:{p.port}")
         sock = assoc.dul.socket
         if sock is not None and sock.socket is not None:  # pynetdicom never sets it; ~45 ms/instance

@@ -14,6 +14,7 @@ from peers_base import LOCALHOST, free_port, pixel_sha256_of
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 __all__ = ["RecordingSCP"]
 
@@ -42,7 +43,7 @@ class RecordingSCP:
     store_dir : Path, optional
         Write each received instance there as ``<SOPInstanceUID>.dcm`` (as received).
     hash_pixels : bool
-        Decode and hash the pixels of each instance on receipt.
+        Decode and hash the pixels of each instance on receipt (None if undecodable).
     """
 
     def __init__(
@@ -64,7 +65,7 @@ class RecordingSCP:
         self.store_dir = store_dir
         self.hash_pixels = hash_pixels
         self._cond = threading.Condition()
-        self._server: Any = None
+        self._server: ThreadedAssociationServer | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -80,6 +81,8 @@ class RecordingSCP:
         """Start listening (non-blocking); restartable on the same port."""
         if self._server is not None:
             return self
+        if self.store_dir is not None:
+            self.store_dir.mkdir(parents=True, exist_ok=True)
         ae = AE(self.ae_title)
         ae.maximum_pdu_size = 0
         for context in AllStoragePresentationContexts:
@@ -130,7 +133,10 @@ class RecordingSCP:
         if self.hash_pixels:
             ds = event.dataset
             ds.file_meta = event.file_meta
-            digest = pixel_sha256_of(ds)
+            try:
+                digest = pixel_sha256_of(ds)
+            except Exception:  # noqa: BLE001 - undecodable pixels must not change the status
+                digest = None
         if self.store_dir is not None:
             (self.store_dir / f"{sop_uid}.dcm").write_bytes(event.encoded_dataset())
         with self._cond:
@@ -141,7 +147,11 @@ class RecordingSCP:
         return status
 
     def wait_for_count(self, n: int, timeout: float = 10.0) -> int:
-        """Wait until at least ``n`` instances were stored; return the count reached."""
+        """Wait until at least ``n`` instances were stored; return the count reached.
+
+        Instances are recorded just *before* the C-STORE-RSP is sent, so the
+        sender's own bookkeeping (metrics, spool) may lag slightly behind.
+        """
         with self._cond:
             self._cond.wait_for(lambda: len(self._received) >= n, timeout=timeout)
             return len(self._received)

@@ -1,0 +1,130 @@
+"""Acceptance (c): the gateway process is SIGKILLed at several moments while a 200-instance
+study streams through; after each restart every instance the sender saw acknowledged reaches
+the partner. Prints lost (must be 0) and duplicate deliveries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from pynetdicom import AE, build_context
+
+from gwutil import GatewayProcess, base_config, partner
+from peers import RecordingSCP, copy_ct_series
+
+N = 200
+
+
+class Sender:
+    """Streams files to the gateway in a thread, recording every Success it sees."""
+
+    def __init__(self, port: int, files: list[Path]) -> None:
+        self.port, self.files = port, files
+        self.acked: set[str] = set()
+        self.lock = threading.Lock()
+        self.sop = {f: str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        pending = [f for f in self.files if self.sop[f] not in self.acked]
+        ae = AE(ae_title="HOSPITAL_PACS")
+        ae.dimse_timeout = 5
+        assoc = ae.associate("127.0.0.1", self.port, ae_title="EGRESS_GW", contexts=[
+            build_context(pydicom.dcmread(self.files[0], stop_before_pixels=True).SOPClassUID,
+                          ["1.2.840.10008.1.2.1"])])
+        if not assoc.is_established:
+            return
+        try:
+            for f in pending:
+                rsp = assoc.send_c_store(f)
+                if rsp is None or getattr(rsp, "Status", None) != 0x0000:
+                    return  # the gateway died mid-transfer: this one is not acknowledged
+                with self.lock:
+                    self.acked.add(self.sop[f])
+        except Exception:
+            return
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def wait(self, timeout: float = 120) -> None:
+        assert self.thread is not None
+        self.thread.join(timeout)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.acked)
+
+
+def _wait(pred, timeout: float = 120.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_at_many_moments_loses_nothing(tmp_path: Path) -> None:
+    files = copy_ct_series(tmp_path / "study", n_instances=N, study_uid=generate_uid())
+    scp = RecordingSCP(delay_seconds=0.01, hash_pixels=False).start()
+    raw = base_config(tmp_path / "spool", [partner("recorder", scp.port, associations=2)],
+                      [{"name": "all", "match": {}, "to": ["recorder"], "profile": "passthrough"}],
+                      study_stable_seconds=2.0)
+    gw = GatewayProcess(raw, tmp_path)
+    sender = Sender(gw.port, files)
+    kills: list[str] = []
+
+    def kill(moment: str) -> None:
+        gw.kill()
+        kills.append(f"{moment} (acked={sender.count()}, at partner={len(scp.received_sops)})")
+
+    try:
+        gw.start()
+        sender.start()
+        assert _wait(lambda: sender.count() >= 40)
+        kill("mid-receive #1")
+        sender.wait()
+        gw.start()
+        sender.start()
+        assert _wait(lambda: sender.count() >= 120)
+        kill("mid-receive #2")
+        sender.wait()
+        gw.start()
+        sender.start()
+        sender.wait()
+        assert sender.count() == N
+        assert list((tmp_path / "spool" / "inbox").rglob("*.dcm"))  # still assembling
+        kill("mid-assembly (study not yet stable)")
+        gw.start()
+        time.sleep(0.5)
+        kill("right after restart, during the new quiet period")
+        gw.start()
+        assert _wait(lambda: len(scp.received_sops) >= 50)
+        kill("mid-forward #1")
+        gw.start()
+        assert _wait(lambda: len(scp.received_sops) >= 150)
+        kill("mid-forward #2")
+        gw.start()
+        assert _wait(lambda: len(scp.received_sops) >= N, timeout=180), gw.log_tail()
+        _wait(lambda: not list((tmp_path / "spool" / "outbox").rglob("*.dcm")), timeout=30)
+    finally:
+        gw.stop()
+        scp.stop()
+    lost = sender.acked - scp.received_sops
+    print(f"\nkills: {len(kills)}")
+    for k in kills:
+        print("  " + k)
+    print(f"acknowledged={len(sender.acked)} delivered={len(scp.received_sops)} "
+          f"lost={len(lost)} duplicates={scp.duplicates}")
+    assert len(kills) >= 5
+    assert not lost
