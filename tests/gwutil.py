@@ -22,7 +22,7 @@ from dicom_gateway.gateway import Gateway
 from peers import free_port
 
 __all__ = ["GatewayProcess", "base_config", "metric", "partner", "running_gateway", "sample", "scrape",
-           "send"]
+           "send", "wait_metric"]
 
 FAST_RETRY = {"initial_seconds": 0.2, "multiplier": 2.0, "max_seconds": 1.0,
               "max_attempts": 20, "jitter": 0.1}
@@ -170,3 +170,13 @@ def sample(name: str = "CT_small.dcm", **attrs: Any) -> Any:
     for k, v in attrs.items():
         setattr(ds, k, v)
     return ds
+
+
+def wait_metric(port: int, name: str, value: float, timeout: float = 20.0, **labels: str) -> float:
+    """Poll ``/metrics`` until the sample reaches ``value``; return the last value seen."""
+    deadline = time.monotonic() + timeout
+    seen = metric(scrape(port), name, **labels)
+    while seen < value and time.monotonic() < deadline:
+        time.sleep(0.05)
+        seen = metric(scrape(port), name, **labels)
+    return seen

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from gwutil import base_config, metric, partner, running_gateway, sample, scrape, send
+from gwutil import base_config, metric, partner, running_gateway, sample, scrape, send, wait_metric
 from peers import RecordingSCP
 
 ROUTES = [{"name": "ct", "match": {"modality": "CT"}, "to": ["recorder"], "profile": "passthrough"}]
@@ -30,7 +29,8 @@ def test_counters_equal_what_happened(tmp_path: Path, recording_scp: RecordingSC
         with pytest.raises(ConnectionRefusedError):
             send(port, [sample()], calling="INTRUDER")
         assert recording_scp.wait_for_count(5, timeout=30) == 5
-        time.sleep(0.3)  # let the last forward's bookkeeping finish
+        wait_metric(ops, "dicom_gateway_forwarded_instances_total", 5, partner="recorder",
+                    result="success")  # the partner records just before it answers
         text = urllib.request.urlopen(f"http://127.0.0.1:{ops}/metrics").read().decode()
         samples = scrape(ops)
         health = urllib.request.urlopen(f"http://127.0.0.1:{ops}/healthz").read()

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from gwutil import base_config, metric, partner, running_gateway, sample, scrape, send
+from gwutil import base_config, metric, partner, running_gateway, sample, scrape, send, wait_metric
 from peers import RecordingSCP
 
 ALL = [{"name": "all", "match": {}, "to": ["recorder"], "profile": "passthrough"}]
@@ -44,6 +44,8 @@ def test_backoff_is_bounded_and_everything_arrives_when_partner_returns(tmp_path
         try:
             assert scp.wait_for_count(20, timeout=30) == 20
             assert scp.received_sops == {ds.SOPInstanceUID for ds in instances}
+            wait_metric(gw.endpoint.port, "dicom_gateway_forwarded_instances_total", 20,  # type: ignore[union-attr]
+                        partner="recorder", result="success")
             samples = scrape(gw.endpoint.port)  # type: ignore[union-attr]
         finally:
             scp.stop()
@@ -82,7 +84,8 @@ def test_warning_is_done_failure_is_given_up_out_of_resources_is_retried(tmp_pat
         with running_gateway(raw) as gw:
             assert send(gw.receiver.port or 0, [sample()]) == [0]
             assert scp.wait_for_count(1, timeout=20) == 1
-            time.sleep(0.3)
+            wait_metric(gw.endpoint.port, "dicom_gateway_forwarded_instances_total", 1,  # type: ignore[union-attr]
+                        partner="recorder", result="warning")
             samples = scrape(gw.endpoint.port)  # type: ignore[union-attr]
         assert metric(samples, "dicom_gateway_forwarded_instances_total",
                       partner="recorder", result="warning") == 1
