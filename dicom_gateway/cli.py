@@ -48,7 +48,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     def _term(signum: int, frame: object) -> None:
         logging.getLogger(__name__).info("signal %d: stopping", signum)
-        gateway._stop.set()
+        gateway.request_stop()
 
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)

@@ -83,7 +83,11 @@ class Gateway:
         _log.info("stopped")
 
     def wait(self) -> None:
+        """Block until :meth:`request_stop` (e.g. from a signal handler)."""
         self._stop.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()
 
     def _rescan_loop(self) -> None:
         while not self._stop.wait(self.config.gateway.rescan_seconds):
