@@ -9,7 +9,6 @@ where the output landed and where the metrics are.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import threading
 import time

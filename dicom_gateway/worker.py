@@ -57,13 +57,13 @@ class StudyWorker:
             by_profile: dict[str, list[str]] = defaultdict(list)
             for d in meta.get("destinations", []):
                 by_profile[d["profile"]].append(d["partner"])
-            for profile, partners in by_profile.items():
-                batches[str(meta.get("series", ""))][profile].append((entry, partners))
+            for profile, names in by_profile.items():
+                batches[str(meta.get("series", ""))][profile].append((entry, names))
         touched: set[str] = set()
-        for series, by_profile in batches.items():
+        for by_profile in batches.values():  # series by series: one batch per (series, profile)
             for profile, items in by_profile.items():
                 outcomes = self._stage.protect(profile, [e.path for e, _ in items])
-                for (entry, partners), outcome in zip(items, outcomes):
+                for (entry, partners), outcome in zip(items, outcomes, strict=True):
                     self._hand_on(study, entry, partners, profile, outcome)
                     touched.update(partners)
         for partner in touched:
