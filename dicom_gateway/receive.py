@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import Verification
 
 from .config import Config
@@ -34,7 +37,7 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float Pixel, Double Float Pixel Data
+_PIXEL_TAGS = frozenset((0x7FE00010, 0x7FE00008, 0x7FE00009))  # Pixel, Float Pixel, Double Float Pixel Data
 _REACTOR_POLL_SECONDS = 0.0002  # pynetdicom polls its socket; 1 ms default caps throughput
 
 
@@ -49,15 +52,48 @@ class Status:
     CANNOT_UNDERSTAND = 0xC000  # data set cannot be parsed
 
 
-def _check_complete(ds: Dataset) -> None:
-    """Refuse a data set with an element shorter than its declared length (truncated)."""
+def _read_header(event: evt.Event) -> tuple[Dataset, bool]:
+    """Parse the data set up to (not including) its pixel data; check nothing is truncated.
+
+    Returns the header and whether pixel data follows. Routing sees every attribute before the
+    pixel data (in practice all of them); the pixel bytes are neither copied nor decoded.
+    """
+    syntax = event.context.transfer_syntax
+    if syntax.is_deflated:  # rare: let pynetdicom inflate and decode it whole
+        ds = event.dataset
+        return ds, any(tag in ds for tag in _PIXEL_TAGS)
+    stream = event.request.DataSet
+    total = stream.seek(0, 2)
+    stream.seek(0)
+    ds = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian,
+                      stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
     for elem in ds.elements():
-        length = getattr(elem, "length", None)
         value = getattr(elem, "value", None)
-        if (isinstance(value, bytes) and length is not None and length != 0xFFFFFFFF
-                and len(value) != length):
-            raise _Refusal(Status.DATASET_MISMATCH, "invalid",
+        length = getattr(elem, "length", 0xFFFFFFFF)
+        if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) != length:
+            raise _Refusal(Status.CANNOT_UNDERSTAND, "invalid",
                            f"element {elem.tag} truncated: {len(value)} of {length} bytes")
+    start = stream.tell()
+    stream.seek(0)
+    if start >= total:
+        return ds, False
+    endian = "<" if syntax.is_little_endian else ">"
+    with stream.getbuffer() as buf:
+        head = bytes(buf[start:start + 12])
+        if syntax.is_implicit_VR:
+            length, value_at = struct.unpack(endian + "L", head[4:8])[0], start + 8
+        elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
+            length, value_at = struct.unpack(endian + "L", head[8:12])[0], start + 12
+        else:
+            length, value_at = struct.unpack(endian + "H", head[6:8])[0], start + 8
+        if length == 0xFFFFFFFF:  # encapsulated: fragments end with a Sequence Delimiter
+            delimiter = struct.pack(endian + "HHL", 0xFFFE, 0xE0DD, 0)
+            complete = bytes(buf[total - 8:total]) == delimiter or delimiter in bytes(buf[value_at:])
+        else:
+            complete = total - value_at >= length
+    if not complete:
+        raise _Refusal(Status.CANNOT_UNDERSTAND, "invalid", "Pixel Data truncated")
+    return ds, True
 
 
 def _answer(status: int, comment: str = "") -> Dataset:
@@ -181,17 +217,18 @@ class Receiver:
 
     def _store(self, event: evt.Event, calling: str) -> tuple[str, str, int]:
         req = event.request
+        stream = req.DataSet
         try:
-            ds = event.dataset
+            ds, has_pixels = _read_header(event)
             study = str(ds.StudyInstanceUID or "")
             series = str(ds.SeriesInstanceUID or "")
             sop = str(ds.SOPInstanceUID or "")
             sop_class = str(ds.SOPClassUID or "")
-            modality = str(ds.get("Modality", "") or "")
+        except _Refusal:
+            raise
         except Exception as exc:
             raise _Refusal(Status.CANNOT_UNDERSTAND, "invalid",
                            f"cannot parse data set: {type(exc).__name__}") from None
-        _check_complete(ds)
         if not (study and series and sop and sop_class):
             raise _Refusal(Status.DATASET_MISMATCH, "invalid",
                            "missing Study/Series/SOP Instance UID or SOP Class UID")
@@ -204,17 +241,15 @@ class Receiver:
         if not destinations:
             _log.info("discarded sop=%s from=%s: no route, no_route=discard", sop, calling)
             return "discarded", "", 0
-        self._check_pixels(ds, destinations)
+        self._check_pixels(has_pixels, destinations)
 
-        encoded = event.encoded_dataset(include_meta=True)
-        meta = {
-            "calling_ae": calling, "called_ae": called, "received": time.time(),
-            "study": study, "series": series, "sop": sop, "sop_class": sop_class,
-            "modality": modality, "transfer_syntax": str(event.context.transfer_syntax),
-            "destinations": [d.__dict__ for d in destinations],
-        }
+        record = {"calling_ae": calling, "called_ae": called, "study": study, "series": series,
+                  "destinations": [d.__dict__ for d in destinations]}
+        header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
         try:
-            self._spool.store_incoming(study, sop, encoded, meta)
+            with stream.getbuffer() as body:  # the received bytes, written without a copy
+                size = len(header) + len(body)
+                self._spool.store_incoming(study, sop, [header, body], record)
         except SpoolError as exc:
             _log.error("spool refused sop=%s: %s", sop, exc)
             label = "out_of_resources" if exc.out_of_space else "error"
@@ -222,7 +257,7 @@ class Receiver:
         self._on_stored(safe_key(study))
         _log.info("stored sop=%s study=%s from=%s to=%s", sop, study, calling,
                   ",".join(d.partner for d in destinations))
-        return "stored", "", len(encoded)
+        return "stored", "", size
 
     def _route(self, ds: Dataset, calling: str, called: str) -> list[Destination]:
         try:
@@ -240,8 +275,8 @@ class Receiver:
             return []
         raise _Refusal(Status.NOT_AUTHORIZED, "no_route", "no route matches this instance")
 
-    def _check_pixels(self, ds: Dataset, destinations: list[Destination]) -> None:
+    def _check_pixels(self, has_pixels: bool, destinations: list[Destination]) -> None:
         needs = [d for d in destinations if self._config.profiles[d.profile].require_pixel_data]
-        if needs and not any(tag in ds for tag in _PIXEL_TAGS):
+        if needs and not has_pixels:
             raise _Refusal(Status.DATASET_MISMATCH, "invalid",
                            f"no pixel data, but profile {needs[0].profile!r} needs it")

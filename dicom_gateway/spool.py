@@ -2,17 +2,20 @@
 
 Layout under ``spool_dir`` (see ``docs/decisions/0002-spool-layout.md``)::
 
-    tmp/                               files being written; removed at start
-    inbox/<study>/<sop>.dcm + .json    received, fsync'd, waiting for the study to be stable
-    work/<study>/<sop>.dcm + .json     claimed by the assembler; moved back to inbox at start
-    outbox/<partner>/<name>.dcm        protected, waiting for delivery (+ .state.json on retry)
-    failed/<partner>/<name>.dcm        gave up delivering (+ .reason.json)
-    quarantine/<partner>/<name>.dcm    could not be protected (+ .reason.json)
+    tmp/                                   files being written; removed at start
+    inbox/<study>/<sop>~<key>.dcm          received, fsync'd, waiting for the study to be stable
+    inbox/<study>/<key>.route.json         the routing record those instances share
+    work/<study>/...                       claimed by the assembler; moved back to inbox at start
+    outbox/<partner>/<name>.dcm            protected, waiting for delivery (+ .state.json on retry)
+    failed/<partner>/<name>.dcm            gave up delivering (+ .reason.json)
+    quarantine/<partner>/<name>.dcm        could not be protected (+ .reason.json)
 
 Every file is written to ``tmp/``, fsync'd, then renamed into place, and the directory is
 fsync'd (CPython ``mailbox.Maildir`` does the same); nothing changes a file after that, so the
-same file may be hard-linked into several outboxes. ``.json`` sidecars are committed before
-their ``.dcm``: a ``.dcm`` in ``inbox/`` always has its routing decision beside it.
+same file may be hard-linked into several outboxes. The routing record (calling/called AE,
+study, series, destinations) is the same for most instances of a series, so it is written once
+per study and ``key`` (a hash of it) and committed before any ``.dcm`` naming it: a received
+instance costs one file and one fsync.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,13 @@ def safe_key(uid: str) -> str:
     return "h" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:40]
 
 
+def _record_key(record: dict[str, Any]) -> tuple[str, bytes]:
+    import hashlib
+
+    data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(data).hexdigest()[:16], data
+
+
 @dataclass(frozen=True)
 class Entry:
     """One spooled instance: its ``.dcm`` path; sidecars live beside it."""
@@ -59,6 +69,16 @@ class Entry:
     @property
     def name(self) -> str:
         return self.path.name[: -len(".dcm")]
+
+    @property
+    def sop_key(self) -> str:
+        """The instance's key (its SOP Instance UID, or a hash of an odd one)."""
+        return self.name.split("~", 1)[0]
+
+    @property
+    def record_path(self) -> Path:
+        """The routing record of an inbox/work entry."""
+        return self.path.with_name(f"{self.name.split('~', 1)[-1]}.route.json")
 
     def sidecar(self, suffix: str) -> Path:
         return self.path.with_name(f"{self.name}{suffix}")
@@ -89,6 +109,7 @@ class Spool:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._lock = threading.Lock()
         try:
             for state in _STATES:
                 (root / state).mkdir(parents=True, exist_ok=True)
@@ -99,13 +120,22 @@ class Spool:
     def _tmp_path(self, suffix: str) -> Path:
         return self.root / "tmp" / f"{time.time_ns()}-{threading.get_ident()}-{next(_counter)}{suffix}"
 
-    def _write_tmp(self, data: bytes | memoryview, suffix: str = ".dcm") -> Path:
+    def _write_tmp(self, parts: Sequence[bytes | memoryview], suffix: str = ".dcm") -> Path:
         tmp = self._tmp_path(suffix)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                views = [memoryview(p).cast("B") for p in parts]
+                while views:
+                    written = os.writev(fd, views)
+                    while views and written >= len(views[0]):
+                        written -= len(views[0])
+                        views.pop(0)
+                    if views and written:
+                        views[0] = views[0][written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _translate(exc, "write a file") from None
@@ -134,20 +164,33 @@ class Spool:
                 continue
         raise SpoolError(f"spool cannot place {dest.name}: directory keeps disappearing")
 
-    def store_incoming(self, study: str, sop: str, encoded: bytes | memoryview,
-                       meta: dict[str, Any]) -> Entry:
-        """Commit a received instance to ``inbox/``; returns only once it is durable."""
-        meta_tmp = self._write_tmp(json.dumps(meta, sort_keys=True).encode(), ".json")
+    def store_incoming(self, study: str, sop: str, parts: Sequence[bytes | memoryview],
+                       record: dict[str, Any]) -> Entry:
+        """Commit a received instance (``parts`` concatenated) and its routing record to
+        ``inbox/``; returns only once both are durable."""
+        key, data = _record_key(record)
+        dcm_tmp = self._write_tmp(parts)
+        study_dir = self.root / "inbox" / safe_key(study)
+        entry = Entry(study_dir / f"{safe_key(sop)}~{key}.dcm")
         try:
-            dcm_tmp = self._write_tmp(encoded)
-        except SpoolError:
-            meta_tmp.unlink(missing_ok=True)
-            raise
-        entry = Entry(self.root / "inbox" / safe_key(study) / f"{safe_key(sop)}.dcm")
-        self._place(meta_tmp, entry.sidecar(".json"))
-        self._place(dcm_tmp, entry.path)
-        _fsync_dir(entry.path.parent)
+            with self._lock:  # against remove_empty_study deleting the record meanwhile
+                study_dir.mkdir(exist_ok=True)
+                if not entry.record_path.exists():
+                    os.replace(self._write_tmp([data], ".json"), entry.record_path)
+                os.replace(dcm_tmp, entry.path)
+            _fsync_dir(study_dir)
+        except OSError as exc:
+            dcm_tmp.unlink(missing_ok=True)
+            raise _translate(exc, "store an instance") from None
         return entry
+
+    def record(self, entry: Entry) -> dict[str, Any]:
+        """The routing record of an inbox/work entry ({} if it is missing)."""
+        try:
+            data = json.loads(entry.record_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     # -- assembly --------------------------------------------------------------------------
     def inbox_studies(self) -> list[str]:
@@ -156,35 +199,52 @@ class Spool:
     def inbox_entries(self, study: str) -> list[Entry]:
         return self._entries(self.root / "inbox" / study)
 
-    def claim(self, entry: Entry) -> Entry:
-        """Move an inbox entry to ``work/`` so a re-send of the same SOP cannot be lost."""
-        dest = Entry(self.root / "work" / entry.path.parent.name / entry.path.name)
-        dest.path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(entry.path, dest.path)
-        os.replace(entry.sidecar(".json"), dest.sidecar(".json"))
-        return dest
+    def claim(self, entries: Sequence[Entry]) -> list[Entry]:
+        """Move inbox entries of one study to ``work/`` (a re-send arriving meanwhile lands in
+        ``inbox/`` and is not lost with them); durable before returning."""
+        claimed = []
+        for entry in entries:
+            dest = Entry(self.root / "work" / entry.path.parent.name / entry.path.name)
+            dest.path.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_keep(entry.record_path, dest.record_path)
+            try:
+                os.replace(entry.path, dest.path)
+            except FileNotFoundError:
+                continue
+            claimed.append(dest)
+        if claimed:
+            _fsync_dir(claimed[0].path.parent)
+        return claimed
 
     def unclaim(self, entry: Entry) -> None:
         """Put a work entry back into the inbox (processing failed; a newer re-send wins)."""
         dest = Entry(self.root / "inbox" / entry.path.parent.name / entry.path.name)
         if not entry.path.exists():
             return
-        if dest.path.exists():
-            self.finish_work(entry)
-            return
-        self._place(entry.sidecar(".json"), dest.sidecar(".json"))
-        self._place(entry.path, dest.path)
+        with self._lock:
+            dest.path.parent.mkdir(exist_ok=True)
+            _link_or_keep(entry.record_path, dest.record_path)
+            if dest.path.exists():
+                entry.path.unlink()
+            else:
+                os.replace(entry.path, dest.path)
 
     def remove_empty_study(self, study: str) -> None:
-        for state in ("inbox", "work"):
-            try:
-                (self.root / state / study).rmdir()
-            except OSError:
-                pass
+        """Remove a study's directories (and routing records) once no instance is left."""
+        with self._lock:
+            for state in ("inbox", "work"):
+                directory = self.root / state / study
+                try:
+                    if any(p.suffix == ".dcm" for p in directory.iterdir()):
+                        continue
+                    for record in directory.glob("*.route.json"):
+                        record.unlink()
+                    directory.rmdir()
+                except OSError:
+                    pass
 
     def finish_work(self, entry: Entry) -> None:
         """The entry has been handed on (outbox, quarantine or discarded): drop it."""
-        entry.sidecar(".json").unlink(missing_ok=True)
         entry.path.unlink(missing_ok=True)
 
     # -- outbox ---------------------------------------------------------------------------
@@ -214,7 +274,7 @@ class Spool:
     def record_attempt(self, entry: Entry, state: dict[str, Any]) -> None:
         """Persist the retry state of an outbox entry (attempts survive a restart)."""
         try:
-            tmp = self._write_tmp(json.dumps(state, sort_keys=True).encode(), ".json")
+            tmp = self._write_tmp([json.dumps(state, sort_keys=True).encode()], ".json")
             os.replace(tmp, entry.sidecar(".state.json"))
         except (OSError, SpoolError):
             pass  # losing a retry counter only means more retries; never block delivery on it
@@ -238,8 +298,8 @@ class Spool:
         dest.path.parent.mkdir(parents=True, exist_ok=True)
         reason = {**reason, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if state == "quarantine":
-            reason["meta"] = entry.read_json(".json")
-        tmp = self._write_tmp(json.dumps(reason, indent=2, sort_keys=True).encode(), ".json")
+            reason["record"] = self.record(entry)
+        tmp = self._write_tmp([json.dumps(reason, indent=2, sort_keys=True).encode()], ".json")
         os.replace(tmp, dest.sidecar(".reason.json"))
         if move:
             os.replace(entry.path, dest.path)
@@ -257,30 +317,32 @@ class Spool:
         for tmp in (self.root / "tmp").iterdir():
             tmp.unlink(missing_ok=True)
             counts["tmp_removed"] += 1
-        work = self.root / "work"
-        for study_dir in [p for p in work.iterdir() if p.is_dir()]:
+        for study_dir in [p for p in (self.root / "work").iterdir() if p.is_dir()]:
             inbox_dir = self.root / "inbox" / study_dir.name
             inbox_dir.mkdir(exist_ok=True)
-            for f in study_dir.iterdir():
-                if not (inbox_dir / f.name).exists():  # a newer re-send wins
+            for f in sorted(study_dir.iterdir(), key=lambda p: p.suffix != ".json"):
+                if (inbox_dir / f.name).exists():  # a newer re-send wins
+                    f.unlink()
+                else:
                     os.replace(f, inbox_dir / f.name)
                     counts["work_requeued"] += f.suffix == ".dcm"
-                else:
-                    f.unlink()
             study_dir.rmdir()
         for study_dir in [p for p in (self.root / "inbox").iterdir() if p.is_dir()]:
-            for side in study_dir.glob("*.json"):
-                if not side.with_suffix(".dcm").exists():  # store interrupted before commit
-                    side.unlink()
+            entries = self._entries(study_dir)
+            used = {e.record_path.name for e in entries}
+            for record in study_dir.glob("*.route.json"):
+                if record.name not in used:  # its instance never committed
+                    record.unlink()
                     counts["orphans_removed"] += 1
-            for dcm in study_dir.glob("*.dcm"):
-                if not dcm.with_suffix(".json").exists():
-                    self._set_aside("quarantine", "_inbox", Entry(dcm), {
-                        "reason": "missing_sidecar",
-                        "message": "routing decision missing; re-send or requeue by hand"},
+            for entry in entries:
+                if not entry.record_path.exists():
+                    self._set_aside("quarantine", "_inbox", entry, {
+                        "reason": "missing_route_record",
+                        "message": "routing record missing; re-send or requeue by hand"},
                         move=False)
-                    dcm.unlink()
+                    entry.path.unlink()
             self.remove_empty_study(study_dir.name)
+            _fsync_dir(self.root / "inbox")
         return counts
 
     def partners_with_entries(self, state: str) -> list[str]:
@@ -300,19 +362,18 @@ class Spool:
         if state == "failed":
             self.commit_outbox(partner, entry.name, entry.path)
         else:
-            meta = reason.get("meta") or {}
-            if not meta.get("study"):
+            record = reason.get("record") or {}
+            if not record.get("study"):
                 raise SpoolError(f"{entry.path}: no routing record, cannot requeue")
-            meta["destinations"] = [d for d in meta.get("destinations", [])
-                                    if d.get("partner") == partner] or meta.get("destinations", [])
-            staged = self._write_tmp(json.dumps(meta, sort_keys=True).encode(), ".json")
-            target = Entry(self.root / "inbox" / safe_key(meta["study"]) / entry.path.name)
-            self._place(staged, target.sidecar(".json"))
-            self._place(entry.path, target.path)
+            record["destinations"] = [d for d in record.get("destinations", [])
+                                      if d.get("partner") == partner] or record["destinations"]
+            with open(entry.path, "rb") as f:  # re-stored like a new arrival (one copy)
+                self.store_incoming(record["study"], entry.sop_key, [f.read()], record)
+            entry.path.unlink()
         entry.sidecar(".reason.json").unlink(missing_ok=True)
 
     def purge(self, state: str, entry: Entry) -> None:
-        for suffix in (".reason.json", ".state.json", ".json"):
+        for suffix in (".reason.json", ".state.json"):
             entry.sidecar(suffix).unlink(missing_ok=True)
         entry.path.unlink(missing_ok=True)
 
@@ -326,6 +387,14 @@ class Spool:
         except FileNotFoundError:
             return []
         return [Entry(p) for p in sorted(files, key=_mtime_key)]
+
+
+def _link_or_keep(source: Path, dest: Path) -> None:
+    """Hard-link a routing record into another state's directory unless it is there already."""
+    try:
+        os.link(source, dest)
+    except FileExistsError:
+        pass
 
 
 def _mtime_key(p: Path) -> tuple[float, str]:

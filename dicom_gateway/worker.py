@@ -36,7 +36,7 @@ class StudyWorker:
         self._pending: dict[Path, list[tuple[str, Entry]]] = {}
 
     def __call__(self, study: str) -> None:
-        claimed = [self._spool.claim(e) for e in self._spool.inbox_entries(study)]
+        claimed = self._spool.claim(self._spool.inbox_entries(study))
         if not claimed:
             self._spool.remove_empty_study(study)
             return
@@ -53,12 +53,17 @@ class StudyWorker:
         batches: dict[str, dict[str, list[tuple[Entry, list[str]]]]] = defaultdict(
             lambda: defaultdict(list))
         for entry in claimed:
-            meta = entry.read_json(".json")
+            record = self._spool.record(entry)
+            if not record.get("destinations"):  # never drop silently: keep it with the reason
+                self._spool.quarantine(entry, "_inbox", {
+                    "reason": "missing_route_record", "message": "no routing record beside it"})
+                self._metrics.quarantined.labels(partner="_inbox", reason="missing_route_record").inc()
+                continue
             by_profile: dict[str, list[str]] = defaultdict(list)
-            for d in meta.get("destinations", []):
+            for d in record["destinations"]:
                 by_profile[d["profile"]].append(d["partner"])
             for profile, names in by_profile.items():
-                batches[str(meta.get("series", ""))][profile].append((entry, names))
+                batches[str(record.get("series", ""))][profile].append((entry, names))
         touched: set[str] = set()
         for by_profile in batches.values():  # series by series: one batch per (series, profile)
             for profile, items in by_profile.items():
@@ -98,7 +103,7 @@ class StudyWorker:
         staged = self._spool.stage_output(output)
         try:
             for partner in partners:
-                out = self._spool.commit_outbox(partner, f"{study}_{entry.name}",
+                out = self._spool.commit_outbox(partner, f"{study}_{entry.sop_key}",
                                                 self._spool.stage_output(staged))
                 self._pending.setdefault(entry.path, []).append((partner, out))
         finally:

@@ -8,20 +8,24 @@ from pathlib import Path
 
 from dicom_gateway.spool import Entry, Spool, safe_key
 
-META = {"study": "1.2.3", "series": "1.2.3.4", "sop": "1.2.3.4.5", "destinations": [
-    {"partner": "p1", "profile": "none", "route": "r"}]}
+RECORD = {"study": "1.2.3", "series": "1.2.3.4", "calling_ae": "A", "called_ae": "GW",
+          "destinations": [{"partner": "p1", "profile": "none", "route": "r"}]}
 
 
 def _store(spool: Spool, sop: str = "1.2.3.4.5") -> Entry:
-    return spool.store_incoming("1.2.3", sop, b"DICM-bytes-" + sop.encode(), {**META, "sop": sop})
+    return spool.store_incoming("1.2.3", sop, [b"DICM-", b"bytes-" + sop.encode()], RECORD)
 
 
-def test_store_commits_dcm_and_sidecar(tmp_path: Path) -> None:
+def test_store_commits_dcm_and_shared_record(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    entry = _store(spool)
-    assert entry.path == tmp_path / "inbox" / "1.2.3" / "1.2.3.4.5.dcm"
-    assert entry.read_json(".json")["sop"] == "1.2.3.4.5"
+    first, second = _store(spool), _store(spool, "1.2.3.4.6")
+    assert first.path.parent == tmp_path / "inbox" / "1.2.3"
+    assert first.sop_key == "1.2.3.4.5" and first.path.read_bytes() == b"DICM-bytes-1.2.3.4.5"
+    assert first.record_path == second.record_path  # one routing record for the series
+    assert spool.record(first) == RECORD
+    assert len(list(first.path.parent.glob("*.route.json"))) == 1
     assert not list((tmp_path / "tmp").iterdir())
+    assert first.path.stat().st_mode & 0o777 == 0o600
 
 
 def test_safe_key_hashes_odd_uids() -> None:
@@ -32,11 +36,14 @@ def test_safe_key_hashes_odd_uids() -> None:
 
 def test_claim_then_crash_is_requeued(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    claimed = spool.claim(_store(spool))
-    assert claimed.path.parent == tmp_path / "work" / "1.2.3"
+    claimed = spool.claim([_store(spool)])
+    assert claimed[0].path.parent == tmp_path / "work" / "1.2.3"
+    assert spool.record(claimed[0]) == RECORD
+    spool.remove_empty_study("1.2.3")  # inbox has no instance left: its record goes
     counts = Spool(tmp_path).recover()
     assert counts["work_requeued"] == 1
-    assert [e.name for e in spool.inbox_entries("1.2.3")] == ["1.2.3.4.5"]
+    entries = spool.inbox_entries("1.2.3")
+    assert [e.sop_key for e in entries] == ["1.2.3.4.5"] and spool.record(entries[0]) == RECORD
 
 
 def test_recovery_removes_partial_writes(tmp_path: Path) -> None:
@@ -44,26 +51,27 @@ def test_recovery_removes_partial_writes(tmp_path: Path) -> None:
     (tmp_path / "tmp" / "123-half.dcm").write_bytes(b"half")
     study = tmp_path / "inbox" / "1.2.3"
     study.mkdir(parents=True)
-    (study / "9.9.json").write_text(json.dumps(META))  # sidecar committed, .dcm never was
+    (study / "abcd.route.json").write_text(json.dumps(RECORD))  # record committed, no instance
     counts = spool.recover()
     assert counts == {"tmp_removed": 1, "work_requeued": 0, "orphans_removed": 1}
     assert not study.exists()
 
 
-def test_dcm_without_sidecar_is_quarantined_not_lost(tmp_path: Path) -> None:
+def test_instance_without_record_is_quarantined_not_lost(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     study = tmp_path / "inbox" / "1.2.3"
     study.mkdir(parents=True)
-    (study / "7.7.dcm").write_bytes(b"data")
+    (study / "7.7~abcd.dcm").write_bytes(b"data")
     spool.recover()
-    q = tmp_path / "quarantine" / "_inbox" / "7.7.dcm"
+    q = tmp_path / "quarantine" / "_inbox" / "7.7~abcd.dcm"
     assert q.read_bytes() == b"data"
-    assert json.loads(q.with_name("7.7.reason.json").read_text())["reason"] == "missing_sidecar"
+    reason = json.loads(q.with_name("7.7~abcd.reason.json").read_text())
+    assert reason["reason"] == "missing_route_record"
 
 
 def test_outbox_link_dead_letter_and_requeue(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    work = spool.claim(_store(spool))
+    work = spool.claim([_store(spool)])[0]
     out = spool.commit_outbox("p1", "1.2.3_1.2.3.4.5", spool.stage_output(work.path))
     assert os.stat(out.path).st_ino == os.stat(work.path).st_ino  # hard link, no copy
     spool.finish_work(work)
@@ -77,9 +85,12 @@ def test_outbox_link_dead_letter_and_requeue(tmp_path: Path) -> None:
 
 def test_quarantine_keeps_routing_and_requeues_to_inbox(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    work = spool.claim(_store(spool))
+    work = spool.claim([_store(spool)])[0]
     q = spool.quarantine(work, "p1", {"reason": "method_error", "message": "boom"})
     spool.finish_work(work)
-    assert q.read_json(".reason.json")["meta"]["study"] == "1.2.3"
+    assert q.read_json(".reason.json")["record"]["study"] == "1.2.3"
     spool.requeue("quarantine", q, "p1")
-    assert [e.name for e in spool.inbox_entries("1.2.3")] == ["1.2.3.4.5"]
+    entries = spool.inbox_entries("1.2.3")
+    assert [e.sop_key for e in entries] == ["1.2.3.4.5"]
+    assert entries[0].path.read_bytes() == b"DICM-bytes-1.2.3.4.5"
+    assert not list(spool.entries("quarantine"))
