@@ -58,6 +58,7 @@ class Gateway:
     def start(self) -> None:
         counts = self.spool.recover()
         _log.info("spool recovered at %s: %s", self.spool.root, counts)
+        self.spool.start_pool()
         self.metrics.protection_device.labels(device=protection_device()).set(1)
         for queue in self.queues.values():
             queue.start()

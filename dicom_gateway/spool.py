@@ -42,6 +42,7 @@ __all__ = ["Entry", "Spool", "safe_key"]
 _STATES = ("tmp", "inbox", "work", "outbox", "failed", "quarantine")
 _UID_RE = re.compile(r"^[0-9][0-9.]{0,63}$")
 _counter = itertools.count()
+_POOL_SIZE = 16
 
 
 def safe_key(uid: str) -> str:
@@ -115,15 +116,52 @@ class Spool:
                 (root / state).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _translate(exc, f"create its directories under {root}") from None
+        self._pool: list[Path] = []
+        self._pool_cond = threading.Condition()
+        self._pool_thread: threading.Thread | None = None
+
+    def start_pool(self) -> None:
+        """Start pre-creating tmp files for incoming instances (call after :meth:`recover`)."""
+        if self._pool_thread is None:
+            self._pool_thread = threading.Thread(target=self._fill_pool, name="spool-tmp",
+                                                 daemon=True)
+            self._pool_thread.start()
 
     # -- writing -------------------------------------------------------------------------
     def _tmp_path(self, suffix: str) -> Path:
         return self.root / "tmp" / f"{time.time_ns()}-{threading.get_ident()}-{next(_counter)}{suffix}"
 
-    def _write_tmp(self, parts: Sequence[bytes | memoryview], suffix: str = ".dcm") -> Path:
+    def _fill_pool(self) -> None:
+        """Keep empty files ready in ``tmp/``: creating a file costs ~0.45 ms on ext4, which a
+        C-STORE should not wait for (they are removed at start like any tmp file)."""
+        while True:
+            with self._pool_cond:
+                while len(self._pool) >= _POOL_SIZE:
+                    self._pool_cond.wait()
+            path = self._tmp_path(".dcm")
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except OSError:
+                time.sleep(1.0)  # disk full or read-only: writers create their own and fail loudly
+                continue
+            with self._pool_cond:
+                self._pool.append(path)
+
+    def _open_tmp(self, suffix: str) -> tuple[Path, int]:
+        with self._pool_cond:
+            tmp = self._pool.pop() if suffix == ".dcm" and self._pool else None
+            self._pool_cond.notify()
+        if tmp is not None:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_TRUNC)
         tmp = self._tmp_path(suffix)
+        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def _write_tmp(self, parts: Sequence[bytes | memoryview], suffix: str = ".dcm") -> Path:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            tmp, fd = self._open_tmp(suffix)
+        except OSError as exc:
+            raise _translate(exc, "create a file") from None
+        try:
             try:
                 views = [memoryview(p).cast("B") for p in parts]
                 while views:
