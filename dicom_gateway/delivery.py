@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .config import PartnerConfig, RetryConfig
 from .errors import PartnerRefused, PartnerUnavailable
 from .forward import PartnerLink
-from .metrics import Metrics
+from .metrics import ForwardMetrics
 from .spool import Entry, Spool
 
 __all__ = ["PartnerQueue", "backoff_seconds"]
@@ -52,7 +52,7 @@ class _Item:
 class PartnerQueue:
     """The outbox of one partner: scheduling, workers, outcomes."""
 
-    def __init__(self, partner: PartnerConfig, spool: Spool, metrics: Metrics) -> None:
+    def __init__(self, partner: PartnerConfig, spool: Spool, metrics: ForwardMetrics) -> None:
         self.partner = partner
         self._spool = spool
         self._metrics = metrics

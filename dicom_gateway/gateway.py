@@ -6,8 +6,10 @@
         --> StudyWorker (ProtectionStage per series) --> spool outbox/<partner>
         --> PartnerQueue workers (PartnerLink, retry/backoff) --> partner PACS
 
-Threads: pynetdicom's (one per inbound association), one assembler, ``associations`` workers
-per partner, one rescan loop, and the ops HTTP server. See ``docs/architecture.md``.
+Processes: this one receives, assembles and protects; each partner has a forwarder process
+(:mod:`.forwarder`) running its :class:`~.delivery.PartnerQueue`. Threads here: pynetdicom's
+(one per inbound association), the assembler, a supervisor that restarts dead forwarders, and
+the ops HTTP server. See ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import os
 import threading
 
 from .config import Config
-from .delivery import PartnerQueue
 from .endpoint import OpsEndpoint
-from .metrics import Metrics
+from .forwarder import ForwarderProcess
+from .metrics import Metrics, SnapshotCollector
 from .protect import ProtectionStage, protection_device
 from .receive import Receiver
 from .route import Router
@@ -39,8 +41,11 @@ class Gateway:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.spool = Spool(config.gateway.spool_dir)
-        self.queues = {name: PartnerQueue(p, self.spool, self.metrics)
-                       for name, p in config.partners.items()}
+        self.forwarders = {name: ForwarderProcess(p, config.gateway.spool_dir,
+                                                  config.gateway.rescan_seconds, config.log_level)
+                           for name, p in config.partners.items()}
+        self.metrics.registry.register(SnapshotCollector(
+            lambda: [f.snapshot for f in self.forwarders.values()]))
         self.stage = ProtectionStage(config.profiles, self.metrics)
         self.worker = StudyWorker(self.spool, self.stage, self.metrics, self._enqueue)
         self.assembler = StudyAssembler(self.spool, config.gateway.study_stable_seconds,
@@ -49,21 +54,21 @@ class Gateway:
                                  self.assembler.note_arrival)
         self.endpoint: OpsEndpoint | None = None
         self._stop = threading.Event()
-        self._rescanner = threading.Thread(target=self._rescan_loop, name="rescan", daemon=True)
+        self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self.metrics.spool_free_bytes.set_function(self.spool.free_bytes)
 
     def _enqueue(self, partner: str, entry: Entry) -> None:
-        self.queues[partner].add(entry)
+        self.forwarders[partner].add(entry)
 
     def start(self) -> None:
         counts = self.spool.recover()
         _log.info("spool recovered at %s: %s", self.spool.root, counts)
         self.spool.start_pool()
         self.metrics.protection_device.labels(device=protection_device()).set(1)
-        for queue in self.queues.values():
-            queue.start()
+        for forwarder in self.forwarders.values():
+            forwarder.start()
         self.assembler.start()
-        self._rescanner.start()
+        self._supervisor.start()
         if self.config.metrics.enabled:
             listen = self.config.metrics.listen
             self.endpoint = OpsEndpoint(listen.host, listen.port, self.metrics.registry,
@@ -77,8 +82,8 @@ class Gateway:
         self.receiver.stop()
         self._stop.set()
         self.assembler.stop()
-        for queue in self.queues.values():
-            queue.stop()
+        for forwarder in self.forwarders.values():
+            forwarder.stop(timeout=forwarder.partner.dimse_timeout_seconds + 10)
         if self.endpoint is not None:
             self.endpoint.stop()
         _log.info("stopped")
@@ -90,16 +95,13 @@ class Gateway:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def _rescan_loop(self) -> None:
-        while not self._stop.wait(self.config.gateway.rescan_seconds):
-            for queue in self.queues.values():
-                try:
-                    queue.rescan()
-                except OSError:
-                    _log.exception("rescan of %s failed", queue.partner.name)
+    def _supervise(self) -> None:
+        while not self._stop.wait(1.0):
+            for forwarder in self.forwarders.values():
+                forwarder.ensure_running()
 
     def healthy(self) -> tuple[bool, str]:
-        dead = [q.partner.name for q in self.queues.values() if not q.alive]
+        dead = [f"forwarder {f.partner.name}" for f in self.forwarders.values() if not f.alive]
         if not self.assembler.alive:
             dead.append("assembler")
         return (not dead, "ok" if not dead else "dead threads: " + ", ".join(dead))

@@ -8,11 +8,15 @@ The catalogue with meanings is in ``docs/metrics.md``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from . import __version__
 
-__all__ = ["Metrics"]
+__all__ = ["ForwardMetrics", "Metrics", "SnapshotCollector"]
 
 _NS = "dicom_gateway"
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -20,7 +24,11 @@ _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 
 
 class Metrics:
-    """The gateway's metrics on ``registry`` (a fresh one per gateway; tests pass their own)."""
+    """The gateway process's metrics on ``registry`` (a fresh one per gateway).
+
+    Delivery metrics (:class:`ForwardMetrics`) live in each partner's forwarder process and are
+    exposed here through a :class:`SnapshotCollector`.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
@@ -60,7 +68,15 @@ class Metrics:
             "quarantined_instances", "Instances quarantined instead of forwarded, by reason",
             ["partner", "reason"], namespace=_NS, registry=r)
 
-        # forward
+        self.spool_free_bytes = Gauge(
+            "spool_free_bytes", "Free bytes on the spool's filesystem", namespace=_NS, registry=r)
+
+
+class ForwardMetrics:
+    """Delivery metrics of one partner's forwarder process, on its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
         self.forwarded_instances = Counter(
             "forwarded_instances", "Instances delivered to a partner, by result (success, warning)",
             ["partner", "result"], namespace=_NS, registry=r)
@@ -88,5 +104,23 @@ class Metrics:
         self.partner_up = Gauge(
             "partner_up", "1 if the last association attempt to the partner succeeded",
             ["partner"], namespace=_NS, registry=r)
-        self.spool_free_bytes = Gauge(
-            "spool_free_bytes", "Free bytes on the spool's filesystem", namespace=_NS, registry=r)
+
+
+class SnapshotCollector:
+    """Exposes the latest exposition text of other processes (the forwarders) as our own.
+
+    Families with the same name from several processes are merged (their samples carry
+    different ``partner`` labels). ``snapshots`` returns the current texts.
+    """
+
+    def __init__(self, snapshots: Callable[[], Iterable[str]]) -> None:
+        self._snapshots = snapshots
+
+    def collect(self) -> Iterable[Metric]:
+        merged: dict[str, Metric] = {}
+        for text in self._snapshots():
+            for family in text_string_to_metric_families(text):
+                target = merged.setdefault(family.name,
+                                           Metric(family.name, family.documentation, family.type))
+                target.samples.extend(family.samples)
+        return list(merged.values())
