@@ -36,7 +36,6 @@ _config.STORE_SEND_CHUNKED_DATASET = True
 
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _MAX_CONTEXTS = 128  # PS3.8 §9.3.2: at most 128 presentation contexts per association
-_REACTOR_POLL_SECONDS = 0.0002
 
 
 def classify_status(status: int) -> str:
@@ -165,7 +164,6 @@ class PartnerLink:
         sock = assoc.dul.socket
         if sock is not None and sock.socket is not None:  # pynetdicom never sets it; ~45 ms/instance
             sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assoc.dul._run_loop_delay = _REACTOR_POLL_SECONDS
         self._assoc = assoc
         self._last_used = time.monotonic()
 

@@ -38,7 +38,6 @@ _config.LOG_RESPONSE_IDENTIFIERS = False
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 _PIXEL_TAGS = frozenset((0x7FE00010, 0x7FE00008, 0x7FE00009))  # Pixel, Float Pixel, Double Float Pixel Data
-_REACTOR_POLL_SECONDS = 0.0002  # pynetdicom polls its socket; 1 ms default caps throughput
 
 
 class Status:
@@ -175,7 +174,6 @@ class Receiver:
         sock = event.assoc.dul.socket
         if sock is not None and sock.socket is not None:
             sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        event.assoc.dul._run_loop_delay = _REACTOR_POLL_SECONDS
 
     def _handle_accepted(self, event: evt.Event) -> None:
         with self._lock:
