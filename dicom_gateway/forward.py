@@ -26,6 +26,7 @@ from pynetdicom import AE, _config, build_context, evt
 
 from .config import PartnerConfig
 from .errors import PartnerRefused, PartnerUnavailable
+from .logsafe import quiet_pynetdicom
 
 __all__ = ["PartnerLink", "classify_status"]
 
@@ -33,6 +34,7 @@ _log = logging.getLogger(__name__)
 
 # Send files without decoding them when the partner accepts their transfer syntax.
 _config.STORE_SEND_CHUNKED_DATASET = True
+quiet_pynetdicom()
 
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _MAX_CONTEXTS = 128  # PS3.8 §9.3.2: at most 128 presentation contexts per association

@@ -18,12 +18,13 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import Verification
 
 from .config import Config
 from .errors import SpoolError
+from .logsafe import quiet_pynetdicom
 from .metrics import Metrics
 from .route import Destination, Router
 from .spool import Spool, safe_key
@@ -32,10 +33,7 @@ __all__ = ["Receiver", "Status"]
 
 _log = logging.getLogger(__name__)
 
-# pynetdicom would otherwise log request identifiers (patient names, IDs) at INFO/DEBUG.
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
-logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+quiet_pynetdicom()
 
 _PIXEL_TAGS = frozenset((0x7FE00010, 0x7FE00008, 0x7FE00009))  # Pixel, Float Pixel, Double Float Pixel Data
 
