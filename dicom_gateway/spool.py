@@ -193,14 +193,8 @@ class Spool:
 
     @staticmethod
     def _place(tmp: Path, dest: Path) -> None:
-        for _ in range(5):  # the assembler may remove an empty study directory meanwhile
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.replace(tmp, dest)
-                return
-            except FileNotFoundError:
-                continue
-        raise SpoolError(f"spool cannot place {dest.name}: directory keeps disappearing")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
 
     def store_incoming(self, study: str, sop: str, parts: Sequence[bytes | memoryview],
                        record: dict[str, Any]) -> Entry:
@@ -428,10 +422,11 @@ class Spool:
 
 
 def _link_or_keep(source: Path, dest: Path) -> None:
-    """Hard-link a routing record into another state's directory unless it is there already."""
+    """Hard-link a routing record into another state's directory unless it is there already
+    (a missing source is left to the caller: the worker quarantines an entry without record)."""
     try:
         os.link(source, dest)
-    except FileExistsError:
+    except (FileExistsError, FileNotFoundError):
         pass
 
 
