@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def test_counters_equal_what_happened(tmp_path: Path, recording_scp: RecordingSC
         assert recording_scp.wait_for_count(5, timeout=30) == 5
         wait_metric(ops, "dicom_gateway_forwarded_instances_total", 5, partner="recorder",
                     result="success")  # the partner records just before it answers
+        deadline = time.monotonic() + 10  # forwarder metrics arrive every 0.25 s
+        while metric(scrape(ops), "dicom_gateway_queue_depth", partner="recorder") and (
+                time.monotonic() < deadline):
+            time.sleep(0.05)
         text = urllib.request.urlopen(f"http://127.0.0.1:{ops}/metrics").read().decode()
         samples = scrape(ops)
         health = urllib.request.urlopen(f"http://127.0.0.1:{ops}/healthz").read()

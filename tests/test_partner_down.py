@@ -67,14 +67,16 @@ def test_past_max_attempts_entries_are_dead_lettered(tmp_path: Path) -> None:
         failed_dir = tmp_path / "spool" / "failed" / "recorder"
         while time.monotonic() < deadline and len(list(failed_dir.glob("*.dcm"))) < 5:
             time.sleep(0.2)
-        samples = scrape(gw.endpoint.port)  # type: ignore[union-attr]
+        dead = 0.0
+        while time.monotonic() < deadline and dead < 5:  # metrics arrive every 0.25 s
+            dead = sum(v for (name, _), v in scrape(gw.endpoint.port).items()  # type: ignore[union-attr]
+                       if name == "dicom_gateway_dead_letters_total")
+            time.sleep(0.05)
     failed = sorted(failed_dir.glob("*.dcm"))
     assert len(failed) == 5
     for f in failed:
         reason = json.loads(f.with_name(f.name[:-4] + ".reason.json").read_text())
         assert reason["reason"] == "connection_failed" and reason["attempts"] == 3
-    dead = sum(v for (name, labels), v in samples.items()
-               if name == "dicom_gateway_dead_letters_total")
     assert dead == 5
 
 
