@@ -132,6 +132,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), serve=args.serve, data_dir=args.data_dir)
 
 
+def _cmd_train_surrogate(args: argparse.Namespace) -> int:
+    try:
+        from .protect.train import train_surrogate
+    except ImportError as exc:
+        raise GatewayError(f"train-surrogate needs torch ({exc}); run scripts/setup.sh") from None
+    if args.task != "classification":
+        raise GatewayError("only --task classification is implemented so far")
+    data = Path(args.data)
+    if not data.is_file():
+        raise GatewayError(f"{data}: no such file (expected an .npz in the MedMNIST layout)")
+    info = train_surrogate(data, args.arch, Path(args.out), epochs=args.epochs, seed=args.seed)
+    from .protect.surrogate import load_surrogate
+
+    sha = load_surrogate(Path(args.out)).sha256
+    print(f"{args.out}: {info.arch} {info.input_size[0]}x{info.input_size[1]}x{info.channels}, "
+          f"{len(info.classes)} classes, val accuracy {info.metrics['val_accuracy']:.3f}, "
+          f"sha256 {sha}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dicom-gateway", description="DICOM egress gateway")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -162,6 +182,15 @@ def _parser() -> argparse.ArgumentParser:
         if name == "purge":
             x.add_argument("--older-than", type=float, metavar="SECONDS")
         x.set_defaults(func=func)
+
+    t = sub.add_parser("train-surrogate", help="train a surrogate model for protection")
+    t.add_argument("--data", required=True, help="labelled images (.npz, MedMNIST layout)")
+    t.add_argument("--arch", default="cnn-small", choices=["cnn-small", "resnet18"])
+    t.add_argument("--out", required=True, help="surrogate file to write")
+    t.add_argument("--task", default="classification", choices=["classification", "segmentation"])
+    t.add_argument("--epochs", type=int, default=15)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_train_surrogate)
 
     d = sub.add_parser("demo", help="run gateway + local partner and send a sample study")
     d.add_argument("--out", default="demo-out", help="where spool and partner output go")

@@ -147,7 +147,8 @@ class PartnerLink:
     def _associate(self) -> None:
         contexts = []
         for sop_class, syntaxes in reversed(self._wanted.items()):  # newest first
-            wanted = [build_context(sop_class, [s]) for s in sorted(syntaxes) if s not in _UNCOMPRESSED]
+            # the instance's own syntax alone (so it can go as stored), then the fallback
+            wanted = [build_context(sop_class, [s]) for s in sorted(syntaxes)]
             wanted.append(build_context(sop_class, list(_UNCOMPRESSED)))
             if len(contexts) + len(wanted) > _MAX_CONTEXTS:
                 break

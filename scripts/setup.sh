@@ -40,5 +40,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras=""
 [ "$want_test" = 1 ] && extras="[test]"
+# torch for the protection methods: this pin is what the project is tested with (pyproject
+# allows torch>=2.4); on x86_64 Debian with Python 3.11 pip may take it from a local wheel cache.
+.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
 echo "setup: ready (.venv/bin/dicom-gateway)"

