@@ -6,6 +6,8 @@ Commands (a contract other tools and users rely on)::
     dicom-gateway check-config FILE
     dicom-gateway spool list|retry|purge --config FILE [...]
     dicom-gateway demo [--out DIR] [--serve]
+    dicom-gateway protect --config FILE --profile NAME [--partner NAME] IN... --out DIR
+    dicom-gateway train-surrogate --data NPZ --arch NAME --out FILE
 
 Errors are one line on stderr and a non-zero exit code (2: configuration, 1: anything else);
 set ``DICOM_GATEWAY_DEBUG=1`` to see a traceback instead.
@@ -132,6 +134,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), serve=args.serve, data_dir=args.data_dir)
 
 
+def _cmd_protect(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .protect.offline import protect_files
+
+    config = load_config(args.config)
+    if args.profile not in config.profiles:
+        raise ConfigError(args.config, "profiles", f"no profile named {args.profile!r}")
+    if args.partner and args.partner not in config.partners:
+        raise ConfigError(args.config, "partners", f"no partner named {args.partner!r}")
+    written, problems = protect_files(config, args.profile, [Path(p) for p in args.inputs],
+                                      Path(args.out))
+    for problem in problems:
+        print(f"dicom-gateway: not protected: {problem}", file=sys.stderr)
+    print(f"{written} instance(s) protected with profile {args.profile!r} into {args.out}; "
+          f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
 def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     try:
         from .protect.train import train_surrogate
@@ -182,6 +202,14 @@ def _parser() -> argparse.ArgumentParser:
         if name == "purge":
             x.add_argument("--older-than", type=float, metavar="SECONDS")
         x.set_defaults(func=func)
+
+    pr = sub.add_parser("protect", help="protect files or folders with a profile (offline)")
+    pr.add_argument("--config", required=True)
+    pr.add_argument("--profile", required=True)
+    pr.add_argument("--partner", help="the partner the output is for (used by the seal)")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("inputs", nargs="+", help="DICOM files or folders")
+    pr.set_defaults(func=_cmd_protect)
 
     t = sub.add_parser("train-surrogate", help="train a surrogate model for protection")
     t.add_argument("--data", required=True, help="labelled images (.npz, MedMNIST layout)")

@@ -102,3 +102,48 @@ def test_gateway_protects_the_ct_series_within_budget(tmp_path: Path,
         assert after.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # sent as written
     assert changed > 0
     print(f"\nCT series: {len(originals)} instances protected, {changed} pixel values changed")
+
+
+def test_residual_restores_the_original_exactly(tmp_path: Path,
+                                                surrogates: dict[str, Path]) -> None:
+    from dicom_gateway.pixels import pixel_digest, read_pixels
+    from dicom_gateway.protect.perturbation import AdversarialPerturbation
+
+    files = copy_ct_series(tmp_path / "ct")[:2]
+    method = AdversarialPerturbation({"surrogates": [str(surrogates["pneumonia"])],
+                                      "epsilon": 4 / 255, "steps": 2})
+    for outcome in method(files):
+        assert outcome.error is None and outcome.residual is not None
+        original = read_pixels(pydicom.dcmread(outcome.source)).values
+        protected = read_pixels(outcome.output).values
+        assert np.any(outcome.residual != 0)
+        restored = (protected.astype(np.int64) + outcome.residual).astype(original.dtype)
+        assert pixel_digest(restored) == pixel_digest(original)
+        assert outcome.parameters["surrogates"] == [method.surrogates[0].sha256]
+
+
+def test_offline_protect_command(tmp_path: Path, surrogates: dict[str, Path]) -> None:
+    import yaml
+
+    files = copy_ct_series(tmp_path / "ct")
+    for extra in files[3:]:
+        extra.unlink()
+    files = files[:3]
+    (tmp_path / "ct" / "notes.txt").write_text("not DICOM")
+    raw = base_config(tmp_path / "spool", [], [])
+    raw["profiles"]["protected"] = {"method": "adversarial_perturbation", "epsilon": 4 / 255,
+                                    "steps": 2, "surrogates": [str(surrogates["pneumonia"])]}
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "dicom_gateway.cli", "protect", "--config",
+                           str(cfg), "--profile", "protected", str(tmp_path / "ct"), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1  # the text file is reported
+    assert "3 instance(s) protected" in done.stdout
+    assert "notes.txt: not a readable DICOM file" in done.stderr and "Traceback" not in done.stderr
+    written = sorted((tmp_path / "out").glob("*.dcm"))
+    assert len(written) == 3
+    for f in files:
+        ds = pydicom.dcmread(f)
+        out = pydicom.dcmread(tmp_path / "out" / f"{ds.SOPInstanceUID}.dcm")
+        assert not np.array_equal(out.pixel_array, ds.pixel_array)

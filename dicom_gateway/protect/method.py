@@ -22,12 +22,16 @@ class Outcome:
     it is (the file is never modified afterwards, so it may be hard-linked) or a new
     :class:`~pydicom.dataset.Dataset` to be written into the partner's outbox.
     ``parameters`` are the method's per-instance parameters (the certificate's content).
+    ``residual`` is the exact integer difference original - protected of the stored pixel
+    values (``None`` when the pixels are unchanged); the seal encrypts it so that an authorized
+    partner can restore the original bit for bit.
     """
 
     source: Path
     output: Path | Dataset | None = None
     error: ProtectionError | None = None
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    residual: Any = None  # numpy integer array shaped like the stored values
 
 
 class ProtectionMethod(Protocol):

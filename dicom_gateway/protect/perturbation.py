@@ -139,7 +139,8 @@ class AdversarialPerturbation:
         vmin, vmax = _stored_limits(pixels)
         protected = np.clip(np.rint(stored + delta * (hi - lo)), vmin, vmax).astype(pixels.values.dtype)
         out = write_pixels(ds, Pixels(protected, pixels.photometric, pixels.bits_stored))
-        return Outcome(source=path, output=out, parameters={
+        residual = pixels.values.astype(np.int64) - protected.astype(np.int64)
+        return Outcome(source=path, output=out, residual=residual, parameters={
             "epsilon": float(o["epsilon"]), "steps": int(o["steps"]),
             "momentum": float(o["momentum"]), "diversity": float(o["diversity"]),
             "view_range": [float(lo), float(hi)],

@@ -1,0 +1,64 @@
+"""``dicom-gateway protect``: apply a profile to files and folders, outside the gateway.
+
+Files are grouped by series (a batch per series, as in the gateway) and written to ``--out`` as
+``<SOPInstanceUID>.dcm``. A file that cannot be protected is reported with its reason and
+nothing is written for it (fail closed); the exit code is then non-zero.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from ..config import Config
+from ..metrics import Metrics
+from .stage import ProtectionStage
+
+__all__ = ["protect_files"]
+
+
+def _dicom_files(inputs: Iterable[Path]) -> Iterable[Path]:
+    for path in inputs:
+        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        yield from candidates
+
+
+def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Path,
+                  progress: bool = True) -> tuple[int, list[str]]:
+    """Protect ``inputs`` with ``profile``; return (instances written, problems)."""
+    stage = ProtectionStage(config.profiles, Metrics())
+    problems: list[str] = []
+    series: dict[str, list[Path]] = defaultdict(list)
+    for path in _dicom_files(inputs):
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            series[str(ds.SeriesInstanceUID)].append(path)
+        except Exception as exc:
+            problems.append(f"{path}: not a readable DICOM file ({type(exc).__name__})")
+    total = sum(len(v) for v in series.values())
+    out.mkdir(parents=True, exist_ok=True)
+    done = 0
+    for paths in series.values():
+        for outcome in stage.protect(profile, paths):
+            done += 1
+            if outcome.error is not None:
+                problems.append(f"{outcome.source}: {outcome.error.reason}: {outcome.error}")
+            elif isinstance(outcome.output, Dataset):
+                outcome.output.save_as(out / f"{outcome.output.SOPInstanceUID}.dcm",
+                                       enforce_file_format=True)
+            elif outcome.output is not None:
+                sop = dcmread(outcome.output, stop_before_pixels=True).SOPInstanceUID
+                shutil.copyfile(outcome.output, out / f"{sop}.dcm")
+            if progress:
+                filled = int(30 * done / max(total, 1))
+                print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end="",
+                      file=sys.stderr, flush=True)
+    if progress and total:
+        print(file=sys.stderr)
+    return total - sum(1 for p in problems if ": not a readable" not in p), problems
