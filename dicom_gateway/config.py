@@ -27,6 +27,7 @@ __all__ = [
     "NoRoute",
     "PartnerConfig",
     "ProfileConfig",
+    "ProtectionConfig",
     "RetryConfig",
     "load_config",
     "parse_config",
@@ -111,6 +112,14 @@ class NoRoute:
 
 
 @dataclass(frozen=True)
+class ProtectionConfig:
+    """Where protection runs: ``device`` auto|cpu|cuda, ``threads`` for torch on the CPU."""
+
+    device: str = "auto"
+    threads: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     gateway: GatewayConfig
@@ -120,6 +129,7 @@ class Config:
     routes: tuple[Route, ...]
     no_route: NoRoute
     log_level: str = "INFO"
+    protection: ProtectionConfig = field(default_factory=ProtectionConfig)
 
 
 class _Reader:
@@ -351,7 +361,8 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
     """Validate a parsed YAML document and return the :class:`Config` it describes."""
     base = base_dir if base_dir is not None else Path.cwd()
     root = _Reader(source, data).mapping(
-        ["gateway", "metrics", "retry", "profiles", "partners", "routes", "no_route", "log_level"])
+        ["gateway", "metrics", "retry", "protection", "profiles", "partners", "routes",
+         "no_route", "log_level"])
     gateway = _gateway(root.child("gateway"), base)
     mr = root.child("metrics").mapping(["enabled", "listen"])
     metrics = MetricsConfig(mr.get("enabled", bool, True), _listen(mr.child("listen"), "127.0.0.1", 9108))
@@ -384,7 +395,13 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
     no_route = _no_route(root, partners, profiles)
     level = root.get("log_level", str, "INFO", check=lambda v: None if v in (
         "DEBUG", "INFO", "WARNING", "ERROR") else "must be DEBUG, INFO, WARNING or ERROR")
-    return Config(source, gateway, metrics, profiles, partners, tuple(routes), no_route, level)
+    pr_r = root.child("protection").mapping(["device", "threads"])
+    protection = ProtectionConfig(
+        device=pr_r.get("device", str, "auto", check=lambda v: None if v in ("auto", "cpu", "cuda")
+                        else "must be auto, cpu or cuda"),
+        threads=pr_r.get("threads", int, 0, check=_non_negative))
+    return Config(source, gateway, metrics, profiles, partners, tuple(routes), no_route, level,
+                  protection)
 
 
 def _no_route(root: _Reader, partners: Mapping[str, PartnerConfig],

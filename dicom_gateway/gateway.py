@@ -22,7 +22,8 @@ from .config import Config
 from .endpoint import OpsEndpoint
 from .forwarder import ForwarderProcess
 from .metrics import Metrics, SnapshotCollector
-from .protect import ProtectionStage, protection_device
+from .protect import ProtectionStage
+from .protect.device import configure as configure_device
 from .receive import Receiver
 from .route import Router
 from .spool import Entry, Spool
@@ -64,7 +65,11 @@ class Gateway:
         counts = self.spool.recover()
         _log.info("spool recovered at %s: %s", self.spool.root, counts)
         self.spool.start_pool()
-        self.metrics.protection_device.labels(device=protection_device()).set(1)
+        if any(p.method != "none" for p in self.config.profiles.values()):
+            device = configure_device(self.config.protection.device, self.config.protection.threads)
+        else:  # pass-through only: no need to load torch
+            device = "cpu"
+        self.metrics.protection_device.labels(device=device).set(1)
         for forwarder in self.forwarders.values():
             forwarder.start()
         self.assembler.start()

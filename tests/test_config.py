@@ -87,3 +87,18 @@ def test_relative_spool_dir_is_relative_to_the_config_file(tmp_path: Path) -> No
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert load_config(path).gateway.spool_dir == tmp_path / "spool-here"
+
+
+def test_protection_settings(tmp_path: Path) -> None:
+    raw = _raw()
+    raw["protection"] = {"device": "cpu", "threads": 2}
+    assert parse_config(raw, "x.yaml").protection.threads == 2
+    raw["protection"] = {"device": "tpu"}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "x.yaml")
+    assert info.value.path == "protection.device"
+    raw = _raw()
+    raw["profiles"]["inv"] = {"method": "adversarial_perturbation", "surrogates": ["missing.pt"]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "x.yaml")
+    assert info.value.path == "profiles.inv.surrogates" and "not found" in info.value.problem

@@ -1,25 +1,43 @@
-"""Which device protection runs on: CUDA when torch sees one, else the CPU. Logged once."""
+"""Which device protection runs on: CUDA when torch sees one (or as configured), else the CPU.
+
+Chosen once per process by :func:`configure` (the gateway calls it at start with the
+``protection`` settings), logged once, exported as ``dicom_gateway_protection_device``.
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
 
-__all__ = ["protection_device"]
+__all__ = ["configure", "protection_device"]
 
 _log = logging.getLogger(__name__)
+_chosen: str | None = None
 
 
-@functools.cache
-def protection_device() -> str:
-    """Return ``"cuda"`` or ``"cpu"``; torch is optional until a method needs it."""
+def configure(device: str = "auto", threads: int = 0) -> str:
+    """Pick the device (``auto``, ``cpu`` or ``cuda``) and torch's CPU thread count (0: torch's
+    default); return the device. ``cuda`` without a usable GPU is an error, not a fallback."""
+    global _chosen
     try:
         import torch
     except ImportError:
-        device = "cpu"
-        why = "torch not installed"
+        if device == "cuda":
+            raise RuntimeError("protection.device is cuda but torch is not installed") from None
+        _chosen, why = "cpu", "torch not installed"
     else:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        why = f"torch {torch.__version__}"
-    _log.info("protection device: %s (%s)", device, why)
-    return device
+        if threads > 0:
+            torch.set_num_threads(threads)
+        has_cuda = torch.cuda.is_available()
+        if device == "cuda" and not has_cuda:
+            raise RuntimeError("protection.device is cuda but torch sees no CUDA device")
+        _chosen = "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
+        why = f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        if _chosen == "cuda":
+            why += f", {torch.cuda.get_device_name(0)}"
+    _log.info("protection device: %s (%s)", _chosen, why)
+    return _chosen
+
+
+def protection_device() -> str:
+    """The configured device (configures with defaults on first use)."""
+    return _chosen if _chosen is not None else configure()

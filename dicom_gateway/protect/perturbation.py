@@ -13,6 +13,7 @@ domain at native resolution and rounded; :mod:`dicom_gateway.pixels` writes it l
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from .method import Outcome, failed
 
 __all__ = ["AdversarialPerturbation", "attack"]
 
-_DEFAULTS = {"epsilon": 8 / 255, "steps": 10, "momentum": 1.0, "diversity": 0.5}
+_DEFAULTS = {"epsilon": 8 / 255, "steps": 10, "momentum": 1.0, "diversity": 0.5, "batch": 8}
 
 
 def _adapt(x: Any, surrogate: Any, diversity: float, generator: Any) -> Any:
@@ -106,17 +107,43 @@ class AdversarialPerturbation:
         eps = options.get("epsilon", _DEFAULTS["epsilon"])
         if not isinstance(eps, (int, float)) or not 0 < eps <= 0.25:
             return "epsilon", "must be a number in (0, 0.25] (fraction of the normalized range)"
-        steps = options.get("steps", _DEFAULTS["steps"])
-        if not isinstance(steps, int) or not 1 <= steps <= 1000:
-            return "steps", "must be an integer in [1, 1000]"
+        for key, top in (("steps", 1000), ("batch", 4096)):
+            value = options.get(key, _DEFAULTS[key])
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                return key, f"must be an integer in [1, {top}]"
         return None
 
     def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
-        return [self._one(p) for p in paths]
-
-    def _one(self, path: Path) -> Outcome:
+        """Protect a series: frames of the same size are attacked together, ``batch`` at a time."""
         import torch
 
+        outcomes: list[Outcome | None] = [None] * len(paths)
+        ready: dict[tuple[int, ...], list[tuple[int, _Prepared]]] = {}
+        for index, path in enumerate(paths):
+            prepared = self._prepare(path)
+            if isinstance(prepared, Outcome):
+                outcomes[index] = prepared
+            else:
+                ready.setdefault(prepared.view.shape[1:], []).append((index, prepared))
+        o = self.options
+        for group in ready.values():
+            views = np.concatenate([p.view for _, p in group])
+            deltas = []
+            for start in range(0, len(views), int(o["batch"])):
+                chunk = views[start:start + int(o["batch"])].transpose(0, 3, 1, 2)
+                x = torch.from_numpy(np.ascontiguousarray(chunk)).float().to(self.device)
+                adv = attack(x, self.surrogates, float(o["epsilon"]), int(o["steps"]),
+                             float(o["momentum"]), float(o["diversity"]))
+                deltas.append((adv - x).cpu().numpy().transpose(0, 2, 3, 1))
+            delta = np.concatenate(deltas).astype(np.float64)
+            offset = 0
+            for index, prepared in group:
+                frames = prepared.view.shape[0]
+                outcomes[index] = self._finish(prepared, delta[offset:offset + frames])
+                offset += frames
+        return [o for o in outcomes if o is not None]
+
+    def _prepare(self, path: Path) -> _Prepared | Outcome:
         ds = dcmread(path)
         try:
             pixels = read_pixels(ds)
@@ -124,27 +151,37 @@ class AdversarialPerturbation:
             return failed(path, exc.reason, str(exc))
         if pixels.photometric == "PALETTE COLOR":
             return failed(path, "unsupported_photometric", "PALETTE COLOR is not protected yet")
-        stored = pixels.values.astype(np.float64)
         lo, hi = _view_range(ds, pixels)
-        view = np.clip((stored - lo) / (hi - lo), 0.0, 1.0)
+        view = np.clip((pixels.values.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
         if pixels.photometric == "MONOCHROME1":
             view = 1.0 - view
-        x = torch.from_numpy(view.transpose(0, 3, 1, 2)).float().to(self.device)
-        o = self.options
-        adv = attack(x, self.surrogates, float(o["epsilon"]), int(o["steps"]),
-                     float(o["momentum"]), float(o["diversity"]))
-        delta = (adv - x).cpu().numpy().transpose(0, 2, 3, 1).astype(np.float64)
-        if pixels.photometric == "MONOCHROME1":
+        return _Prepared(path, ds, pixels, view, lo, hi)
+
+    def _finish(self, p: _Prepared, delta: np.ndarray) -> Outcome:
+        if p.pixels.photometric == "MONOCHROME1":
             delta = -delta
-        vmin, vmax = _stored_limits(pixels)
-        protected = np.clip(np.rint(stored + delta * (hi - lo)), vmin, vmax).astype(pixels.values.dtype)
-        out = write_pixels(ds, Pixels(protected, pixels.photometric, pixels.bits_stored))
-        residual = pixels.values.astype(np.int64) - protected.astype(np.int64)
-        return Outcome(source=path, output=out, residual=residual, parameters={
+        vmin, vmax = _stored_limits(p.pixels)
+        stored = p.pixels.values.astype(np.float64)
+        protected = np.clip(np.rint(stored + delta * (p.hi - p.lo)), vmin, vmax).astype(
+            p.pixels.values.dtype)
+        out = write_pixels(p.ds, Pixels(protected, p.pixels.photometric, p.pixels.bits_stored))
+        residual = p.pixels.values.astype(np.int64) - protected.astype(np.int64)
+        o = self.options
+        return Outcome(source=p.path, output=out, residual=residual, parameters={
             "epsilon": float(o["epsilon"]), "steps": int(o["steps"]),
             "momentum": float(o["momentum"]), "diversity": float(o["diversity"]),
-            "view_range": [float(lo), float(hi)],
+            "view_range": [float(p.lo), float(p.hi)],
             "surrogates": [s.sha256 for s in self.surrogates]})
+
+
+@dataclass
+class _Prepared:
+    path: Path
+    ds: Any
+    pixels: Pixels
+    view: np.ndarray  # (frames, rows, columns, samples) in [0, 1]
+    lo: float
+    hi: float
 
 
 def _stored_limits(pixels: Pixels) -> tuple[int, int]:
