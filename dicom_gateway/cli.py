@@ -131,7 +131,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     _setup_logging("WARNING" if not args.verbose else "INFO")
-    return run_demo(Path(args.out), serve=args.serve, data_dir=args.data_dir)
+    return run_demo(Path(args.out), serve=args.serve, data_dir=args.data_dir, verbose=args.verbose)
 
 
 def _cmd_protect(args: argparse.Namespace) -> int:

@@ -292,11 +292,15 @@ def _partner(r: _Reader, gateway_ae: str, retry: RetryConfig) -> PartnerConfig:
     )
 
 
-def _profile(name: str, r: _Reader) -> ProfileConfig:
+def _profile(name: str, r: _Reader, base_dir: Path) -> ProfileConfig:
     from .protect import method_names, validate_options
 
     if not isinstance(r.data, Mapping):
         raise r.error("expected a mapping with at least 'method'")
+    files = r.data.get("surrogates")
+    if isinstance(files, list):  # model files are relative to the configuration file
+        r.data = {**r.data, "surrogates": [str(base_dir / f) if isinstance(f, str) else f
+                                           for f in files]}
     method = r.get("method", str, check=lambda m: None if m in method_names()
                    else f"unknown method {m!r} (available: {', '.join(method_names())})")
     common = {"method", "require_pixel_data", "on_unprotectable"}
@@ -376,7 +380,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
         for pname in pr.data:
             if _name(str(pname)):
                 raise pr.error(_name(str(pname)) or "", str(pname))
-            profiles[str(pname)] = _profile(str(pname), pr.child(pname))
+            profiles[str(pname)] = _profile(str(pname), pr.child(pname), base)
 
     partners: dict[str, PartnerConfig] = {}
     for item in root.child("partners").items() if root.has("partners") else []:

@@ -8,7 +8,6 @@ where the output landed and where the metrics are.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import threading
 import time
@@ -16,6 +15,7 @@ import urllib.request
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 import yaml
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -36,11 +36,23 @@ def _sample_files(data_dir: str | None) -> tuple[list[Path], str]:
     return [Path(str(get_testdata_file(n))) for n in names], "pydicom bundled examples"
 
 
-def _pixel_sha(path: Path) -> str:
-    return hashlib.sha256(dcmread(path).PixelData).hexdigest()
+def _compare(expected: dict[str, Path], got: dict[str, Path]) -> tuple[int, int]:
+    """How many arrived instances have pixel values differing from the original, and the
+    largest absolute change (stored units)."""
+    changed, largest = 0, 0
+    for uid, original in expected.items():
+        if uid not in got:
+            continue
+        before = dcmread(original).pixel_array.astype(np.int64)
+        after = dcmread(got[uid]).pixel_array.astype(np.int64)
+        diff = int(np.abs(after - before).max()) if before.shape == after.shape else -1
+        changed += diff > 0
+        largest = max(largest, diff)
+    return changed, largest
 
 
-def run_demo(out: Path, serve: bool = False, data_dir: str | None = None) -> int:
+def run_demo(out: Path, serve: bool = False, data_dir: str | None = None,
+             verbose: bool = False) -> int:
     if out.exists():
         shutil.rmtree(out)
     received_dir = out / "partner"
@@ -63,8 +75,12 @@ def run_demo(out: Path, serve: bool = False, data_dir: str | None = None) -> int
     partner = partner_ae.start_server(("127.0.0.1", 0), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, on_store)])
 
-    raw = yaml.safe_load(files("dicom_gateway").joinpath("defaults/demo.yaml").read_text())
+    defaults = files("dicom_gateway").joinpath("defaults")
+    raw = yaml.safe_load(defaults.joinpath("demo.yaml").read_text())
     raw["partners"][0]["port"] = partner.server_address[1]
+    raw["log_level"] = "INFO" if verbose else "WARNING"
+    for profile in raw["profiles"].values():
+        profile["surrogates"] = [str(defaults.joinpath(f)) for f in profile.get("surrogates", [])]
     (out / "gateway.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     config = parse_config(raw, "<embedded defaults: dicom_gateway/defaults/demo.yaml>", out)
     gateway = Gateway(config)
@@ -84,11 +100,13 @@ def run_demo(out: Path, serve: bool = False, data_dir: str | None = None) -> int
             time.sleep(0.2)
         with lock:
             got = dict(arrived)
-        same = sum(1 for uid, p in expected.items() if uid in got and _pixel_sha(p) == _pixel_sha(got[uid]))
+        changed, largest = _compare(expected, got)
+        profile = raw["routes"][0]["profile"]
         assert gateway.endpoint is not None
         metrics_url = f"http://127.0.0.1:{gateway.endpoint.port}/metrics"
-        print(f"partner: {len(got)}/{len(expected)} instances arrived in {received_dir.resolve()}, "
-              f"{same} with pixel data identical to the original (method: none)")
+        print(f"partner: {len(got)}/{len(expected)} instances arrived in {received_dir.resolve()}; "
+              f"profile {profile!r} ({raw['profiles'][profile]['method']}): {changed} with "
+              f"protected pixels, largest change {largest} stored units")
         print(f"spool:   {(out / 'spool').resolve()}   config: {(out / 'gateway.yaml').resolve()}")
         print(f"metrics: {metrics_url}  (health: /healthz, /readyz)")
         body = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
@@ -104,7 +122,7 @@ def run_demo(out: Path, serve: bool = False, data_dir: str | None = None) -> int
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-        return 0 if len(got) == len(expected) == same == acked else 1
+        return 0 if len(got) == len(expected) == changed == acked else 1
     finally:
         gateway.stop()
         partner.shutdown()

@@ -17,7 +17,7 @@ def test_demo_sends_a_study_through_and_reports(tmp_path: Path) -> None:
     assert "acknowledged (Success) by the gateway" in out
     n = len(list((tmp_path / "out" / "partner").glob("*.dcm")))
     assert n >= 2 and f"partner: {n}/{n} instances arrived" in out
-    assert f"{n} with pixel data identical" in out
+    assert f"(adversarial_perturbation): {n} with protected pixels" in out
     assert "metrics: http://127.0.0.1:" in out and "Traceback" not in done.stderr
 
 
