@@ -14,6 +14,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .metrics import Metrics
 from .protect import Outcome, ProtectionStage
@@ -52,8 +53,11 @@ class StudyWorker:
         # series -> profile -> [(entry, partners)]
         batches: dict[str, dict[str, list[tuple[Entry, list[str]]]]] = defaultdict(
             lambda: defaultdict(list))
+        records: dict[Path, dict[str, Any]] = {}  # one read per shared routing record
         for entry in claimed:
-            record = self._spool.record(entry)
+            if entry.record_path not in records:
+                records[entry.record_path] = self._spool.record(entry)
+            record = records[entry.record_path]
             if not record.get("destinations"):  # never drop silently: keep it with the reason
                 self._spool.quarantine(entry, "_inbox", {
                     "reason": "missing_route_record", "message": "no routing record beside it"})

@@ -23,6 +23,9 @@ ALL = [{"name": "all", "match": {}, "to": ["recorder"], "profile": "passthrough"
 
 def _send_files(port: int, paths: list[Path]) -> list[int]:
     """Send files without decoding them (pynetdicom streams the bytes after the file meta)."""
+    from pynetdicom import _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True  # as the gateway's forwarder does
     ae = AE(ae_title="HOSPITAL_PACS")
     assoc = ae.associate("127.0.0.1", port, ae_title="EGRESS_GW", contexts=[
         build_context(CTImageStorage, ["1.2.840.10008.1.2.1"])])
