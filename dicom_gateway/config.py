@@ -298,9 +298,11 @@ def _profile(name: str, r: _Reader, base_dir: Path) -> ProfileConfig:
     if not isinstance(r.data, Mapping):
         raise r.error("expected a mapping with at least 'method'")
     files = r.data.get("surrogates")
-    if isinstance(files, list):  # model files are relative to the configuration file
+    if isinstance(files, list):  # model and logo files are relative to the configuration file
         r.data = {**r.data, "surrogates": [str(base_dir / f) if isinstance(f, str) else f
                                            for f in files]}
+    if isinstance(r.data.get("logo"), str):
+        r.data = {**r.data, "logo": str(base_dir / r.data["logo"])}
     method = r.get("method", str, check=lambda m: None if m in method_names()
                    else f"unknown method {m!r} (available: {', '.join(method_names())})")
     common = {"method", "require_pixel_data", "on_unprotectable"}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from peers import OrthancPeer, RecordingSCP, build_multiseries_study, copy_ct_series
+from peers import OrthancPeer, RecordingSCP, build_multiseries_study, copy_ct_series, medmnist_npz
 
 
 @pytest.fixture
@@ -35,3 +37,19 @@ def multiseries_study_dir(tmp_path: Path) -> Path:
     """Directory with a 9-series study in mixed transfer syntaxes."""
     build_multiseries_study(tmp_path / "multiseries")
     return tmp_path / "multiseries"
+
+
+@pytest.fixture(scope="session")
+def surrogates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """cnn-small surrogates trained by ``dicom-gateway train-surrogate`` (once per session)."""
+    out = tmp_path_factory.mktemp("surrogates")
+    made = {}
+    for key, name in (("retina", "retinamnist.npz"), ("pneumonia", "pneumoniamnist_balanced.npz")):
+        target = out / f"{key}-cnn-small.pt"
+        done = subprocess.run([sys.executable, "-m", "dicom_gateway.cli", "train-surrogate",
+                               "--data", str(medmnist_npz(name)), "--arch", "cnn-small",
+                               "--epochs", "8", "--out", str(target)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "val accuracy" in done.stdout and "sha256" in done.stdout
+        made[key] = target
+    return made

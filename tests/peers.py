@@ -33,6 +33,7 @@ from peers_data import (
     MULTISERIES_SOURCES,
     build_multiseries_study,
     copy_ct_series,
+    medmnist_npz,
     require_shared_data,
     shared_data_dir,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "RecordingSCP",
     "build_multiseries_study",
     "copy_ct_series",
+    "medmnist_npz",
     "dcmtk_env",
     "dcmtk_storescu",
     "free_port",

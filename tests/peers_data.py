@@ -12,6 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 __all__ = [
+    "medmnist_npz",
     "CT_SERIES_SUBDIR",
     "DATA_ENV",
     "MULTISERIES_SOURCES",
@@ -130,3 +131,12 @@ def build_multiseries_study(dest: Path, study_uid: str | None = None) -> list[Pa
         ds.save_as(target, enforce_file_format=True)
         written.append(target)
     return written
+
+
+def medmnist_npz(name: str) -> Path:
+    """A MedMNIST ``.npz`` from the shared data, or skip naming the expected path."""
+    base = shared_data_dir()
+    path = (base / "medmnist" / name) if base else None
+    if path is None or not path.is_file():
+        pytest.skip(f"shared MedMNIST data absent: expected .../shared/data/medmnist/{name}")
+    return path

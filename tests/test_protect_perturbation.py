@@ -15,32 +15,9 @@ import pydicom
 import pytest
 
 from gwutil import base_config, partner, running_gateway
-from peers import RecordingSCP, copy_ct_series, shared_data_dir
+from peers import RecordingSCP, copy_ct_series, medmnist_npz as _npz
 
 torch = pytest.importorskip("torch")
-
-
-def _npz(name: str) -> Path:
-    base = shared_data_dir()
-    path = (base / "medmnist" / name) if base else None
-    if path is None or not path.is_file():
-        pytest.skip(f"shared MedMNIST data absent: expected .../shared/data/medmnist/{name}")
-    return path
-
-
-@pytest.fixture(scope="module")
-def surrogates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("surrogates")
-    made = {}
-    for key, name in (("retina", "retinamnist.npz"), ("pneumonia", "pneumoniamnist_balanced.npz")):
-        target = out / f"{key}-cnn-small.pt"
-        done = subprocess.run([sys.executable, "-m", "dicom_gateway.cli", "train-surrogate",
-                               "--data", str(_npz(name)), "--arch", "cnn-small", "--epochs", "8",
-                               "--out", str(target)], capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert "val accuracy" in done.stdout and "sha256" in done.stdout
-        made[key] = target
-    return made
 
 
 def test_surrogate_file_is_self_describing(surrogates: dict[str, Path]) -> None:

@@ -13,15 +13,13 @@ domain at native resolution and rounded; :mod:`dicom_gateway.pixels` writes it l
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom import dcmread
 
-from ..pixels import PixelError, Pixels, read_pixels, write_pixels
-from .method import Outcome, failed
+from .method import Outcome
+from .view import View, finish, prepare
 
 __all__ = ["AdversarialPerturbation", "attack"]
 
@@ -118,92 +116,30 @@ class AdversarialPerturbation:
         import torch
 
         outcomes: list[Outcome | None] = [None] * len(paths)
-        ready: dict[tuple[int, ...], list[tuple[int, _Prepared]]] = {}
+        ready: dict[tuple[int, ...], list[tuple[int, View]]] = {}
         for index, path in enumerate(paths):
-            prepared = self._prepare(path)
-            if isinstance(prepared, Outcome):
-                outcomes[index] = prepared
+            view = prepare(path)
+            if isinstance(view, Outcome):
+                outcomes[index] = view
             else:
-                ready.setdefault(prepared.view.shape[1:], []).append((index, prepared))
+                ready.setdefault(view.values.shape[1:], []).append((index, view))
         o = self.options
+        parameters = {"epsilon": float(o["epsilon"]), "steps": int(o["steps"]),
+                      "momentum": float(o["momentum"]), "diversity": float(o["diversity"]),
+                      "surrogates": [s.sha256 for s in self.surrogates]}
         for group in ready.values():
-            views = np.concatenate([p.view for _, p in group])
+            values = np.concatenate([v.values for _, v in group])
             deltas = []
-            for start in range(0, len(views), int(o["batch"])):
-                chunk = views[start:start + int(o["batch"])].transpose(0, 3, 1, 2)
+            for start in range(0, len(values), int(o["batch"])):
+                chunk = values[start:start + int(o["batch"])].transpose(0, 3, 1, 2)
                 x = torch.from_numpy(np.ascontiguousarray(chunk)).float().to(self.device)
                 adv = attack(x, self.surrogates, float(o["epsilon"]), int(o["steps"]),
                              float(o["momentum"]), float(o["diversity"]))
                 deltas.append((adv - x).cpu().numpy().transpose(0, 2, 3, 1))
             delta = np.concatenate(deltas).astype(np.float64)
             offset = 0
-            for index, prepared in group:
-                frames = prepared.view.shape[0]
-                outcomes[index] = self._finish(prepared, delta[offset:offset + frames])
+            for index, view in group:
+                frames = view.values.shape[0]
+                outcomes[index] = finish(view, delta[offset:offset + frames], parameters)
                 offset += frames
         return [o for o in outcomes if o is not None]
-
-    def _prepare(self, path: Path) -> _Prepared | Outcome:
-        ds = dcmread(path)
-        try:
-            pixels = read_pixels(ds)
-        except PixelError as exc:
-            return failed(path, exc.reason, str(exc))
-        if pixels.photometric == "PALETTE COLOR":
-            return failed(path, "unsupported_photometric", "PALETTE COLOR is not protected yet")
-        lo, hi = _view_range(ds, pixels)
-        view = np.clip((pixels.values.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
-        if pixels.photometric == "MONOCHROME1":
-            view = 1.0 - view
-        return _Prepared(path, ds, pixels, view, lo, hi)
-
-    def _finish(self, p: _Prepared, delta: np.ndarray) -> Outcome:
-        if p.pixels.photometric == "MONOCHROME1":
-            delta = -delta
-        vmin, vmax = _stored_limits(p.pixels)
-        stored = p.pixels.values.astype(np.float64)
-        protected = np.clip(np.rint(stored + delta * (p.hi - p.lo)), vmin, vmax).astype(
-            p.pixels.values.dtype)
-        out = write_pixels(p.ds, Pixels(protected, p.pixels.photometric, p.pixels.bits_stored))
-        residual = p.pixels.values.astype(np.int64) - protected.astype(np.int64)
-        o = self.options
-        return Outcome(source=p.path, output=out, residual=residual, parameters={
-            "epsilon": float(o["epsilon"]), "steps": int(o["steps"]),
-            "momentum": float(o["momentum"]), "diversity": float(o["diversity"]),
-            "view_range": [float(p.lo), float(p.hi)],
-            "surrogates": [s.sha256 for s in self.surrogates]})
-
-
-@dataclass
-class _Prepared:
-    path: Path
-    ds: Any
-    pixels: Pixels
-    view: np.ndarray  # (frames, rows, columns, samples) in [0, 1]
-    lo: float
-    hi: float
-
-
-def _stored_limits(pixels: Pixels) -> tuple[int, int]:
-    if pixels.signed:
-        return -(1 << (pixels.bits_stored - 1)), (1 << (pixels.bits_stored - 1)) - 1
-    return 0, (1 << pixels.bits_stored) - 1
-
-
-def _view_range(ds: Any, pixels: Pixels) -> tuple[float, float]:
-    """Stored values mapped to [0, 1]: the window if the header has one, else the image range
-    for monochrome data, else the full stored range (colour)."""
-    if pixels.photometric.startswith("MONOCHROME") and "WindowCenter" in ds and "WindowWidth" in ds:
-        center = float(np.atleast_1d(ds.WindowCenter)[0])
-        width = float(np.atleast_1d(ds.WindowWidth)[0])
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        lo = (center - width / 2 - intercept) / slope
-        hi = (center + width / 2 - intercept) / slope
-        if hi > lo:
-            return lo, hi
-    if pixels.photometric.startswith("MONOCHROME"):
-        lo, hi = float(pixels.values.min()), float(pixels.values.max())
-        return (lo, hi) if hi > lo else (lo, lo + 1.0)
-    vmin, vmax = _stored_limits(pixels)
-    return float(vmin), float(vmax)

@@ -18,7 +18,8 @@ _METHODS: dict[str, tuple[_Factory, _Validator]] = {
     "none": (NoneMethod, NoneMethod.validate),
 }
 # Methods that need torch are imported only when a profile uses them.
-_LAZY = {"adversarial_perturbation": ".perturbation:AdversarialPerturbation"}
+_LAZY = {"adversarial_perturbation": ".perturbation:AdversarialPerturbation",
+         "adversarial_watermark": ".watermark:AdversarialWatermark"}
 
 
 def _resolve(method: str) -> tuple[_Factory, _Validator]:
