@@ -377,9 +377,6 @@ class Spool:
             _fsync_dir(self.root / "inbox")
         return counts
 
-    def partners_with_entries(self, state: str) -> list[str]:
-        return sorted(p.name for p in (self.root / state).iterdir() if p.is_dir())
-
     def entries(self, state: str, partner: str | None = None) -> Iterator[tuple[str, Entry]]:
         """Yield (group, entry) for ``state``: group is the partner, or the study for inbox/work."""
         base = self.root / state
