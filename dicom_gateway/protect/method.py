@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 
 from ..errors import ProtectionError
 
-__all__ = ["Outcome", "ProtectionMethod"]
+__all__ = ["Outcome", "ProtectionMethod", "check_common_options"]
 
 
 @dataclass
@@ -50,3 +50,19 @@ class ProtectionMethod(Protocol):
 def failed(path: Path, reason: str, message: str) -> Outcome:
     """An outcome for an instance the method could not protect."""
     return Outcome(source=path, error=ProtectionError(reason, message))
+
+
+def check_common_options(options: Mapping[str, Any], defaults: Mapping[str, Any]
+                         ) -> tuple[str, str] | None:
+    """Checks every surrogate-based method shares: known keys and existing surrogate files."""
+    allowed = {"surrogates", *defaults}
+    for key in options:
+        if key not in allowed:
+            return key, f"unknown key (allowed: {', '.join(sorted(allowed))})"
+    paths = options.get("surrogates")
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+        return "surrogates", "required: a list of surrogate model files"
+    for p in paths:
+        if not Path(p).is_file():
+            return "surrogates", f"surrogate file not found: {p}"
+    return None

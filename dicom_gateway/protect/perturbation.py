@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .method import Outcome
+from .method import Outcome, check_common_options
 from .view import View, finish, prepare
 
 __all__ = ["AdversarialPerturbation", "attack"]
@@ -92,16 +92,9 @@ class AdversarialPerturbation:
 
     @staticmethod
     def validate(options: Mapping[str, Any]) -> tuple[str, str] | None:
-        allowed = {"surrogates", *_DEFAULTS}
-        for key in options:
-            if key not in allowed:
-                return key, f"unknown key (allowed: {', '.join(sorted(allowed))})"
-        paths = options.get("surrogates")
-        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
-            return "surrogates", "required: a list of surrogate model files"
-        for p in paths:
-            if not Path(p).is_file():
-                return "surrogates", f"surrogate file not found: {p}"
+        problem = check_common_options(options, _DEFAULTS)
+        if problem:
+            return problem
         eps = options.get("epsilon", _DEFAULTS["epsilon"])
         if not isinstance(eps, (int, float)) or not 0 < eps <= 0.25:
             return "epsilon", "must be a number in (0, 0.25] (fraction of the normalized range)"

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .method import Outcome, check_common_options
+
 __all__ = ["AdversarialWatermark", "WatermarkResult", "gradcam_keepout", "render_text_logo",
            "search_watermark"]
 
@@ -207,16 +209,9 @@ class AdversarialWatermark:
 
     @staticmethod
     def validate(options: dict[str, Any]) -> tuple[str, str] | None:
-        allowed = {"surrogates", *AdversarialWatermark._DEFAULTS}
-        for key in options:
-            if key not in allowed:
-                return key, f"unknown key (allowed: {', '.join(sorted(allowed))})"
-        paths = options.get("surrogates")
-        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
-            return "surrogates", "required: a list of surrogate model files"
-        for p in paths:
-            if not Path(p).is_file():
-                return "surrogates", f"surrogate file not found: {p}"
+        problem = check_common_options(options, AdversarialWatermark._DEFAULTS)
+        if problem:
+            return problem
         frac = options.get("max_area_fraction", 1 / 16)
         if not isinstance(frac, (int, float)) or not 0 < frac <= 0.25:
             return "max_area_fraction", "must be in (0, 0.25]"
@@ -234,7 +229,7 @@ class AdversarialWatermark:
         outcomes = []
         for path in paths:
             view = prepare(path)
-            if not hasattr(view, "values"):
+            if isinstance(view, Outcome):
                 outcomes.append(view)
                 continue
             delta = np.zeros_like(view.values)
