@@ -7,7 +7,8 @@ Commands (a contract other tools and users rely on)::
     dicom-gateway spool list|retry|purge --config FILE [...]
     dicom-gateway demo [--out DIR] [--serve]
     dicom-gateway protect --config FILE --profile NAME [--partner NAME] IN... --out DIR
-    dicom-gateway train-surrogate --data NPZ --arch NAME --out FILE
+    dicom-gateway train-surrogate --data PATH --arch NAME --out FILE [--task ...]
+    dicom-gateway protect-dataset --method unlearnable --data PATH --out DIR
 
 Errors are one line on stderr and a non-zero exit code (2: configuration, 1: anything else);
 set ``DICOM_GATEWAY_DEBUG=1`` to see a traceback instead.
@@ -154,21 +155,53 @@ def _cmd_protect(args: argparse.Namespace) -> int:
 
 def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     try:
+        from .protect.surrogate import SEGMENTATION_ARCHITECTURES, load_surrogate
         from .protect.train import train_surrogate
     except ImportError as exc:
         raise GatewayError(f"train-surrogate needs torch ({exc}); run scripts/setup.sh") from None
-    if args.task != "classification":
-        raise GatewayError("only --task classification is implemented so far")
+    arch = args.arch or ("unet-small" if args.task == "segmentation" else "cnn-small")
+    task = "segmentation" if arch in SEGMENTATION_ARCHITECTURES else "classification"
+    if args.task and args.task != task:
+        raise GatewayError(f"--arch {arch} is a {task} architecture, not {args.task}")
     data = Path(args.data)
-    if not data.is_file():
-        raise GatewayError(f"{data}: no such file (expected an .npz in the MedMNIST layout)")
-    info = train_surrogate(data, args.arch, Path(args.out), epochs=args.epochs, seed=args.seed)
-    from .protect.surrogate import load_surrogate
-
+    if not data.exists():
+        raise GatewayError(f"{data}: no such file or folder")
+    try:
+        info = train_surrogate(data, arch, Path(args.out), epochs=args.epochs, seed=args.seed,
+                               mask_suffix=args.mask_suffix)
+    except (ValueError, KeyError) as exc:
+        raise GatewayError(f"{data}: cannot train on it: {exc}") from None
     sha = load_surrogate(Path(args.out)).sha256
+    score = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in info.metrics.items())
     print(f"{args.out}: {info.arch} {info.input_size[0]}x{info.input_size[1]}x{info.channels}, "
-          f"{len(info.classes)} classes, val accuracy {info.metrics['val_accuracy']:.3f}, "
-          f"sha256 {sha}")
+          f"{len(info.classes)} classes, {score}, sha256 {sha}")
+    return 0
+
+
+def _cmd_protect_dataset(args: argparse.Namespace) -> int:
+    try:
+        from .protect.dataset_job import DatasetJob, protect_dataset
+    except ImportError as exc:
+        raise GatewayError(f"protect-dataset needs torch ({exc}); run scripts/setup.sh") from None
+    data = Path(args.data)
+    if not data.exists():
+        raise GatewayError(f"{data}: no such file or folder")
+    if args.surrogate and not Path(args.surrogate).is_file():
+        raise GatewayError(f"{args.surrogate}: no such surrogate file")
+    job = DatasetJob(data=data, out=Path(args.out), split=args.split,
+                     surrogate=Path(args.surrogate) if args.surrogate else None, arch=args.arch,
+                     epsilon=args.epsilon / 255, rounds=args.rounds, train_steps=args.train_steps,
+                     pgd_steps=args.pgd_steps, init=args.init, mask_suffix=args.mask_suffix,
+                     seed=args.seed)
+    try:
+        report = protect_dataset(job)
+    except (ValueError, KeyError) as exc:
+        raise GatewayError(f"{data}: cannot protect it: {exc}") from None
+    loss = report["surrogate_final_loss"]
+    print(f"{report['images']} {report['task']} images made unlearnable into {report['written']}: "
+          f"PSNR {report['psnr_db']:.2f} dB, {report['rounds']} min-min rounds"
+          + (f" (surrogate loss {loss:.4f})" if loss is not None else "")
+          + f", {report['seconds']:.0f} s; report.json beside it")
     return 0
 
 
@@ -212,13 +245,39 @@ def _parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_protect)
 
     t = sub.add_parser("train-surrogate", help="train a surrogate model for protection")
-    t.add_argument("--data", required=True, help="labelled images (.npz, MedMNIST layout)")
-    t.add_argument("--arch", default="cnn-small", choices=["cnn-small", "resnet18"])
+    t.add_argument("--data", required=True,
+                   help="labelled images: .npz (MedMNIST layout), .h5 (images/labels masks), a "
+                        "folder of class folders, or a folder of images with masks")
+    t.add_argument("--arch", choices=["cnn-small", "resnet18", "unet-small"],
+                   help="default: cnn-small, or unet-small with --task segmentation")
     t.add_argument("--out", required=True, help="surrogate file to write")
-    t.add_argument("--task", default="classification", choices=["classification", "segmentation"])
+    t.add_argument("--task", choices=["classification", "segmentation"],
+                   help="checked against the architecture (default: the architecture's task)")
+    t.add_argument("--mask-suffix", default="_mask",
+                   help="flat image folders: the mask of NAME.jpg is NAME<suffix>.png")
     t.add_argument("--epochs", type=int, default=15)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_train_surrogate)
+
+    pd = sub.add_parser("protect-dataset",
+                        help="make a labelled dataset release unlearnable (method unlearnable)")
+    pd.add_argument("--method", default="unlearnable", choices=["unlearnable"])
+    pd.add_argument("--data", required=True, help="as for train-surrogate")
+    pd.add_argument("--out", required=True, help="output folder (same layout + report.json)")
+    pd.add_argument("--split", default="train", help="the .npz split to protect")
+    pd.add_argument("--surrogate", help="starting surrogate file (default: a fresh --arch)")
+    pd.add_argument("--arch", choices=["cnn-small", "resnet18", "unet-small"])
+    pd.add_argument("--epsilon", type=float, default=8.0, help="L-inf budget in 1/255 units")
+    pd.add_argument("--rounds", type=int,
+                    help="min-min rounds (default: 0 for segmentation, where the shortcut "
+                         "pattern alone measured best, 10 for classification)")
+    pd.add_argument("--train-steps", type=int, default=10)
+    pd.add_argument("--pgd-steps", type=int, default=10)
+    pd.add_argument("--init", choices=["pattern", "zero"], default="pattern",
+                    help="segmentation start: the ROI/rim shortcut pattern or zero")
+    pd.add_argument("--mask-suffix", default="_mask")
+    pd.add_argument("--seed", type=int, default=0)
+    pd.set_defaults(func=_cmd_protect_dataset)
 
     d = sub.add_parser("demo", help="run gateway + local partner and send a sample study")
     d.add_argument("--out", default="demo-out", help="where spool and partner output go")

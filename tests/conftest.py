@@ -53,3 +53,18 @@ def surrogates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         assert "val accuracy" in done.stdout and "sha256" in done.stdout
         made[key] = target
     return made
+
+
+@pytest.fixture(scope="session")
+def lung_segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A unet-small segmenter trained briefly by ``train-surrogate`` on the MSD lung patches."""
+    from peers import msd_lung_h5
+
+    target = tmp_path_factory.mktemp("segmenter") / "lung-unet-small.pt"
+    done = subprocess.run([sys.executable, "-m", "dicom_gateway.cli", "train-surrogate",
+                           "--data", str(msd_lung_h5("val")), "--task", "segmentation",
+                           "--epochs", "3", "--out", str(target)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "unet-small 48x48x1" in done.stdout and "val dice" in done.stdout
+    return target

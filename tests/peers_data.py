@@ -12,7 +12,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 __all__ = [
+    "build_segmentation",
     "medmnist_npz",
+    "msd_lung_h5",
     "CT_SERIES_SUBDIR",
     "DATA_ENV",
     "MULTISERIES_SOURCES",
@@ -140,3 +142,68 @@ def medmnist_npz(name: str) -> Path:
     if path is None or not path.is_file():
         pytest.skip(f"shared MedMNIST data absent: expected .../shared/data/medmnist/{name}")
     return path
+
+
+def msd_lung_h5(split: str) -> Path:
+    """An MSD lung patch file (``val`` or ``test``) from the shared data, or skip."""
+    base = shared_data_dir()
+    path = (base / "segmentation" / "msd_lung_2mm_patches" / f"{split}_patches.h5") if base else None
+    if path is None or not path.is_file():
+        pytest.skip(f"shared MSD lung patches absent: expected "
+                    f".../shared/data/segmentation/msd_lung_2mm_patches/{split}_patches.h5")
+    return path
+
+
+def build_segmentation(images: list[Path], rois: dict[int, tuple[int, int, int]],
+                       dest: Path) -> Path:
+    """Write a binary DICOM SEG (one segment, one frame per ROI) for ``images`` of one series:
+    ``rois`` maps an index into ``images`` to a disc ``(row, column, radius)``."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.pixels import pack_bits
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    first = pydicom.dcmread(images[0], stop_before_pixels=True)
+    rows, cols = int(first.Rows), int(first.Columns)
+    yy, xx = np.mgrid[:rows, :cols]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    for key in ("PatientID", "PatientName", "StudyInstanceUID", "StudyDate", "StudyID",
+                "AccessionNumber", "FrameOfReferenceUID"):
+        if key in first:
+            setattr(ds, key, first.get(key))
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "SEG", generate_uid(), 99, 1
+    ds.SegmentationType, ds.ContentLabel = "BINARY", "ROI"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = rows, cols, 1, 1, 0
+    ds.PixelRepresentation, ds.LossyImageCompression = 0, "00"
+    segment = Dataset()
+    segment.SegmentNumber, segment.SegmentLabel, segment.SegmentAlgorithmType = 1, "lesion", "MANUAL"
+    ds.SegmentSequence = Sequence([segment])
+    frames, groups = [], []
+    for index, (r, c, radius) in sorted(rois.items()):
+        frames.append(((yy - r) ** 2 + (xx - c) ** 2 <= radius ** 2).astype(np.uint8))
+        source = Dataset()
+        source.ReferencedSOPClassUID = first.SOPClassUID
+        source.ReferencedSOPInstanceUID = pydicom.dcmread(images[index],
+                                                          stop_before_pixels=True).SOPInstanceUID
+        derivation = Dataset()
+        derivation.SourceImageSequence = Sequence([source])
+        ident = Dataset()
+        ident.ReferencedSegmentNumber = 1
+        group = Dataset()
+        group.DerivationImageSequence = Sequence([derivation])
+        group.SegmentIdentificationSequence = Sequence([ident])
+        groups.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
+    ds.NumberOfFrames = len(frames)
+    ds.PixelData = pack_bits(np.stack(frames))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dest, enforce_file_format=True)
+    return dest

@@ -19,7 +19,8 @@ _METHODS: dict[str, tuple[_Factory, _Validator]] = {
 }
 # Methods that need torch are imported only when a profile uses them.
 _LAZY = {"adversarial_perturbation": ".perturbation:AdversarialPerturbation",
-         "adversarial_watermark": ".watermark:AdversarialWatermark"}
+         "adversarial_watermark": ".watermark:AdversarialWatermark",
+         "unlearnable": ".unlearnable:Unlearnable"}
 
 
 def _resolve(method: str) -> tuple[_Factory, _Validator]:

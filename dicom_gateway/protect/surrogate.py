@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "Surrogate", "SurrogateInfo", "build_model", "load_surrogate",
+__all__ = ["ARCHITECTURES", "SEGMENTATION_ARCHITECTURES", "Surrogate", "SurrogateInfo", "build_model", "load_surrogate",
            "save_surrogate"]
 
 FORMAT = "dicom-gateway-surrogate/1"
@@ -26,7 +26,7 @@ FORMAT = "dicom-gateway-surrogate/1"
 @dataclass(frozen=True)
 class SurrogateInfo:
     arch: str
-    task: str  # "classification"
+    task: str  # "classification" or "segmentation" (one foreground logit per pixel)
     input_size: tuple[int, int]
     channels: int
     classes: tuple[str, ...]
@@ -65,10 +65,40 @@ def _resnet18(channels: int, classes: int) -> nn.Module:
     return model
 
 
+class _UNetSmall(nn.Module):
+    """A three-level U-Net (Ronneberger et al. 2015), 16-32-64 channels, for small patches;
+    outputs one logit per class channel (a single foreground logit for binary masks)."""
+
+    def __init__(self, channels: int, outputs: int) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout),
+                                 nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1),
+                                 nn.BatchNorm2d(cout), nn.ReLU())
+        self.enc1, self.enc2, self.enc3 = block(channels, 16), block(16, 32), block(32, 64)
+        self.up2, self.dec2 = nn.ConvTranspose2d(64, 32, 2, 2), block(64, 32)
+        self.up1, self.dec1 = nn.ConvTranspose2d(32, 16, 2, 2), block(32, 16)
+        self.head = nn.Conv2d(16, outputs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
+        e3 = self.enc3(nn.functional.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([self.up2(e3), e2], 1))
+        return self.head(self.dec1(torch.cat([self.up1(d2), e1], 1)))
+
+
+def _unet_small(channels: int, classes: int) -> nn.Module:
+    return _UNetSmall(channels, 1 if classes == 2 else classes)
+
+
 ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "cnn-small": _small_cnn,
     "resnet18": _resnet18,
+    "unet-small": _unet_small,
 }
+SEGMENTATION_ARCHITECTURES = frozenset({"unet-small"})
 
 
 def build_model(info: SurrogateInfo) -> nn.Module:
@@ -93,17 +123,64 @@ def save_surrogate(model: nn.Module, info: SurrogateInfo, path: Path) -> str:
 
 
 def load_surrogate(path: Path, device: str = "cpu") -> Surrogate:
-    """Load a surrogate file written by :func:`save_surrogate` (eval mode, on ``device``)."""
+    """Load a surrogate file written by :func:`save_surrogate`, or a user's TorchScript model
+    (see :func:`_load_torchscript`), in eval mode on ``device``."""
     data = path.read_bytes()
+    if data[:2] == b"PK" and _is_torchscript(path):
+        return _load_torchscript(path, data, device)
     blob: Any = torch.load(path, map_location=device, weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a dicom-gateway surrogate file ({FORMAT})")
-    raw = dict(blob["info"])
-    raw["input_size"] = tuple(raw["input_size"])
-    for key in ("classes", "mean", "std"):
-        raw[key] = tuple(raw[key])
-    info = SurrogateInfo(**raw)
+        raise ValueError(f"{path}: not a dicom-gateway surrogate file ({FORMAT}) "
+                         "nor a TorchScript model")
+    info = _info(blob["info"])
     model = build_model(info)
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
     return Surrogate(model, info, hashlib.sha256(data).hexdigest())
+
+
+def _info(raw_info: dict[str, Any]) -> SurrogateInfo:
+    raw = dict(raw_info)
+    raw["input_size"] = tuple(raw["input_size"])
+    for key in ("classes", "mean", "std"):
+        raw[key] = tuple(raw[key])
+    return SurrogateInfo(**raw)
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def _load_torchscript(path: Path, data: bytes, device: str) -> Surrogate:
+    """A TorchScript model brought by the user. Its description (the :class:`SurrogateInfo`
+    fields ``task``, ``input_size``, ``channels``, ``classes`` and optionally ``mean``/``std``,
+    default: the model takes [0, 1] inputs itself) comes from the archive's extra file
+    ``dicom-gateway.json`` or from a sidecar ``<file>.json``."""
+    import json
+
+    extra = {"dicom-gateway.json": ""}
+    model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    text = extra["dicom-gateway.json"] or ""
+    sidecar = path.with_suffix(".json")
+    if not text and sidecar.is_file():
+        text = sidecar.read_text()
+    if not text:
+        raise ValueError(f"{path}: TorchScript model without a description: add "
+                         f"'dicom-gateway.json' as an extra file or write {sidecar.name}")
+    raw = json.loads(text)
+    missing = {"task", "input_size", "channels", "classes"} - set(raw)
+    if missing:
+        raise ValueError(f"{path}: description lacks {', '.join(sorted(missing))}")
+    channels = int(raw["channels"])
+    raw.setdefault("mean", [0.0] * channels)
+    raw.setdefault("std", [1.0] * channels)
+    raw.setdefault("arch", "torchscript")
+    info = _info({k: raw[k] for k in SurrogateInfo.__dataclass_fields__ if k in raw})
+    wrapped = _Normalized(model, info.mean, info.std).to(device).eval()
+    return Surrogate(wrapped, info, hashlib.sha256(data).hexdigest())

@@ -1,0 +1,144 @@
+"""Labelled image sets for surrogate training and dataset protection, as float tensors.
+
+Layouts read:
+
+- ``.npz`` in the MedMNIST layout: ``{train,val,test}_images`` ``(N, H, W[, C])`` uint8 and
+  ``*_labels`` ``(N, 1)``: classification.
+- ``.h5`` / ``.hdf5`` with datasets ``images`` ``(N, C, H, W)`` float in [0, 1] and ``labels``
+  ``(N, 1, H, W)`` in {0, 1} (the MSD lung patches): segmentation.
+- a folder of class sub-folders (``DIR/<class>/*.png``): classification, class names sorted.
+- a folder with ``images/`` and ``masks/`` (files paired by stem), or a flat folder where the
+  mask of ``NAME.jpg`` is ``NAME<mask_suffix>.png``: segmentation.
+
+Images are ``(N, C, H, W)`` float32 in [0, 1]; labels int64 ``(N,)``; masks float32
+``(N, 1, H, W)`` in {0, 1}. Folder images are resized to ``size`` (default: the first image's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["ImageSet", "load_images", "load_npz_split"]
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+@dataclass
+class ImageSet:
+    """One split: images with either class labels or masks."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None  # classification
+    masks: torch.Tensor | None = None  # segmentation
+    classes: tuple[str, ...] = ()
+
+    @property
+    def task(self) -> str:
+        return "segmentation" if self.masks is not None else "classification"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        return ImageSet(self.images[index],
+                        None if self.labels is None else self.labels[index],
+                        None if self.masks is None else self.masks[index], self.classes)
+
+
+def load_npz_split(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as float ``(N, C, H, W)`` in [0, 1] and labels as int64 ``(N,)``."""
+    with np.load(path) as data:
+        images = data[f"{split}_images"]
+        labels = data[f"{split}_labels"].reshape(-1)
+    if images.ndim == 3:
+        images = images[..., None]
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def load_images(path: Path, split: str = "train", size: tuple[int, int] | None = None,
+                mask_suffix: str = "_mask") -> ImageSet:
+    """Read any supported layout (``split`` applies to ``.npz`` only)."""
+    if path.suffix == ".npz":
+        x, y = load_npz_split(path, split)
+        return ImageSet(x, labels=y, classes=tuple(str(c) for c in range(int(y.max()) + 1)))
+    if path.suffix in (".h5", ".hdf5"):
+        return _load_h5(path)
+    if path.is_dir():
+        if (path / "images").is_dir() and (path / "masks").is_dir():
+            return _load_pairs(sorted(_images_in(path / "images")),
+                               lambda p: _find(path / "masks", p.stem), size)
+        subdirs = sorted(d for d in path.iterdir() if d.is_dir())
+        if subdirs:
+            return _load_classes(subdirs, size)
+        images = [p for p in sorted(_images_in(path)) if not p.stem.endswith(mask_suffix)]
+        return _load_pairs(images, lambda p: _find(path, p.stem + mask_suffix), size)
+    raise ValueError(f"{path}: expected an .npz, an .h5 or a folder of images")
+
+
+def _load_h5(path: Path) -> ImageSet:
+    try:
+        import h5py
+    except ImportError:
+        raise ValueError(f"{path}: reading HDF5 needs h5py (pip install h5py)") from None
+    with h5py.File(path, "r") as f:
+        if "images" not in f or "labels" not in f:
+            raise ValueError(f"{path}: expected HDF5 datasets 'images' and 'labels'")
+        x = torch.from_numpy(np.asarray(f["images"], dtype=np.float32))
+        m = torch.from_numpy((np.asarray(f["labels"]) > 0.5).astype(np.float32))
+    if x.ndim == 3:
+        x = x[:, None]
+    if m.ndim == 3:
+        m = m[:, None]
+    return ImageSet(x.clamp(0, 1), masks=m, classes=("background", "foreground"))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES]
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for p in _images_in(folder):
+        if p.stem == stem:
+            return p
+    raise ValueError(f"{folder}: no mask named {stem}.* ")
+
+
+def _read(path: Path, size: tuple[int, int] | None, mode: str | None = None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert(mode) if mode else (img if img.mode in ("L", "RGB") else
+                                              img.convert("RGB"))
+        if size and img.size != (size[1], size[0]):
+            resample = Image.Resampling.NEAREST if mode == "L" else Image.Resampling.BILINEAR
+            img = img.resize((size[1], size[0]), resample)
+        arr = np.asarray(img)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _load_pairs(images: list[Path], mask_of: object, size: tuple[int, int] | None) -> ImageSet:
+    if not images:
+        raise ValueError("no images found")
+    first = _read(images[0], size)
+    size = size or (first.shape[1], first.shape[2])
+    xs = [_read(p, size) for p in images]
+    ms = [_read(mask_of(p), size, "L") for p in images]  # type: ignore[operator]
+    x = torch.from_numpy(np.stack(xs)).float() / 255.0
+    m = (torch.from_numpy(np.stack(ms)) > 127).float()
+    return ImageSet(x, masks=m, classes=("background", "foreground"))
+
+
+def _load_classes(subdirs: list[Path], size: tuple[int, int] | None) -> ImageSet:
+    files = [(p, label) for label, d in enumerate(subdirs) for p in sorted(_images_in(d))]
+    if not files:
+        raise ValueError("no images found in the class folders")
+    first = _read(files[0][0], size)
+    size = size or (first.shape[1], first.shape[2])
+    x = torch.from_numpy(np.stack([_read(p, size) for p, _ in files])).float() / 255.0
+    y = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return ImageSet(x, labels=y, classes=tuple(d.name for d in subdirs))

@@ -1,0 +1,335 @@
+"""Unlearnable examples: error-minimizing noise that gives a model trained on the released data
+a shortcut instead of the anatomy (UMed, Lin et al. 2024, for segmentation; Huang et al. ICLR
+2021 sample-wise EM for classification; ``shared/research/protection-methods.md`` §2, §3.1).
+
+Both run the bi-level *min-min* loop over a whole release (a dataset, or a series in the
+gateway): a surrogate is trained for a few steps on the perturbed images, then every image's
+perturbation is updated by projected sign-gradient steps that *minimize* the surrogate's loss,
+until the surrogate's loss on the perturbed data is below ``stop_loss`` or ``rounds`` are done.
+
+Segmentation (UMed): the perturbation lives only on the ROI and its contour band. The band
+(dilation minus erosion of the mask, ``contour_radius`` pixels) gets the full budget
+``epsilon``; the ROI interior gets ``epsilon`` times a texture weight from a local-binary-
+pattern map, so smooth tissue is barely touched. UMed trains two U-Net generators (contour and
+texture) to amortize the noise over images; here the perturbation itself is optimized per image
+(the release is protected as a whole, so nothing needs amortizing), with the same loss
+(Dice + cross-entropy), the same support and the same budget.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .method import Outcome
+from .train import segmentation_loss
+from .view import View
+
+__all__ = ["Unlearnable", "UnlearnableResult", "contour_band", "error_minimizing_noise", "psnr",
+           "segmentation_budget", "shortcut_pattern", "texture_weight"]
+
+
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius) if radius else mask
+
+
+def contour_band(masks: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """Pixels within ``radius`` of the mask's boundary, both sides: dilation minus erosion."""
+    eroded = 1 - _dilate(1 - masks, radius)
+    return (_dilate(masks, radius) - eroded).clamp(0, 1)
+
+
+def texture_weight(x: torch.Tensor, floor: float = 0.25) -> torch.Tensor:
+    """Per-pixel texture in [floor, 1] from a local binary pattern: the number of 0/1
+    transitions around the 8-neighbour code, over 4 (flat regions and ramps have 0, edges and
+    spots, the "uniform" patterns, 2; non-uniform texture 4 or more and gets the full budget),
+    on the channel mean, averaged over a 3x3 window."""
+    gray = x.mean(1, keepdim=True)
+    padded = F.pad(gray, (1, 1, 1, 1), mode="replicate")
+    h, w = gray.shape[2:]
+    ring = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]
+    bits = torch.stack([(padded[:, :, dy:dy + h, dx:dx + w] > gray + 1 / 512).float()
+                        for dy, dx in ring])
+    transitions = (bits - bits.roll(1, dims=0)).abs().sum(0) / 4
+    smooth = F.avg_pool2d(transitions, 3, stride=1, padding=1, count_include_pad=False)
+    return floor + (1 - floor) * smooth.clamp(0, 1)
+
+
+def segmentation_budget(x: torch.Tensor, masks: torch.Tensor, epsilon: float,
+                        radius: int = 3, floor: float = 0.25) -> torch.Tensor:
+    """UMed's per-pixel L-infinity budget: ``epsilon`` on the contour band, ``epsilon`` times
+    the texture weight inside the ROI, 0 elsewhere; shaped like ``x``."""
+    band = contour_band(masks, radius)
+    interior = (masks - band).clamp(0, 1)
+    budget = epsilon * (band + interior * texture_weight(x, floor))
+    return budget.expand_as(x).contiguous()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB for images in [0, 1], over the whole set (pooled mean squared error)."""
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+@dataclass
+class UnlearnableResult:
+    delta: torch.Tensor  # like the images, |delta| <= budget, images + delta in [0, 1]
+    rounds: int
+    final_loss: float  # the surrogate's loss on the perturbed release at the end
+    evaluations: int  # surrogate forward+backward passes per image
+
+
+def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch.Tensor,
+                           model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor],
+                                                               torch.Tensor] | None = None,
+                           rounds: int = 20, train_steps: int = 10, pgd_steps: int = 10,
+                           step: float | None = None, batch: int = 32, lr: float = 1e-3,
+                           stop_loss: float = 0.01, seed: int = 0, progress: bool = False,
+                           init: torch.Tensor | None = None) -> UnlearnableResult:
+    """The min-min loop over a release ``x`` ``(N, C, H, W)`` in [0, 1].
+
+    ``targets`` are masks ``(N, 1, H, W)`` (loss: Dice + BCE) or labels ``(N,)`` (cross-
+    entropy); ``budget`` is the per-pixel bound (a tensor like ``x``); ``model`` is the
+    surrogate, trained in place. ``step`` defaults to a tenth of the largest budget.
+    """
+    if loss_fn is None:
+        loss_fn = segmentation_loss if targets.ndim == 4 else F.cross_entropy
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    step = step if step is not None else float(budget.max()) / 10
+    delta = torch.zeros_like(x) if init is None else init.clone()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    evaluations = 0
+    started = time.monotonic()
+    final = float("inf")
+    done = 0
+    for done in range(1, rounds + 1):
+        model.train()
+        for _ in range(train_steps):
+            idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=generator)
+            opt.zero_grad()
+            loss_fn(model((x[idx] + delta[idx]).clamp(0, 1)), targets[idx]).backward()
+            opt.step()
+        evaluations += train_steps * min(batch, len(x)) / len(x)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        total = 0.0
+        for i in range(0, len(x), batch):
+            xb, tb, bb = x[i:i + batch], targets[i:i + batch], budget[i:i + batch]
+            d = delta[i:i + batch].clone()
+            for _ in range(pgd_steps):
+                d.requires_grad_(True)
+                loss = loss_fn(model((xb + d).clamp(0, 1)), tb)
+                grad, = torch.autograd.grad(loss, d)
+                with torch.no_grad():
+                    d = d - step * grad.sign()
+                    d = torch.maximum(torch.minimum(d, bb), -bb)
+                    d = (xb + d).clamp(0, 1) - xb
+            with torch.no_grad():
+                delta[i:i + batch] = d
+                total += float(loss_fn(model(xb + d), tb)) * len(xb)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        evaluations += pgd_steps + 1
+        final = total / len(x)
+        if progress:
+            print(f"\r[{'#' * done}{'.' * (rounds - done)}] round {done}/{rounds} surrogate loss "
+                  f"on protected data {final:.4f} {time.monotonic() - started:.0f}s", end="",
+                  file=sys.stderr, flush=True)
+        if final < stop_loss:
+            break
+    if progress:
+        print(file=sys.stderr)
+    return UnlearnableResult(delta.detach(), done, final, int(round(evaluations)))
+
+
+def shortcut_pattern(masks: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """The starting perturbation for segmentation: a pixel checkerboard at the full budget, in
+    phase inside the ROI and in opposite phase on the band outside it, so the ROI and its rim
+    carry a pattern a first convolution separates trivially (the shortcut min-min refines)."""
+    h, w = masks.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    checker = ((yy + xx) % 2 * 2 - 1).to(budget.dtype)
+    return budget * checker * (2 * masks - 1)
+
+
+_DEFAULTS: dict[str, Any] = {"epsilon": 8 / 255, "contour_radius": 3, "texture_floor": 0.25,
+                             "rounds": None, "train_steps": 5, "pgd_steps": 5, "lr": 1e-3,
+                             "init": "pattern", "label_tag": None, "classes": None}
+
+
+class Unlearnable:
+    """Method ``unlearnable`` in the gateway: a series is one release.
+
+    Segmentation (the surrogate is a segmenter): the ROI comes from a DICOM SEG instance of the
+    same study (:mod:`.masks`); SEG instances themselves pass unchanged (they are the labels
+    being shared); an image the SEG does not cover is left unchanged (no ROI, nothing to hide);
+    a series with no SEG at all is refused (``no_roi_mask``, quarantined).
+    Classification (the surrogate is a classifier): the label of each instance is the value of
+    ``label_tag`` looked up in ``classes``; an instance without one is refused (``no_label``).
+    The surrogate is a starting point: the min-min loop fine-tunes a copy on the release.
+    Fully convolutional surrogates run at the image's own resolution.
+    """
+
+    name = "unlearnable"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        from .device import protection_device
+        from .surrogate import load_surrogate
+
+        self.options = {**_DEFAULTS, **options}
+        self.device = protection_device()
+        self.surrogate = load_surrogate(Path(options["surrogates"][0]), self.device)
+
+    @staticmethod
+    def validate(options: Mapping[str, Any]) -> tuple[str, str] | None:
+        from .method import check_common_options
+        from .surrogate import load_surrogate
+
+        problem = check_common_options(options, _DEFAULTS)
+        if problem:
+            return problem
+        if len(options["surrogates"]) != 1:
+            return "surrogates", "unlearnable takes exactly one surrogate (its starting point)"
+        eps = options.get("epsilon", _DEFAULTS["epsilon"])
+        if not isinstance(eps, (int, float)) or not 0 < eps <= 0.25:
+            return "epsilon", "must be a number in (0, 0.25] (fraction of the normalized range)"
+        for key in ("rounds", "train_steps", "pgd_steps", "contour_radius"):
+            value = options.get(key, _DEFAULTS[key] if key != "rounds" else 0)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1000:
+                return key, "must be an integer in [0, 1000]"
+        if options.get("init", "pattern") not in ("pattern", "zero"):
+            return "init", "must be 'pattern' or 'zero'"
+        try:
+            task = load_surrogate(Path(options["surrogates"][0])).info.task
+        except Exception as exc:
+            return "surrogates", f"cannot load: {exc}"
+        if task == "classification":
+            classes = options.get("classes")
+            if not isinstance(options.get("label_tag"), str):
+                return "label_tag", "required with a classifier surrogate: the tag holding labels"
+            try:
+                from pydicom.tag import Tag
+
+                Tag(options["label_tag"])
+            except (ValueError, TypeError, OverflowError):
+                return "label_tag", f"not a DICOM keyword or tag: {options['label_tag']!r}"
+            if not isinstance(classes, list) or len(classes) < 2:
+                return "classes", "required with a classifier surrogate: the label values in order"
+        return None
+
+    def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
+        from pydicom import dcmread
+        from pydicom.tag import Tag
+
+        from .masks import SEGMENTATION_STORAGE, find_segmentations
+        from .method import failed
+        from .view import prepare
+
+        outcomes: list[Outcome | None] = [None] * len(paths)
+        views: list[tuple[int, View]] = []
+        for index, path in enumerate(paths):
+            head = dcmread(path, stop_before_pixels=True)
+            if str(head.get("SOPClassUID", "")) == SEGMENTATION_STORAGE:
+                outcomes[index] = Outcome(source=path, output=path,
+                                          parameters={"passed": "segmentation labels"})
+                continue
+            view = prepare(path)
+            if isinstance(view, Outcome):
+                outcomes[index] = view
+            else:
+                views.append((index, view))
+        segmentation = self.surrogate.info.task == "segmentation"
+        targets: dict[int, torch.Tensor] = {}
+        if segmentation and views:
+            study_files = sorted(p for p in paths[0].parent.iterdir() if p.is_file())
+            rois = find_segmentations(study_files)
+            if not any(str(v.ds.SOPInstanceUID) in rois for _, v in views):
+                for index, view in views:
+                    outcomes[index] = failed(view.path, "no_roi_mask", "unlearnable needs the ROI: "
+                                             "no DICOM SEG in the study references this series")
+                views = []
+            for index, view in views:
+                frames, rows, cols = view.values.shape[:3]
+                per = rois.get(str(view.ds.SOPInstanceUID), {})
+                m = np.zeros((frames, 1, rows, cols), np.float32)
+                for f, roi in per.items():
+                    if 0 <= f < frames and roi.shape == (rows, cols):
+                        m[f, 0] = roi
+                targets[index] = torch.from_numpy(m)
+        elif views:
+            tag, classes = self.options["label_tag"], [str(c) for c in self.options["classes"]]
+            kept = []
+            for index, view in views:
+                element = view.ds.get(Tag(tag))
+                value = None if element is None else str(element.value)
+                if value not in classes:
+                    outcomes[index] = failed(view.path, "no_label", f"{tag} is {value!r}, not one "
+                                             f"of the configured classes")
+                    continue
+                targets[index] = torch.full((view.values.shape[0],), classes.index(value))
+                kept.append((index, view))
+            views = kept
+        groups: dict[tuple[int, ...], list[tuple[int, View]]] = {}
+        for index, view in views:
+            groups.setdefault(view.values.shape[1:], []).append((index, view))
+        for group in groups.values():
+            self._protect_group(group, targets, outcomes, segmentation)
+        return [o for o in outcomes if o is not None]
+
+    def _protect_group(self, group: list[tuple[int, View]], targets: dict[int, torch.Tensor],
+                       outcomes: list[Outcome | None], segmentation: bool) -> None:
+        import copy
+
+        from .view import finish
+
+        o = self.options
+        x = torch.from_numpy(np.ascontiguousarray(np.concatenate(
+            [v.values for _, v in group]).transpose(0, 3, 1, 2))).float().to(self.device)
+        y = torch.cat([targets[i] for i, _ in group]).to(self.device)
+        if x.shape[1] != self.surrogate.info.channels:
+            for index, view in group:
+                outcomes[index] = failed_outcome(view.path, x.shape[1],
+                                                 self.surrogate.info.channels)
+            return
+        eps = float(o["epsilon"])
+        if segmentation:
+            budget = segmentation_budget(x, y, eps, int(o["contour_radius"]),
+                                         float(o["texture_floor"]))
+            init = shortcut_pattern(y, budget) if o["init"] == "pattern" else None
+        else:
+            budget, init = torch.full_like(x, eps), None
+        model = copy.deepcopy(self.surrogate.model)
+        rounds = o["rounds"] if o["rounds"] is not None else (0 if segmentation else 3)
+        result = error_minimizing_noise(x, y, budget, model, rounds=int(rounds),
+                                        train_steps=int(o["train_steps"]),
+                                        pgd_steps=int(o["pgd_steps"]), lr=float(o["lr"]),
+                                        init=init)
+        delta = result.delta.cpu().numpy().transpose(0, 2, 3, 1).astype(np.float64)
+        parameters = {"task": self.surrogate.info.task, "epsilon": eps,
+                      "contour_radius": int(o["contour_radius"]),
+                      "texture_floor": float(o["texture_floor"]), "init": o["init"],
+                      "rounds": result.rounds, "release_size": len(x),
+                      "surrogates": [self.surrogate.sha256]}
+        offset = 0
+        for index, view in group:
+            frames = view.values.shape[0]
+            outcomes[index] = finish(view, delta[offset:offset + frames], parameters)
+            offset += frames
+
+
+def failed_outcome(path: Path, image_channels: int, surrogate_channels: int) -> Outcome:
+    from .method import failed
+
+    return failed(path, "surrogate_mismatch", f"the surrogate takes {surrogate_channels} "
+                  f"channel(s), the image has {image_channels}")

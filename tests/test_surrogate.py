@@ -1,0 +1,73 @@
+"""Surrogate files: folder layouts for ``train-surrogate`` and users' TorchScript models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dicom_gateway.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_train_surrogate_reads_image_folders(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(12):  # class folders: bright vs dark squares
+        _png(tmp_path / "cls" / "bright" / f"{i}.png", rng.integers(150, 255, (20, 20), np.uint8))
+        _png(tmp_path / "cls" / "dark" / f"{i}.png", rng.integers(0, 100, (20, 20), np.uint8))
+    for i in range(12):  # flat folder with masks: a bright disc on noise
+        yy, xx = np.mgrid[:24, :24]
+        disc = (yy - 8 - i // 2) ** 2 + (xx - 12) ** 2 < 25
+        image = np.where(disc, 220, rng.integers(0, 90, (24, 24))).astype(np.uint8)
+        _png(tmp_path / "seg" / f"img{i}.png", np.stack([image] * 3, -1))
+        _png(tmp_path / "seg" / f"img{i}_1stHO.png", (disc * 255).astype(np.uint8))
+    done = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--epochs", "3",
+                "--out", str(tmp_path / "c.pt"))
+    assert done.returncode == 0, done.stderr
+    assert "cnn-small 20x20x1, 2 classes, val accuracy" in done.stdout
+    done = _cli("train-surrogate", "--data", str(tmp_path / "seg"), "--task", "segmentation",
+                "--mask-suffix", "_1stHO", "--epochs", "2", "--out", str(tmp_path / "s.pt"))
+    assert done.returncode == 0, done.stderr
+    assert "unet-small 24x24x3, 2 classes, val dice" in done.stdout
+    wrong = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--task", "segmentation",
+                 "--arch", "cnn-small", "--out", str(tmp_path / "x.pt"))
+    assert wrong.returncode == 1 and "classification architecture" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+
+def test_torchscript_model_with_description(tmp_path: Path) -> None:
+    from dicom_gateway.protect.surrogate import load_surrogate
+
+    body = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    scripted = torch.jit.script(body)
+    description = {"task": "classification", "input_size": [32, 32], "channels": 1,
+                   "classes": ["a", "b", "c"]}
+    inside = tmp_path / "inside.pt"
+    torch.jit.save(scripted, str(inside), _extra_files={
+        "dicom-gateway.json": json.dumps(description)})
+    s = load_surrogate(inside)
+    assert s.info.arch == "torchscript" and s.info.classes == ("a", "b", "c")
+    assert s.model(torch.rand(2, 1, 32, 32)).shape == (2, 3)
+    assert len(s.sha256) == 64
+    bare = tmp_path / "bare.pt"
+    torch.jit.save(scripted, str(bare))
+    with pytest.raises(ValueError, match="without a description"):
+        load_surrogate(bare)
+    (tmp_path / "bare.json").write_text(json.dumps({**description, "mean": [0.5], "std": [0.2]}))
+    assert load_surrogate(bare).info.mean == (0.5,)
