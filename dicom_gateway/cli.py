@@ -17,6 +17,7 @@ set ``DICOM_GATEWAY_DEBUG=1`` to see a traceback instead.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import ConfigError, GatewayError
@@ -144,8 +146,11 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         raise ConfigError(args.config, "profiles", f"no profile named {args.profile!r}")
     if args.partner and args.partner not in config.partners:
         raise ConfigError(args.config, "partners", f"no partner named {args.partner!r}")
-    written, problems = protect_files(config, args.profile, [Path(p) for p in args.inputs],
-                                      Path(args.out))
+    try:
+        written, problems = protect_files(config, args.profile, [Path(p) for p in args.inputs],
+                                          Path(args.out), partner=args.partner)
+    except ValueError as exc:
+        raise GatewayError(str(exc)) from None
     for problem in problems:
         print(f"dicom-gateway: not protected: {problem}", file=sys.stderr)
     print(f"{written} instance(s) protected with profile {args.profile!r} into {args.out}; "
@@ -203,6 +208,97 @@ def _cmd_protect_dataset(args: argparse.Namespace) -> int:
           + (f" (surrogate loss {loss:.4f})" if loss is not None else "")
           + f", {report['seconds']:.0f} s; report.json beside it")
     return 0
+
+
+def _cmd_keys_init(args: argparse.Namespace) -> int:
+    from .seal.keys import init_gateway_keys
+
+    keys = init_gateway_keys(Path(args.out))
+    print(f"gateway keys in {args.out}: gateway-signing.key and uid-secret.key (0600, keep "
+          f"private), gateway-signing.pub (give to partners); key id {keys.key_id}")
+    return 0
+
+
+def _cmd_keys_partner(args: argparse.Namespace) -> int:
+    from .seal.keys import new_partner_key
+
+    key = new_partner_key(args.name, Path(args.out), args.suite)
+    print(f"partner key {key.name} ({key.suite_name}) in {args.out}: {key.name}.key (0600, the "
+          f"partner keeps it), {key.name}.pub (the gateway's 'key'); key id {key.key_id}")
+    return 0
+
+
+def _sealed_files(inputs: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(sorted(p for p in item.rglob("*") if p.is_file()))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise GatewayError(f"{item}: no such file or folder")
+    return files
+
+
+def _gateway_public(path: str | None) -> Any:
+    from .seal.keys import load_signing_public
+
+    return load_signing_public(Path(path)) if path else None
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pydicom import dcmread
+
+    from .seal import SealError, verify
+
+    public = _gateway_public(args.gateway_key)
+    bad = 0
+    for path in _sealed_files(args.inputs):
+        try:
+            v = verify(dcmread(path), public)
+        except SealError as exc:
+            bad += 1
+            print(f"{path}: INVALID ({exc.reason}): {exc}")
+            continue
+        except Exception as exc:
+            bad += 1
+            print(f"{path}: INVALID (unreadable): {type(exc).__name__}: {exc}")
+            continue
+        m = v.manifest
+        print(f"{path}: VALID issuer {m['gateway']['id']} (key {m['gateway']['key_id']}), "
+              f"partner {m['partner']['name']} (key {m['partner']['key_id']}), method "
+              f"{m['method']}, time {m['time']}, parameters "
+              f"{json.dumps(m['parameters'], sort_keys=True)[:300]}")
+    return 1 if bad else 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from pydicom import dcmread
+
+    from .seal import SealError, load_partner_key, restore
+
+    key = load_partner_key(Path(args.key))
+    public = _gateway_public(args.gateway_key)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bad = done = 0
+    for path in _sealed_files(args.inputs):
+        try:
+            original = restore(dcmread(path), key, public)
+        except SealError as exc:
+            bad += 1
+            print(f"dicom-gateway: {path}: not restored ({exc.reason}): {exc}", file=sys.stderr)
+            continue
+        except Exception as exc:
+            bad += 1
+            print(f"dicom-gateway: {path}: not restored (unreadable): {type(exc).__name__}",
+                  file=sys.stderr)
+            continue
+        original.save_as(out / f"{original.SOPInstanceUID}.dcm", enforce_file_format=True)
+        done += 1
+    print(f"{done} instance(s) restored into {out} (pixels checked against the signed original "
+          f"digest); {bad} failed")
+    return 1 if bad else 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -278,6 +374,29 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--mask-suffix", default="_mask")
     pd.add_argument("--seed", type=int, default=0)
     pd.set_defaults(func=_cmd_protect_dataset)
+
+    k = sub.add_parser("keys", help="create gateway and partner keys")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    ki = ksub.add_parser("init", help="the gateway identity: signing key and UID secret")
+    ki.add_argument("--out", required=True, help="folder (files are never overwritten)")
+    ki.set_defaults(func=_cmd_keys_init)
+    kp = ksub.add_parser("partner", help="an HPKE key pair for a partner")
+    kp.add_argument("--name", required=True)
+    kp.add_argument("--out", required=True)
+    kp.add_argument("--suite", default="x25519", choices=["x25519", "mlkem768-x25519"])
+    kp.set_defaults(func=_cmd_keys_partner)
+
+    v = sub.add_parser("verify", help="check the seal of protected files (partner tool)")
+    v.add_argument("--gateway-key", required=True, help="the gateway's gateway-signing.pub")
+    v.add_argument("inputs", nargs="+", help="files or folders")
+    v.set_defaults(func=_cmd_verify)
+
+    rs = sub.add_parser("restore", help="restore the originals from sealed files (partner tool)")
+    rs.add_argument("--key", required=True, help="the partner's private key (NAME.key)")
+    rs.add_argument("--gateway-key", help="also verify the signature with gateway-signing.pub")
+    rs.add_argument("--out", required=True)
+    rs.add_argument("inputs", nargs="+", help="files or folders")
+    rs.set_defaults(func=_cmd_restore)
 
     d = sub.add_parser("demo", help="run gateway + local partner and send a sample study")
     d.add_argument("--out", default="demo-out", help="where spool and partner output go")

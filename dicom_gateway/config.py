@@ -89,6 +89,7 @@ class PartnerConfig:
     dimse_timeout_seconds: float = 10.0
     idle_release_seconds: float = 10.0
     retry: RetryConfig = field(default_factory=RetryConfig)
+    key: str | None = None  # the partner's public key file (``keys partner``) for the seal
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,16 @@ class ProtectionConfig:
 
 
 @dataclass(frozen=True)
+class SealConfig:
+    """The gateway identity that seals protected output (files from ``keys init``)."""
+
+    signing_key: str
+    uid_secret: str
+    gateway_id: str
+    uid_root: str = "2.25"
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     gateway: GatewayConfig
@@ -130,6 +141,7 @@ class Config:
     no_route: NoRoute
     log_level: str = "INFO"
     protection: ProtectionConfig = field(default_factory=ProtectionConfig)
+    seal: SealConfig | None = None
 
 
 class _Reader:
@@ -272,10 +284,11 @@ def _scalars(r: _Reader) -> list[_Scalar]:
     return [_Scalar(c.source, c.data, c.path) for c in r.items()]
 
 
-def _partner(r: _Reader, gateway_ae: str, retry: RetryConfig) -> PartnerConfig:
+def _partner(r: _Reader, gateway_ae: str, retry: RetryConfig, base_dir: Path) -> PartnerConfig:
     r.mapping(["name", "ae_title", "host", "port", "calling_ae_title", "associations",
                "max_pdu_bytes", "connect_timeout_seconds", "acse_timeout_seconds",
-               "dimse_timeout_seconds", "idle_release_seconds", "retry"])
+               "dimse_timeout_seconds", "idle_release_seconds", "retry", "key"])
+    key = r.get("key", str, None)
     return PartnerConfig(
         name=r.get("name", str, check=_name),
         ae_title=r.get("ae_title", str, check=_ae),
@@ -289,6 +302,7 @@ def _partner(r: _Reader, gateway_ae: str, retry: RetryConfig) -> PartnerConfig:
         dimse_timeout_seconds=r.get("dimse_timeout_seconds", float, 10.0, check=_positive),
         idle_release_seconds=r.get("idle_release_seconds", float, 10.0, check=_positive),
         retry=_retry(r.child("retry"), retry) if r.has("retry") else retry,
+        key=str(base_dir / key) if key else None,
     )
 
 
@@ -368,7 +382,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
     base = base_dir if base_dir is not None else Path.cwd()
     root = _Reader(source, data).mapping(
         ["gateway", "metrics", "retry", "protection", "profiles", "partners", "routes",
-         "no_route", "log_level"])
+         "no_route", "log_level", "seal"])
     gateway = _gateway(root.child("gateway"), base)
     mr = root.child("metrics").mapping(["enabled", "listen"])
     metrics = MetricsConfig(mr.get("enabled", bool, True), _listen(mr.child("listen"), "127.0.0.1", 9108))
@@ -386,7 +400,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
 
     partners: dict[str, PartnerConfig] = {}
     for item in root.child("partners").items() if root.has("partners") else []:
-        partner = _partner(item, gateway.ae_title, retry)
+        partner = _partner(item, gateway.ae_title, retry, base)
         if partner.name in partners:
             raise item.error(f"duplicate partner name {partner.name!r}", "name")
         partners[partner.name] = partner
@@ -406,8 +420,54 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
         device=pr_r.get("device", str, "auto", check=lambda v: None if v in ("auto", "cpu", "cuda")
                         else "must be auto, cpu or cuda"),
         threads=pr_r.get("threads", int, 0, check=_non_negative))
+    seal = _seal(root, gateway.ae_title, base) if root.has("seal") else None
+    _check_sealing(root, seal, partners, profiles, routes, no_route)
     return Config(source, gateway, metrics, profiles, partners, tuple(routes), no_route, level,
-                  protection)
+                  protection, seal)
+
+
+def _seal(root: _Reader, gateway_ae: str, base: Path) -> SealConfig:
+    from .seal.keys import KeyError_, load_gateway_keys
+
+    r = root.child("seal").mapping(["signing_key", "uid_secret", "gateway_id", "uid_root"])
+    signing = str(base / r.get("signing_key", str))
+    secret = str(base / r.get("uid_secret", str))
+    root_uid = r.get("uid_root", str, "2.25", check=lambda v: None if (
+        len(v) <= 40 and all(p.isdigit() and (p == "0" or not p.startswith("0"))
+                             for p in v.split("."))) else "must be a UID root of at most 40 "
+        "characters (digits and dots)")
+    try:
+        load_gateway_keys(Path(signing), Path(secret))
+    except KeyError_ as exc:
+        raise r.error(str(exc), "signing_key" if signing in str(exc) else "uid_secret") from None
+    return SealConfig(signing, secret, r.get("gateway_id", str, gateway_ae), root_uid)
+
+
+def _check_sealing(root: _Reader, seal: SealConfig | None, partners: Mapping[str, PartnerConfig],
+                   profiles: Mapping[str, ProfileConfig], routes: Sequence[Route],
+                   no_route: NoRoute) -> None:
+    """Every partner that receives protected pixels gets them sealed: it needs a key."""
+    from .seal.keys import KeyError_, load_partner_key
+
+    pairs = [(f"routes[{i}]", p, r.profile) for i, r in enumerate(routes) for p in r.to]
+    if no_route.partner and no_route.profile:
+        pairs.append(("no_route", no_route.partner, no_route.profile))
+    for where, name, profile in pairs:
+        if profiles[profile].method == "none":
+            continue
+        if seal is None:
+            raise root.error(f"{where} sends profile {profile!r} (protected pixels) to {name!r}: "
+                             "protected output is always sealed; add a 'seal' section "
+                             "(files from 'dicom-gateway keys init')", "seal")
+        index = list(partners).index(name)
+        if partners[name].key is None:
+            raise root.child("partners").child(index).error(
+                f"partner receives protected pixels ({where}): needs 'key', its public key file "
+                "from 'dicom-gateway keys partner'", "key")
+        try:
+            load_partner_key(Path(str(partners[name].key)))
+        except KeyError_ as exc:
+            raise root.child("partners").child(index).error(str(exc), "key") from None
 
 
 def _no_route(root: _Reader, partners: Mapping[str, PartnerConfig],

@@ -36,19 +36,31 @@ def _sample_files(data_dir: str | None) -> tuple[list[Path], str]:
     return [Path(str(get_testdata_file(n))) for n in names], "pydicom bundled examples"
 
 
-def _compare(expected: dict[str, Path], got: dict[str, Path]) -> tuple[int, int]:
-    """How many arrived instances have pixel values differing from the original, and the
-    largest absolute change (stored units)."""
-    changed, largest = 0, 0
-    for uid, original in expected.items():
-        if uid not in got:
+def _compare(expected: dict[str, Path], got: dict[str, Path], keys: Path
+             ) -> tuple[int, int, int]:
+    """As the partner would: verify and restore every arrived (sealed) instance, then count
+    those whose pixels differ from the original, the largest change (stored units), and those
+    restored bit-exactly (pixel digest and original SOP Instance UID)."""
+    from .pixels import pixel_digest, read_pixels
+    from .seal import load_partner_key, restore
+    from .seal.keys import load_signing_public
+
+    key = load_partner_key(keys / "partner" / "demo-partner.key")
+    public = load_signing_public(keys / "gateway" / "gateway-signing.pub")
+    changed = largest = exact = 0
+    for path in got.values():
+        sealed = dcmread(path)
+        original = restore(sealed, key, public)
+        source = expected.get(str(original.SOPInstanceUID))
+        if source is None:
             continue
-        before = dcmread(original).pixel_array.astype(np.int64)
-        after = dcmread(got[uid]).pixel_array.astype(np.int64)
+        before = read_pixels(dcmread(source)).values
+        exact += pixel_digest(read_pixels(original).values) == pixel_digest(before)
+        after = read_pixels(sealed).values.astype(np.int64)
         diff = int(np.abs(after - before).max()) if before.shape == after.shape else -1
         changed += diff > 0
         largest = max(largest, diff)
-    return changed, largest
+    return changed, largest, exact
 
 
 def run_demo(out: Path, serve: bool = False, data_dir: str | None = None,
@@ -81,6 +93,13 @@ def run_demo(out: Path, serve: bool = False, data_dir: str | None = None,
     raw["log_level"] = "INFO" if verbose else "WARNING"
     for profile in raw["profiles"].values():
         profile["surrogates"] = [str(defaults.joinpath(f)) for f in profile.get("surrogates", [])]
+    from .seal.keys import init_gateway_keys, new_partner_key
+
+    init_gateway_keys(out / "keys" / "gateway")  # the hospital's identity ...
+    new_partner_key("demo-partner", out / "keys" / "partner")  # ... and the partner's key pair
+    raw["seal"] = {"signing_key": "keys/gateway/gateway-signing.key",
+                   "uid_secret": "keys/gateway/uid-secret.key", "gateway_id": "EGRESS_GW-demo"}
+    raw["partners"][0]["key"] = "keys/partner/demo-partner.pub"
     (out / "gateway.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     config = parse_config(raw, "<embedded defaults: dicom_gateway/defaults/demo.yaml>", out)
     gateway = Gateway(config)
@@ -100,13 +119,15 @@ def run_demo(out: Path, serve: bool = False, data_dir: str | None = None,
             time.sleep(0.2)
         with lock:
             got = dict(arrived)
-        changed, largest = _compare(expected, got)
+        changed, largest, exact = _compare(expected, got, out / "keys")
         profile = raw["routes"][0]["profile"]
         assert gateway.endpoint is not None
         metrics_url = f"http://127.0.0.1:{gateway.endpoint.port}/metrics"
         print(f"partner: {len(got)}/{len(expected)} instances arrived in {received_dir.resolve()}; "
               f"profile {profile!r} ({raw['profiles'][profile]['method']}): {changed} with "
               f"protected pixels, largest change {largest} stored units")
+        print(f"partner: {exact}/{len(got)} verified with the gateway's public key and restored "
+              f"bit-exactly with the partner key (keys in {(out / 'keys').resolve()})")
         print(f"spool:   {(out / 'spool').resolve()}   config: {(out / 'gateway.yaml').resolve()}")
         print(f"metrics: {metrics_url}  (health: /healthz, /readyz)")
         body = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
@@ -122,7 +143,7 @@ def run_demo(out: Path, serve: bool = False, data_dir: str | None = None,
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-        return 0 if len(got) == len(expected) == changed == acked else 1
+        return 0 if len(got) == len(expected) == changed == acked == exact else 1
     finally:
         gateway.stop()
         partner.shutdown()

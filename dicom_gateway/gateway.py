@@ -26,6 +26,7 @@ from .protect import ProtectionStage
 from .protect.device import configure as configure_device
 from .receive import Receiver
 from .route import Router
+from .seal.service import SealService
 from .spool import Entry, Spool
 from .study import StudyAssembler
 from .worker import StudyWorker
@@ -48,7 +49,8 @@ class Gateway:
         self.metrics.registry.register(SnapshotCollector(
             lambda: [f.snapshot for f in self.forwarders.values()]))
         self.stage = ProtectionStage(config.profiles, self.metrics)
-        self.worker = StudyWorker(self.spool, self.stage, self.metrics, self._enqueue)
+        sealer = SealService(config) if config.seal is not None else None
+        self.worker = StudyWorker(self.spool, self.stage, self.metrics, self._enqueue, sealer)
         self.assembler = StudyAssembler(self.spool, config.gateway.study_stable_seconds,
                                         self.worker, self.metrics)
         self.receiver = Receiver(config, self.spool, Router(config.routes), self.metrics,

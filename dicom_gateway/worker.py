@@ -18,6 +18,7 @@ from typing import Any
 
 from .metrics import Metrics
 from .protect import Outcome, ProtectionStage
+from .seal.service import SealService
 from .spool import Entry, Spool
 
 __all__ = ["StudyWorker"]
@@ -29,7 +30,9 @@ class StudyWorker:
     """Processes one released study (called by the assembler's thread)."""
 
     def __init__(self, spool: Spool, stage: ProtectionStage, metrics: Metrics,
-                 enqueue: Callable[[str, Entry], None]) -> None:
+                 enqueue: Callable[[str, Entry], None], sealer: SealService | None = None
+                 ) -> None:
+        self._sealer = sealer
         self._spool = spool
         self._stage = stage
         self._metrics = metrics
@@ -104,6 +107,11 @@ class StudyWorker:
                              outcome.error)
                 return
         assert output is not None
+        method = self._stage.profile(profile).method
+        if method != "none" and outcome.error is None:  # protected: sealed per partner
+            for partner in partners:
+                self._seal_for(study, entry, partner, method, outcome)
+            return
         staged = self._spool.stage_output(output)
         try:
             for partner in partners:
@@ -112,3 +120,22 @@ class StudyWorker:
                 self._pending.setdefault(entry.path, []).append((partner, out))
         finally:
             staged.unlink(missing_ok=True)
+
+    def _seal_for(self, study: str, entry: Entry, partner: str, method: str,
+                  outcome: Outcome) -> None:
+        assert outcome.output is not None
+        try:
+            if self._sealer is None or not self._sealer.has_partner(partner):
+                raise RuntimeError(f"no seal key for partner {partner!r}")
+            sealed = self._sealer.seal(partner, entry.path, outcome.output, outcome.residual,
+                                       method, dict(outcome.parameters))
+        except Exception as exc:  # never let protected pixels leave unsealed: quarantine
+            self._spool.quarantine(entry, partner, {
+                "reason": "seal_failed", "message": f"{type(exc).__name__}: {exc}"})
+            self._metrics.quarantined.labels(partner=partner, reason="seal_failed").inc()
+            _log.warning("quarantined sop=%s for %s: seal failed: %s", entry.name, partner,
+                         type(exc).__name__)
+            return
+        staged = self._spool.stage_output(sealed)
+        out = self._spool.commit_outbox(partner, f"{study}_{entry.sop_key}", staged)
+        self._pending.setdefault(entry.path, []).append((partner, out))

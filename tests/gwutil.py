@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from peers import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicom_gateway.config import Config, parse_config
 from dicom_gateway.gateway import Gateway
-from peers import free_port
 
 __all__ = ["GatewayProcess", "base_config", "metric", "partner", "running_gateway", "sample", "scrape",
-           "send", "wait_metric"]
+           "send", "uid_secret", "wait_metric", "with_seal"]
 
 FAST_RETRY = {"initial_seconds": 0.2, "multiplier": 2.0, "max_seconds": 1.0,
               "max_attempts": 20, "jitter": 0.1}
@@ -180,3 +180,24 @@ def wait_metric(port: int, name: str, value: float, timeout: float = 20.0, **lab
         time.sleep(0.05)
         seen = metric(scrape(port), name, **labels)
     return seen
+
+
+def with_seal(raw: dict[str, Any], keys: Path) -> dict[str, Any]:
+    """Add a ``seal`` section and a key for every partner (made with the real key commands'
+    functions under ``keys``); partners' private keys are in ``keys/partners/NAME.key``."""
+    from dicom_gateway.seal.keys import init_gateway_keys, new_partner_key
+
+    if not (keys / "gateway" / "gateway-signing.key").exists():
+        init_gateway_keys(keys / "gateway")
+    raw["seal"] = {"signing_key": str(keys / "gateway" / "gateway-signing.key"),
+                   "uid_secret": str(keys / "gateway" / "uid-secret.key"),
+                   "gateway_id": "TEST-GW"}
+    for p in raw["partners"]:
+        if not (keys / "partners" / f"{p['name']}.key").exists():
+            new_partner_key(p["name"], keys / "partners")
+        p["key"] = str(keys / "partners" / f"{p['name']}.pub")
+    return raw
+
+
+def uid_secret(keys: Path) -> bytes:
+    return bytes.fromhex((keys / "gateway" / "uid-secret.key").read_text().strip())

@@ -13,6 +13,7 @@ from pydicom.uid import generate_uid
 
 __all__ = [
     "build_segmentation",
+    "fundus_dicom",
     "medmnist_npz",
     "msd_lung_h5",
     "CT_SERIES_SUBDIR",
@@ -204,6 +205,38 @@ def build_segmentation(images: list[Path], rois: dict[int, tuple[int, int, int]]
     ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
     ds.NumberOfFrames = len(frames)
     ds.PixelData = pack_bits(np.stack(frames))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dest, enforce_file_format=True)
+    return dest
+
+
+def fundus_dicom(dest: Path, name: str = "Image_01L.jpg") -> Path:
+    """A CHASE_DB1 fundus photo (999x960 RGB) wrapped into a VL Photographic Image (or skip)."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    base = shared_data_dir()
+    src = (base / "segmentation" / "chasedb1" / name) if base else None
+    if src is None or not src.is_file():
+        pytest.skip(f"shared CHASE_DB1 data absent: expected .../shared/data/segmentation/"
+                    f"chasedb1/{name}")
+    rgb = np.asarray(Image.open(src).convert("RGB"))
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4"  # VL Photographic
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality = "CHASE01", "Fundus^Test", "XC"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = rgb.tobytes()
     dest.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(dest, enforce_file_format=True)
     return dest

@@ -9,14 +9,25 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from gwutil import (
+    base_config,
+    metric,
+    partner,
+    running_gateway,
+    sample,
+    scrape,
+    send,
+    uid_secret,
+    with_seal,
+)
+from peers import RecordingSCP, free_port
 from pydicom import dcmread
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicom_gateway.protect import Outcome, register_method
 from dicom_gateway.protect.method import failed
-from gwutil import base_config, metric, partner, running_gateway, sample, scrape, send
-from peers import RecordingSCP, free_port
+from dicom_gateway.seal.uids import derive_uid
 
 ALL = [{"name": "all", "match": {}, "to": ["recorder"], "profile": "passthrough"}]
 
@@ -127,12 +138,14 @@ def test_protection_failure_quarantines_fail_closed(tmp_path: Path,
     raw = base_config(tmp_path / "spool", [partner("recorder", recording_scp.port)],
                       [{"name": "all", "match": {}, "to": ["recorder"], "profile": "boom"}])
     raw["profiles"]["boom"] = {"method": "exploding"}
+    with_seal(raw, tmp_path / "keys")
     bad, good = sample(SeriesDescription="EXPLODE"), sample(SeriesDescription="fine")
     with running_gateway(raw) as gw:
         assert send(gw.receiver.port or 0, [bad, good]) == [0, 0]
         assert recording_scp.wait_for_count(1, timeout=30) == 1
         samples = scrape(gw.endpoint.port)  # type: ignore[union-attr]
-    assert recording_scp.received_sops == {good.SOPInstanceUID}  # never the unprotected one
+    secret = uid_secret(tmp_path / "keys")  # what leaves is sealed, under derived UIDs
+    assert recording_scp.received_sops == {derive_uid(secret, "recorder", good.SOPInstanceUID)}
     q = list((tmp_path / "spool" / "quarantine" / "recorder").glob("*.dcm"))
     assert len(q) == 1 and bad.SOPInstanceUID in q[0].name
     reason = json.loads(q[0].with_name(q[0].name[:-4] + ".reason.json").read_text())

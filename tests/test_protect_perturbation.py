@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from gwutil import base_config, partner, running_gateway, uid_secret, with_seal
+from peers import RecordingSCP, copy_ct_series
+from peers import medmnist_npz as _npz
 
-from gwutil import base_config, partner, running_gateway
-from peers import RecordingSCP, copy_ct_series, medmnist_npz as _npz
+from dicom_gateway.seal.uids import derive_uid
 
 torch = pytest.importorskip("torch")
 
@@ -64,6 +66,7 @@ def test_gateway_protects_the_ct_series_within_budget(tmp_path: Path,
                             "profile": "protected"}])
         raw["profiles"]["protected"] = {"method": "adversarial_perturbation", "epsilon": 4 / 255,
                                         "steps": 3, "surrogates": [str(surrogates["pneumonia"])]}
+        with_seal(raw, tmp_path / "keys")
         with running_gateway(raw) as gw:
             from gwutil import send
 
@@ -71,7 +74,8 @@ def test_gateway_protects_the_ct_series_within_budget(tmp_path: Path,
             assert scp.wait_for_count(len(files), timeout=120) == len(files)
     changed = 0
     for sop, before in originals.items():
-        after = pydicom.dcmread(tmp_path / "out" / f"{sop}.dcm")
+        derived = derive_uid(uid_secret(tmp_path / "keys"), "recorder", sop)
+        after = pydicom.dcmread(tmp_path / "out" / f"{derived}.dcm")  # sealed: derived UIDs
         ww = float(np.atleast_1d(after.WindowWidth)[0]) / float(after.RescaleSlope)
         diff = np.abs(after.pixel_array.astype(np.int32) - before)
         assert diff.max() <= int(np.ceil(4 / 255 * ww)) + 1  # budget, in stored units
@@ -107,13 +111,19 @@ def test_offline_protect_command(tmp_path: Path, surrogates: dict[str, Path]) ->
         extra.unlink()
     files = files[:3]
     (tmp_path / "ct" / "notes.txt").write_text("not DICOM")
-    raw = base_config(tmp_path / "spool", [], [])
+    raw = with_seal(base_config(tmp_path / "spool", [partner("acme", 11112)], []),
+                    tmp_path / "keys")
     raw["profiles"]["protected"] = {"method": "adversarial_perturbation", "epsilon": 4 / 255,
                                     "steps": 2, "surrogates": [str(surrogates["pneumonia"])]}
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(yaml.safe_dump(raw))
+    unsealed = subprocess.run([sys.executable, "-m", "dicom_gateway.cli", "protect", "--config",
+                               str(cfg), "--profile", "protected", str(files[0]), "--out",
+                               str(tmp_path / "none")], capture_output=True, text=True)
+    assert unsealed.returncode == 1 and "--partner" in unsealed.stderr  # never unsealed
     done = subprocess.run([sys.executable, "-m", "dicom_gateway.cli", "protect", "--config",
-                           str(cfg), "--profile", "protected", str(tmp_path / "ct"), "--out",
+                           str(cfg), "--profile", "protected", "--partner", "acme",
+                           str(tmp_path / "ct"), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1  # the text file is reported
     assert "3 instance(s) protected" in done.stdout
@@ -122,5 +132,6 @@ def test_offline_protect_command(tmp_path: Path, surrogates: dict[str, Path]) ->
     assert len(written) == 3
     for f in files:
         ds = pydicom.dcmread(f)
-        out = pydicom.dcmread(tmp_path / "out" / f"{ds.SOPInstanceUID}.dcm")
+        derived = derive_uid(uid_secret(tmp_path / "keys"), "acme", str(ds.SOPInstanceUID))
+        out = pydicom.dcmread(tmp_path / "out" / f"{derived}.dcm")
         assert not np.array_equal(out.pixel_array, ds.pixel_array)

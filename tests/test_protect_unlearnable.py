@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from gwutil import base_config, partner, running_gateway, send
+from gwutil import base_config, partner, running_gateway, send, uid_secret, with_seal
 from peers import OrthancPeer, build_segmentation, copy_ct_series, msd_lung_h5
+
+from dicom_gateway.seal.uids import derive_uid
 
 torch = pytest.importorskip("torch")
 
@@ -102,16 +104,18 @@ def test_gateway_unlearnable_ct_with_seg_to_orthanc(tmp_path: Path, orthanc: Ort
                       [{"name": "ct", "match": {"modality": "CT"}, "to": ["orthanc"],
                         "profile": "ue"},
                        {"name": "seg", "match": {"modality": "SEG"}, "to": ["orthanc"],
-                        "profile": "passthrough"}])
+                        "profile": "ue"}])  # the SEG is sealed too: its references follow
     raw["profiles"]["ue"] = {"method": "unlearnable", "surrogates": [str(lung_segmenter)],
                              "rounds": 1, "train_steps": 1, "pgd_steps": 2}
+    with_seal(raw, tmp_path / "keys")
+    secret = uid_secret(tmp_path / "keys")
     with running_gateway(raw) as gw:
         assert send(gw.receiver.port or 0, [*files, seg]) == [0] * (len(files) + 1)
         assert orthanc.wait_for_count(len(files) + 1, timeout=180) == len(files) + 1
     yy, xx = np.mgrid[:512, :512]
     for index, f in enumerate(files):
         before = originals[str(pydicom.dcmread(f).SOPInstanceUID)]
-        after = orthanc.dataset(str(before.SOPInstanceUID))
+        after = orthanc.dataset(derive_uid(secret, "orthanc", str(before.SOPInstanceUID)))
         diff = after.pixel_array.astype(np.int32) - before.pixel_array.astype(np.int32)
         if index not in rois:
             assert not diff.any()  # no ROI on this slice: nothing to hide, left unchanged
@@ -121,7 +125,11 @@ def test_gateway_unlearnable_ct_with_seg_to_orthanc(tmp_path: Path, orthanc: Ort
         assert diff.any() and not diff[~near].any()
         ww = float(np.atleast_1d(before.WindowWidth)[0]) / float(before.RescaleSlope)
         assert np.abs(diff).max() <= int(np.ceil(8 / 255 * ww)) + 1
-    assert orthanc.pixel_sha256(str(pydicom.dcmread(seg).SOPInstanceUID)) is not None
+    sent_seg = orthanc.dataset(derive_uid(secret, "orthanc", str(pydicom.dcmread(seg).SOPInstanceUID)))
+    refs = {str(g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+            for g in sent_seg.PerFrameFunctionalGroupsSequence}
+    assert refs == {derive_uid(secret, "orthanc", str(pydicom.dcmread(files[i]).SOPInstanceUID))
+                    for i in rois}  # the SEG still points at the (derived) images
 
 
 def test_offline_unlearnable_refuses_a_series_without_seg(tmp_path: Path,
@@ -131,13 +139,15 @@ def test_offline_unlearnable_refuses_a_series_without_seg(tmp_path: Path,
     files = copy_ct_series(tmp_path / "ct")
     for extra in files[2:]:
         extra.unlink()
-    raw = base_config(tmp_path / "spool", [], [])
+    raw = with_seal(base_config(tmp_path / "spool", [partner("acme", 11112)], []),
+                    tmp_path / "keys")
     raw["profiles"]["ue"] = {"method": "unlearnable", "surrogates": [str(lung_segmenter)],
                              "rounds": 1, "train_steps": 1, "pgd_steps": 1}
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     done = subprocess.run([sys.executable, "-m", "dicom_gateway.cli", "protect", "--config",
-                           str(cfg), "--profile", "ue", str(tmp_path / "ct"), "--out",
+                           str(cfg), "--profile", "ue", "--partner", "acme", str(tmp_path / "ct"),
+                           "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert done.stderr.count("no_roi_mask") == 2 and "Traceback" not in done.stderr

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
-from gwutil import base_config, partner, running_gateway, send
+from gwutil import base_config, partner, running_gateway, send, uid_secret, with_seal
 from peers import RecordingSCP, copy_ct_series, medmnist_npz
+
+from dicom_gateway.seal.uids import derive_uid
 
 torch = pytest.importorskip("torch")
 
@@ -22,8 +23,12 @@ def test_white_box_watermark_respects_keepout_and_area(surrogates: dict[str, Pat
                                                        name: str) -> None:
     from dicom_gateway.protect.surrogate import load_surrogate
     from dicom_gateway.protect.train import accuracy, load_npz_split
-    from dicom_gateway.protect.watermark import (_render, gradcam_keepout, render_text_logo,
-                                                 search_watermark)
+    from dicom_gateway.protect.watermark import (
+        _render,
+        gradcam_keepout,
+        render_text_logo,
+        search_watermark,
+    )
 
     s = load_surrogate(surrogates[key])
     x, y = load_npz_split(medmnist_npz(name), "test")
@@ -54,12 +59,16 @@ def test_gateway_watermarks_ct_slices(tmp_path: Path, surrogates: dict[str, Path
                           [{"name": "ct", "match": {}, "to": ["recorder"], "profile": "mark"}])
         raw["profiles"]["mark"] = {"method": "adversarial_watermark", "generations": 3,
                                    "surrogates": [str(surrogates["pneumonia"])]}
+        with_seal(raw, tmp_path / "keys")
         with running_gateway(raw) as gw:
             assert send(gw.receiver.port or 0, files) == [0] * 3
             assert scp.wait_for_count(3, timeout=120) == 3
     for f in files:
         before = pydicom.dcmread(f)
-        after = pydicom.dcmread(tmp_path / "out" / f"{before.SOPInstanceUID}.dcm")
+        derived = derive_uid(uid_secret(tmp_path / "keys"), "recorder",
+                             str(before.SOPInstanceUID))
+        after = pydicom.dcmread(tmp_path / "out" / f"{derived}.dcm")  # sealed: derived UIDs
+        assert after.BurnedInAnnotation == "YES" and after.ImageType[0] == "DERIVED"
         changed = np.argwhere(after.pixel_array != before.pixel_array)
         assert len(changed)  # a visible mark was burnt in ...
         (y0, x0), (y1, x1) = changed.min(0), changed.max(0)

@@ -30,9 +30,20 @@ def _dicom_files(inputs: Iterable[Path]) -> Iterable[Path]:
 
 
 def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Path,
-                  progress: bool = True) -> tuple[int, list[str]]:
-    """Protect ``inputs`` with ``profile``; return (instances written, problems)."""
+                  progress: bool = True, partner: str | None = None) -> tuple[int, list[str]]:
+    """Protect ``inputs`` with ``profile``, sealed for ``partner`` when the profile changes
+    pixels (required then); return (instances written, problems)."""
     stage = ProtectionStage(config.profiles, Metrics())
+    method = config.profiles[profile].method
+    sealer = None
+    if method != "none":
+        from ..seal.service import SealService
+
+        if partner is None or config.seal is None or not config.partners[partner].key:
+            raise ValueError(f"profile {profile!r} changes pixels, and protected output is always "
+                             "sealed: give --partner NAME of a partner with a 'key', and a "
+                             "'seal' section in the configuration")
+        sealer = SealService(config)
     problems: list[str] = []
     series: dict[str, list[Path]] = defaultdict(list)
     for path in _dicom_files(inputs):
@@ -49,6 +60,14 @@ def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Pat
             done += 1
             if outcome.error is not None:
                 problems.append(f"{outcome.source}: {outcome.error.reason}: {outcome.error}")
+            elif sealer is not None and partner is not None:
+                try:
+                    sealed = sealer.seal(partner, outcome.source, outcome.output, outcome.residual,
+                                         method, dict(outcome.parameters))
+                except Exception as exc:
+                    problems.append(f"{outcome.source}: seal_failed: {type(exc).__name__}: {exc}")
+                else:
+                    sealed.save_as(out / f"{sealed.SOPInstanceUID}.dcm", enforce_file_format=True)
             elif isinstance(outcome.output, Dataset):
                 outcome.output.save_as(out / f"{outcome.output.SOPInstanceUID}.dcm",
                                        enforce_file_format=True)

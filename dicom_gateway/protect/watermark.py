@@ -1,14 +1,21 @@
 """Search for a visible adversarial watermark (MedLocker / MIAD-MARK, after Adv-watermark's
 black-box search; ``shared/research/protection-methods.md`` §1.3).
 
-A logo's position, scale and transparency are searched so the surrogate ensemble stops
-predicting the image's label. Every generation renders the whole population in one batch
+A logo's position, scale, rotation and transparency are searched so the surrogate ensemble
+stops predicting the image's label. Every generation renders the whole population in one batch
 (``grid_sample`` with one affine transform per candidate) and scores it in one forward pass per
 surrogate, averaged over the victim's likely preprocessing (antialiased resize, and the same
-followed by JPEG q75). The keep-out mask (lesion mask and/or the surrogate's Grad-CAM saliency)
-is a hard constraint: a candidate touching it is discarded. The logo's box never exceeds
-``max_area_fraction`` of the image. The search stops as soon as a candidate fools every
-surrogate under every preprocessing.
+followed by JPEG q75). Candidates are scored as stored: quantized to the output's step.
+
+Hard constraints, checked on the rendered mark: its footprint (every pixel it can change after
+rounding) never touches the keep-out mask (lesion mask and/or the surrogate's Grad-CAM
+saliency), and the footprint's bounding box never exceeds ``max_area_fraction`` of the image.
+
+If the placement search alone does not fool the ensemble and ``texture`` > 0, the fill of the
+best few placements is refined by gradient descent on the surrogates (white-box: the gateway
+holds them): each pixel of the mark may deviate from the logo colour by at most ``texture``,
+inside the same footprint. The search stops as soon as a candidate fools every surrogate under
+every preprocessing.
 """
 
 from __future__ import annotations
@@ -30,23 +37,40 @@ __all__ = ["AdversarialWatermark", "WatermarkResult", "gradcam_keepout", "render
 
 @dataclass
 class WatermarkResult:
-    image: torch.Tensor  # (C, H, W) in [0, 1]
-    params: dict[str, float]  # x, y (top-left, pixels), height, width (pixels), alpha
+    image: torch.Tensor  # (C, H, W) in [0, 1], quantized to the search's step
+    params: dict[str, float]  # x, y (top-left of the unrotated box), height, width, alpha, angle
     fooled: bool
     score: float  # mean probability of the label left (lower is better)
     evaluations: int  # candidates scored
+    footprint: torch.Tensor | None = None  # (H, W) bool: the pixels the mark may change
+    textured: bool = False  # the fill was refined (``texture`` > 0 and the placement alone failed)
 
 
-def render_text_logo(text: str = "PROTECTED", height: int = 48) -> torch.Tensor:
-    """A logo as an alpha mask ``(h, w)`` in [0, 1], rendered with PIL's default font."""
+def render_text_logo(text: str = "PROTECTED", height: int = 48, style: str = "badge") -> torch.Tensor:
+    """A logo as an alpha mask ``(h, w)`` in [0, 1], rendered with PIL's default font.
+
+    ``style`` "text": the glyphs, cropped to their ink; "badge": a filled box with the glyphs
+    knocked out (a margin of a fifth of the height around them), which covers its box.
+    """
     from PIL import Image, ImageDraw, ImageFont
 
+    if style not in ("text", "badge"):
+        raise ValueError(f"unknown logo style {style!r} (text, badge)")
     font = ImageFont.load_default(size=height)
     left, top, right, bottom = font.getbbox(text)
     img = Image.new("L", (right - left + 4, bottom - top + 4), 0)
     ImageDraw.Draw(img).text((2 - left, 2 - top), text, fill=255, font=font)
-    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(
+    box = img.getbbox()
+    if box is not None:  # the ink only: the box is what the area budget pays for
+        img = img.crop(box)
+    glyphs = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(
         img.height, img.width).float() / 255.0
+    if style == "text":
+        return glyphs
+    m = max(1, round(img.height / 5))
+    badge = torch.ones(img.height + 2 * m, img.width + 2 * m)
+    badge[m:m + img.height, m:m + img.width] -= glyphs
+    return badge
 
 
 def _jpeg(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
@@ -66,12 +90,18 @@ def _jpeg(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).float().div(255).to(x.device)
 
 
-def _prep_variants(x: torch.Tensor, surrogate: Any, jpeg: bool) -> list[torch.Tensor]:
+def _resize(x: torch.Tensor, surrogate: Any) -> torch.Tensor:
     c = surrogate.info.channels
     if x.shape[1] != c:
         x = x.mean(1, keepdim=True).expand(-1, c, -1, -1)
-    x = F.interpolate(x, size=surrogate.info.input_size, mode="bilinear", align_corners=False,
-                      antialias=True)
+    if tuple(x.shape[2:]) == tuple(surrogate.info.input_size):
+        return x
+    return F.interpolate(x, size=surrogate.info.input_size, mode="bilinear", align_corners=False,
+                         antialias=True)
+
+
+def _prep_variants(x: torch.Tensor, surrogate: Any, jpeg: bool) -> list[torch.Tensor]:
+    x = _resize(x, surrogate)
     return [x, _jpeg(x)] if jpeg else [x]
 
 
@@ -88,79 +118,194 @@ def _label_probability(x: torch.Tensor, surrogates: Sequence[Any], label: int,
     return torch.stack(probs).mean(0), fooled
 
 
-def _render(image: torch.Tensor, logo: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blend a white logo into ``image`` for each candidate (x, y, h, alpha, in pixels)."""
+def _margin(x: torch.Tensor, surrogates: Sequence[Any], label: int) -> torch.Tensor:
+    """Mean logit margin of ``label`` over the runner-up (differentiable; > 0: still right)."""
+    total = torch.zeros(x.shape[0], device=x.device)
+    for s in surrogates:
+        logits = s.model(_resize(x, s))
+        other = logits.clone()
+        other[:, label] = float("-inf")
+        total = total + logits[:, label] - other.amax(1)
+    return total / len(surrogates)
+
+
+def _quantize(x: torch.Tensor, quantum: float | None) -> torch.Tensor:
+    return x if not quantum else torch.round(x / quantum) * quantum
+
+
+def _render(image: torch.Tensor, logo: torch.Tensor, cand: torch.Tensor, colour: float = 1.0,
+            quantum: float | None = 1 / 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend the logo into ``image`` for each candidate ``(x, y, h, alpha[, angle])`` (pixels,
+    radians; the box's corner pixels are ``x`` and ``x + w - 1``, rotation about its centre).
+
+    Returns the composites and the effective alpha per pixel, zero wherever the mark cannot
+    change a stored value (alpha below half of ``quantum``), so ``alpha > 0`` is the footprint.
+    """
     _, H, W = image.shape
     n = cand.shape[0]
     aspect = logo.shape[1] / logo.shape[0]
-    x, y, h, a = cand.unbind(1)
+    x, y, h, a = cand[:, 0], cand[:, 1], cand[:, 2], cand[:, 3]
+    angle = cand[:, 4] if cand.shape[1] > 4 else torch.zeros_like(x)
     w = h * aspect
-    theta = torch.zeros(n, 2, 3, device=image.device)
-    theta[:, 0, 0] = W / w
-    theta[:, 1, 1] = H / h
-    theta[:, 0, 2] = (W - 1 - 2 * x - (w - 1)) / w  # map the logo box onto the image grid
-    theta[:, 1, 2] = (H - 1 - 2 * y - (h - 1)) / h
-    grid = F.affine_grid(theta, (n, 1, H, W), align_corners=True)
-    mask = F.grid_sample(logo.expand(n, 1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=True)
+    cx, cy = x + (w - 1) / 2, y + (h - 1) / 2
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    kx, ky = 2 / (w - 1).clamp_min(1e-3), 2 / (h - 1).clamp_min(1e-3)
+    sx, sy = (W - 1) / 2, (H - 1) / 2
+    theta = torch.zeros(n, 2, 3, device=image.device)  # output grid -> logo coordinates
+    theta[:, 0, 0] = cos * sx * kx
+    theta[:, 0, 1] = sin * sy * kx
+    theta[:, 0, 2] = (cos * (sx - cx) + sin * (sy - cy)) * kx
+    theta[:, 1, 0] = -sin * sx * ky
+    theta[:, 1, 1] = cos * sy * ky
+    theta[:, 1, 2] = (-sin * (sx - cx) + cos * (sy - cy)) * ky
+    grid = F.affine_grid(theta, [n, 1, H, W], align_corners=True)
+    mask = F.grid_sample(logo.to(image.device).expand(n, 1, -1, -1), grid, mode="bilinear",
+                         padding_mode="zeros", align_corners=True)
     alpha = mask * a.view(-1, 1, 1, 1)
-    return image.unsqueeze(0) * (1 - alpha) + alpha, mask[:, 0]
+    alpha = torch.where(alpha >= 0.5 * (quantum or 0.0), alpha, torch.zeros_like(alpha))
+    return image.unsqueeze(0) * (1 - alpha) + alpha * colour, alpha[:, 0]
+
+
+def _box_area(footprint: torch.Tensor) -> torch.Tensor:
+    """Area of the bounding box of each ``(N, H, W)`` boolean footprint (0 if empty)."""
+    def extent(any_along: torch.Tensor) -> torch.Tensor:
+        idx = torch.arange(any_along.shape[1], device=any_along.device)
+        first = torch.where(any_along, idx, any_along.shape[1]).amin(1)
+        last = torch.where(any_along, idx, -1).amax(1)
+        return (last - first + 1).clamp_min(0)
+    return extent(footprint.any(2)) * extent(footprint.any(1))
 
 
 def search_watermark(image: torch.Tensor, surrogates: Sequence[Any], logo: torch.Tensor,
                      keepout: torch.Tensor | None = None, label: int | None = None,
                      max_area_fraction: float = 1 / 16, alpha_range: tuple[float, float] = (0.4, 1.0),
                      population: int = 48, generations: int = 10, jpeg: bool = True,
-                     seed: int = 0) -> WatermarkResult:
-    """Find (x, y, height, alpha) for ``logo`` on ``image`` (C, H, W) in [0, 1]."""
+                     seed: int = 0, max_rotation: float = 45.0, texture: float = 0.0,
+                     texture_steps: int = 20, texture_candidates: int = 8,
+                     quantum: float | None = 1 / 255) -> WatermarkResult:
+    """Find (x, y, height, alpha, angle) for ``logo`` on ``image`` (C, H, W) in [0, 1].
+
+    ``max_rotation`` in degrees (0: upright only); ``texture``: the most a pixel of the mark may
+    deviate from the logo colour in the refinement stage (0: none); ``quantum``: the step of
+    the stored values in the view (candidates are scored rounded to it; None: not rounded).
+    """
     g = torch.Generator().manual_seed(seed)
     _, H, W = image.shape
     aspect = logo.shape[1] / logo.shape[0]
-    h_max = min(math.sqrt(max_area_fraction * H * W / aspect), H, W / aspect)
+    budget = max_area_fraction * H * W
+    h_max = min(math.sqrt(budget / aspect), H, W / aspect)
     h_min = max(h_max * 0.4, 2.0)
+    turn = math.radians(max_rotation)
     if label is None:
         with torch.no_grad():
-            label = int(sum(F.softmax(s.model(_prep_variants(image[None], s, False)[0]), 1)
+            label = int(sum(F.softmax(s.model(_resize(image[None], s)), 1)
                             for s in surrogates).argmax())
-    lo = torch.tensor([0.0, 0.0, h_min, alpha_range[0]])
-    hi = torch.tensor([W - h_min * aspect, H - h_min, h_max, alpha_range[1]])
+    lo = torch.tensor([0.0, 0.0, h_min, alpha_range[0], -turn])
+    hi = torch.tensor([W - h_min * aspect, H - h_min, h_max, alpha_range[1], turn])
 
     def clip(c: torch.Tensor) -> torch.Tensor:
         c = torch.maximum(torch.minimum(c, hi), lo)
+        cos, sin = c[:, 4].cos().abs(), c[:, 4].sin().abs()  # the rotated box fits the budget
+        c[:, 2] = torch.minimum(c[:, 2], (budget / ((aspect * cos + sin) * (aspect * sin + cos))
+                                          ).sqrt()).clamp_min(min(h_min, h_max))
         c[:, 0] = torch.minimum(c[:, 0], W - c[:, 2] * aspect)  # keep the box inside the image
         c[:, 1] = torch.minimum(c[:, 1], H - c[:, 2])
         return c
 
-    cand = clip(lo + (hi - lo) * torch.rand(population, 4, generator=g))
-    best, best_score, evaluations = None, math.inf, 0
+    def feasible(alpha: torch.Tensor) -> torch.Tensor:
+        foot = alpha > 0
+        ok = foot.flatten(1).any(1) & (_box_area(foot) <= budget + 1e-6)
+        if keepout is not None:
+            ok &= ~(foot & keepout.unsqueeze(0)).flatten(1).any(1)
+        return ok
+
+    def result(img: torch.Tensor, c: torch.Tensor, alpha: torch.Tensor, fooled: bool,
+               score: float, textured: bool = False) -> WatermarkResult:
+        x, y, h, a, ang = (float(v) for v in c)
+        return WatermarkResult(img, {"x": x, "y": y, "height": h, "width": h * aspect,
+                                     "alpha": a, "angle": math.degrees(ang)},
+                               fooled, score, evaluations, alpha > 0, textured)
+
+    cand = clip(lo + (hi - lo) * torch.rand(population, 5, generator=g))
+    spread = (hi - lo) * torch.tensor([0.08, 0.08, 0.1, 0.1, 0.15])
+    best: WatermarkResult | None = None
+    pool_c, pool_s = [], []  # every feasible candidate, for the texture stage
+    evaluations = 0
     for _ in range(generations):
-        rendered, mask = _render(image, logo, cand)
+        rendered, alpha = _render(image, logo, cand, quantum=quantum)
+        rendered = _quantize(rendered, quantum)
         score, fooled = _label_probability(rendered, surrogates, label, jpeg)
         evaluations += len(cand)
-        if keepout is not None:  # hard constraint: zero overlap with the keep-out mask
-            touches = ((mask > 0.02) & keepout.unsqueeze(0)).flatten(1).any(1)
-            score = torch.where(touches, torch.full_like(score, math.inf), score)
-            fooled &= ~touches
-        order = torch.argsort(score)
+        ok = feasible(alpha)
+        score = torch.where(ok, score, torch.full_like(score, math.inf))
+        fooled &= ok
         if fooled.any():
             i = int(torch.nonzero(fooled)[torch.argmin(score[fooled])])
-            return WatermarkResult(rendered[i], _params(cand[i], aspect), True, float(score[i]),
-                                   evaluations)
-        if float(score[order[0]]) < best_score:
-            best_score, best = float(score[order[0]]), (rendered[order[0]], cand[order[0]])
+            return result(rendered[i], cand[i], alpha[i], True, float(score[i]))
+        order = torch.argsort(score)
+        i = int(order[0])
+        if ok[i] and (best is None or float(score[i]) < best.score):
+            best = result(rendered[i], cand[i], alpha[i], False, float(score[i]))
+        pool_c.append(cand[ok])
+        pool_s.append(score[ok])
         elite = cand[order[: max(4, population // 6)]]
-        spread = (hi - lo) * torch.tensor([0.08, 0.08, 0.1, 0.1])
         parents = elite[torch.randint(0, len(elite), (population,), generator=g)]
-        cand = clip(parents + spread * torch.randn(population, 4, generator=g))
+        cand = clip(parents + spread * torch.randn(population, 5, generator=g))
         cand[: len(elite)] = elite  # keep the elite unchanged
     if best is None:
         return WatermarkResult(image, {}, False, math.inf, evaluations)
-    return WatermarkResult(best[0], _params(best[1], aspect), False, best_score, evaluations)
+    if texture > 0 and texture_steps > 0:
+        found = _texture(image, surrogates, logo, label, torch.cat(pool_c), torch.cat(pool_s),
+                         texture, texture_steps, texture_candidates, jpeg, quantum)
+        evaluations += found[-1]
+        if found[0] is not None and found[3] < best.score:
+            img, c, alpha, score, fooled, _ = found
+            return result(img, c, alpha, fooled, score, textured=True)
+    best.evaluations = evaluations
+    return best
 
 
-def _params(c: torch.Tensor, aspect: float) -> dict[str, float]:
-    x, y, h, a = (float(v) for v in c)
-    return {"x": x, "y": y, "height": h, "width": h * aspect, "alpha": a}
+def _texture(image: torch.Tensor, surrogates: Sequence[Any], logo: torch.Tensor, label: int,
+             pool: torch.Tensor, scores: torch.Tensor, texture: float, steps: int, count: int,
+             jpeg: bool, quantum: float | None) -> tuple[Any, ...]:
+    """Refine the fill of the ``count`` best distinct placements (sign-gradient descent on the
+    surrogates' label margin, fill within ``texture`` of the logo colour and inside [0, 1])."""
+    chosen, seen = [], set()
+    for j in torch.argsort(scores).tolist():
+        key = (round(float(pool[j, 0])), round(float(pool[j, 1])))
+        if key not in seen:
+            seen.add(key)
+            chosen.append(j)
+        if len(chosen) == count:
+            break
+    cand = pool[chosen]
+    with torch.no_grad():
+        _, alpha = _render(image, logo, cand, quantum=quantum)
+    alpha = alpha.unsqueeze(1)
+    colour = torch.ones_like(alpha).expand(-1, image.shape[0], -1, -1)
+    delta = torch.zeros_like(colour)
+    best: tuple[Any, ...] = (None, None, None, math.inf, False)
+    evaluations = 0
+    for step in range(steps + 1):
+        with torch.no_grad():
+            out = _quantize(image.unsqueeze(0) * (1 - alpha) + alpha * (colour + delta), quantum)
+            score, fooled = _label_probability(out, surrogates, label, jpeg)
+            evaluations += len(cand)
+            i = int(torch.argmin(score))
+            if fooled.any():
+                i = int(torch.nonzero(fooled)[torch.argmin(score[fooled])])
+            if fooled[i] or float(score[i]) < best[3]:
+                best = (out[i], cand[i], alpha[i, 0], float(score[i]), bool(fooled[i]))
+            if fooled[i] or step == steps:
+                break
+        delta.requires_grad_(True)
+        margin = _margin(image.unsqueeze(0) * (1 - alpha) + alpha * (colour + delta), surrogates,
+                         label)
+        grad, = torch.autograd.grad(margin.sum(), delta)
+        with torch.no_grad():  # a step of a quarter of the bound, then project
+            delta = (delta - texture / 4 * grad.sign()).clamp(-texture, texture)
+            delta = (colour + delta).clamp(0, 1) - colour
+    return (*best, evaluations)
 
 
 def gradcam_keepout(image: torch.Tensor, surrogate: Any, fraction: float = 0.25) -> torch.Tensor:

@@ -1,0 +1,41 @@
+"""Sealing in the gateway and the offline command: the keys of one configuration, loaded once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from ..config import Config
+from .keys import GatewayKeys, PartnerKey, load_gateway_keys, load_partner_key
+from .sealer import seal
+
+__all__ = ["VISIBLE_METHODS", "SealService"]
+
+VISIBLE_METHODS = frozenset({"adversarial_watermark"})
+
+
+class SealService:
+    """Seals protected outcomes for partners named in the configuration."""
+
+    def __init__(self, config: Config) -> None:
+        if config.seal is None:
+            raise ValueError("no 'seal' section in the configuration")
+        self._config = config.seal
+        self._gateway: GatewayKeys = load_gateway_keys(Path(config.seal.signing_key),
+                                                       Path(config.seal.uid_secret))
+        self._partners: dict[str, PartnerKey] = {
+            name: load_partner_key(Path(p.key)) for name, p in config.partners.items() if p.key}
+
+    def has_partner(self, name: str) -> bool:
+        return name in self._partners
+
+    def seal(self, partner: str, source: Path, protected: Path | Dataset, residual: Any,
+             method: str, parameters: dict[str, Any]) -> Dataset:
+        original = dcmread(source)
+        out = protected if isinstance(protected, Dataset) else dcmread(protected)
+        return seal(original, out, residual, method, dict(parameters), self._gateway,
+                    self._config.gateway_id, self._partners[partner], self._config.uid_root,
+                    visible=method in VISIBLE_METHODS)
