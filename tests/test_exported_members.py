@@ -25,7 +25,10 @@ def test_cli_contract() -> None:
     from dicom_gateway.cli import _parser
 
     sub = {a.dest: a for a in _parser()._actions}["command"]
-    assert {"serve", "check-config", "spool", "demo"} <= set(sub.choices)  # type: ignore[attr-defined]
+    assert {"serve", "check-config", "spool", "demo", "protect", "protect-dataset",
+            "train-surrogate", "keys", "verify", "restore"} <= set(sub.choices)  # type: ignore[attr-defined]
+    keys = {a.dest: a for a in sub.choices["keys"]._actions}["keys_command"]  # type: ignore[attr-defined]
+    assert set(keys.choices) == {"init", "partner"}
     spool = sub.choices["spool"]  # type: ignore[attr-defined]
     spool_sub = {a.dest: a for a in spool._actions}["spool_command"]
     assert set(spool_sub.choices) == {"list", "retry", "purge"}

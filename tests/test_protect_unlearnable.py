@@ -15,6 +15,8 @@ import pytest
 from gwutil import base_config, partner, running_gateway, send, uid_secret, with_seal
 from peers import OrthancPeer, build_segmentation, copy_ct_series, msd_lung_h5
 
+from dicom_gateway.pixels import pixel_digest, read_pixels
+from dicom_gateway.seal import load_partner_key, restore
 from dicom_gateway.seal.uids import derive_uid
 
 torch = pytest.importorskip("torch")
@@ -125,6 +127,11 @@ def test_gateway_unlearnable_ct_with_seg_to_orthanc(tmp_path: Path, orthanc: Ort
         assert diff.any() and not diff[~near].any()
         ww = float(np.atleast_1d(before.WindowWidth)[0]) / float(before.RescaleSlope)
         assert np.abs(diff).max() <= int(np.ceil(8 / 255 * ww)) + 1
+    key = load_partner_key(tmp_path / "keys" / "partners" / "orthanc.key")
+    for before in originals.values():  # received = original - stored residual, exactly
+        back = restore(orthanc.dataset(derive_uid(secret, "orthanc", str(before.SOPInstanceUID))),
+                       key)
+        assert pixel_digest(read_pixels(back).values) == pixel_digest(read_pixels(before).values)
     sent_seg = orthanc.dataset(derive_uid(secret, "orthanc", str(pydicom.dcmread(seg).SOPInstanceUID)))
     refs = {str(g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
             for g in sent_seg.PerFrameFunctionalGroupsSequence}

@@ -12,6 +12,8 @@ import pytest
 from gwutil import base_config, partner, running_gateway, send, uid_secret, with_seal
 from peers import RecordingSCP, copy_ct_series, medmnist_npz
 
+from dicom_gateway.pixels import pixel_digest, read_pixels
+from dicom_gateway.seal import load_partner_key, restore
 from dicom_gateway.seal.uids import derive_uid
 
 torch = pytest.importorskip("torch")
@@ -69,6 +71,8 @@ def test_gateway_watermarks_ct_slices(tmp_path: Path, surrogates: dict[str, Path
                              str(before.SOPInstanceUID))
         after = pydicom.dcmread(tmp_path / "out" / f"{derived}.dcm")  # sealed: derived UIDs
         assert after.BurnedInAnnotation == "YES" and after.ImageType[0] == "DERIVED"
+        back = restore(after, load_partner_key(tmp_path / "keys" / "partners" / "recorder.key"))
+        assert pixel_digest(read_pixels(back).values) == pixel_digest(read_pixels(before).values)
         changed = np.argwhere(after.pixel_array != before.pixel_array)
         assert len(changed)  # a visible mark was burnt in ...
         (y0, x0), (y1, x1) = changed.min(0), changed.max(0)
