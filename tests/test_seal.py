@@ -325,3 +325,37 @@ def test_sealed_through_orthanc_still_verify_and_restore(tmp_path: Path, orthanc
         back = restore(stored, key, public)
         assert str(back.SOPInstanceUID) == sop
         assert pixel_digest(read_pixels(back).values) == digest
+
+
+@pytest.mark.parametrize("method, options", [
+    ("adversarial_perturbation", {"steps": 1}),
+    ("adversarial_watermark", {"generations": 1, "population": 4}),
+])
+def test_real_methods_restore_every_pixel_format(method: str, options: dict, keys: Path,
+                                                 surrogates: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    """Each label-free method over the pixel-format set, sealed and restored. PALETTE COLOR is
+    refused by the methods (quarantined, ``unsupported_photometric``); the envelope itself is
+    checked on it by :func:`test_restore_is_bit_exact_for_every_pixel_format`."""
+    from dicom_gateway.protect.registry import create_method
+
+    protect = create_method(method, {"surrogates": [str(surrogates["pneumonia"])], **options})
+    key = load_partner_key(keys / "partners" / "acme.key")
+    restored, refused = 0, []
+    for name in sorted(FORMATS):
+        original = _load(name)
+        original.save_as(tmp_path / "in.dcm", enforce_file_format=True)
+        outcome = protect([tmp_path / "in.dcm"])[0]
+        if outcome.error is not None:
+            refused.append(f"{name}: {outcome.error.reason}")
+            continue
+        assert isinstance(outcome.output, Dataset)
+        sealed = _round_trip(seal(original, outcome.output, outcome.residual, method,
+                                  dict(outcome.parameters), _gateway(keys), "GW", key),
+                             tmp_path / "s.dcm")
+        back = restore(sealed, key, _public(keys))
+        assert pixel_digest(read_pixels(back).values) == pixel_digest(
+            read_pixels(original).values), name
+        restored += 1
+    print(f"\n{method}: {restored} formats restored bit-exactly; refused: {refused}")
+    assert refused == ["examples_palette.dcm: unsupported_photometric"]
