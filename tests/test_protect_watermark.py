@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from gwutil import base_config, partner, running_gateway, send, uid_secret, with_seal
-from peers import RecordingSCP, copy_ct_series, medmnist_npz
 
 from dicom_gateway.pixels import pixel_digest, read_pixels
 from dicom_gateway.seal import load_partner_key, restore
 from dicom_gateway.seal.uids import derive_uid
+from gwutil import base_config, partner, running_gateway, send, uid_secret, with_seal
+from peers import RecordingSCP, copy_ct_series, medmnist_npz
 
 torch = pytest.importorskip("torch")
 
@@ -25,12 +25,8 @@ def test_white_box_watermark_respects_keepout_and_area(surrogates: dict[str, Pat
                                                        name: str) -> None:
     from dicom_gateway.protect.surrogate import load_surrogate
     from dicom_gateway.protect.train import accuracy, load_npz_split
-    from dicom_gateway.protect.watermark import (
-        _render,
-        gradcam_keepout,
-        render_text_logo,
-        search_watermark,
-    )
+    from dicom_gateway.protect.watermark import (_render, gradcam_keepout, render_text_logo,
+                                                 search_watermark)
 
     s = load_surrogate(surrogates[key])
     x, y = load_npz_split(medmnist_npz(name), "test")
