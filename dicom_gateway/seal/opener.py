@@ -34,6 +34,7 @@ from ..pixels import PixelError, Pixels, pixel_digest, read_pixels, write_pixels
 from .block import read_block, remove_block, unpack_payload
 from .keys import PartnerKey
 from .sealer import HPKE_INFO, SEAL_FORMAT
+from .uids import map_uids
 
 __all__ = ["SealError", "Verified", "restore", "verify"]
 
@@ -134,7 +135,7 @@ def restore(ds: Dataset, key: PartnerKey,
                             "digest")
         out = write_pixels(ds, Pixels(original, protected.photometric, protected.bits_stored))
     remove_block(out)
-    _unmap_uids(out, payload.uids)
+    map_uids(out, lambda uid: payload.uids.get(uid, uid))
     for tag_hex, value in payload.attributes.items():
         tag = int(tag_hex, 16)
         if value is None:
@@ -144,17 +145,3 @@ def restore(ds: Dataset, key: PartnerKey,
             restored = Dataset.from_json({tag_hex: value})
             out[tag] = restored[tag]
     return out
-
-
-def _unmap_uids(ds: Dataset, uids: dict[str, str]) -> None:
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value:
-                _unmap_uids(item, uids)
-        elif elem.VR == "UI" and elem.value:
-            if elem.VM > 1:
-                elem.value = [uids.get(str(v), str(v)) for v in elem.value]
-            else:
-                elem.value = uids.get(str(elem.value), str(elem.value))
-    if hasattr(ds, "file_meta") and "SOPInstanceUID" in ds:
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
 
-__all__ = ["derive_uid", "remap_uids"]
+__all__ = ["derive_uid", "map_uids", "remap_uids"]
 
 
 def derive_uid(secret: bytes, partner: str, uid: str, root: str = "2.25") -> str:
@@ -31,29 +32,32 @@ def _is_standard(uid: str) -> bool:
     return uid in UID_dictionary or uid.startswith("1.2.840.10008.")
 
 
+def map_uids(ds: Dataset, change: Callable[[str], str]) -> None:
+    """Replace every UI value in ``ds`` (at every depth) by ``change(value)``; keep the file
+    meta's MediaStorageSOPInstanceUID equal to the SOP Instance UID."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                map_uids(item, change)
+        elif elem.VR == "UI" and elem.value:
+            if elem.VM > 1:
+                elem.value = [change(str(v)) for v in elem.value]
+            else:
+                elem.value = change(str(elem.value))
+    if hasattr(ds, "file_meta") and "SOPInstanceUID" in ds:
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
 def remap_uids(ds: Dataset, secret: bytes, partner: str, root: str = "2.25") -> dict[str, str]:
     """Replace instance UIDs in ``ds`` (recursively) in place; return {new: original}."""
     originals: dict[str, str] = {}
 
-    def visit(d: Dataset) -> None:
-        for elem in d:
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    visit(item)
-            elif elem.VR == "UI" and elem.value:
-                values = elem.value if elem.VM > 1 else [elem.value]
-                new = []
-                for v in values:
-                    v = str(v)
-                    if _is_standard(v):
-                        new.append(v)
-                        continue
-                    derived = derive_uid(secret, partner, v, root)
-                    originals[derived] = v
-                    new.append(derived)
-                elem.value = new if elem.VM > 1 else new[0]
+    def derive(uid: str) -> str:
+        if _is_standard(uid):
+            return uid
+        derived = derive_uid(secret, partner, uid, root)
+        originals[derived] = uid
+        return derived
 
-    visit(ds)
-    if hasattr(ds, "file_meta") and "SOPInstanceUID" in ds:
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    map_uids(ds, derive)
     return originals
