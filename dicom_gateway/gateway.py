@@ -48,6 +48,8 @@ class Gateway:
                            for name, p in config.partners.items()}
         self.metrics.registry.register(SnapshotCollector(
             lambda: [f.snapshot for f in self.forwarders.values()]))
+        self.metrics.declare({p.method for p in config.profiles.values()},
+                             [n for n, p in config.partners.items() if p.key and config.seal])
         self.stage = ProtectionStage(config.profiles, self.metrics)
         sealer = SealService(config) if config.seal is not None else None
         self.worker = StudyWorker(self.spool, self.stage, self.metrics, self._enqueue, sealer)

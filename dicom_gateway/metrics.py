@@ -21,6 +21,7 @@ __all__ = ["ForwardMetrics", "Metrics", "SnapshotCollector"]
 _NS = "dicom_gateway"
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                   5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)  # instances per call
 
 
 class Metrics:
@@ -64,12 +65,28 @@ class Metrics:
         self.protect_seconds = Histogram(
             "protect_duration_seconds", "Protection time per instance, by method",
             ["method"], namespace=_NS, registry=r, buckets=_STAGE_BUCKETS)
+        self.protect_batch_size = Histogram(
+            "protect_batch_size", "Instances per protection call (one series of a study for "
+            "one profile), by method", ["method"], namespace=_NS, registry=r,
+            buckets=_BATCH_BUCKETS)
+        self.seal_seconds = Histogram(
+            "seal_duration_seconds", "Time to seal one protected instance for a partner "
+            "(successful seals)", ["partner"], namespace=_NS, registry=r, buckets=_STAGE_BUCKETS)
         self.quarantined = Counter(
             "quarantined_instances", "Instances quarantined instead of forwarded, by reason",
             ["partner", "reason"], namespace=_NS, registry=r)
 
         self.spool_free_bytes = Gauge(
             "spool_free_bytes", "Free bytes on the spool's filesystem", namespace=_NS, registry=r)
+
+    def declare(self, methods: Iterable[str], sealed_partners: Iterable[str]) -> None:
+        """Create the labelled stage series of a configuration at zero, so that dashboards and
+        alerts see them before the first observation (the label values are configured names)."""
+        for method in methods:
+            self.protect_seconds.labels(method=method)
+            self.protect_batch_size.labels(method=method)
+        for partner in sealed_partners:
+            self.seal_seconds.labels(partner=partner)
 
 
 class ForwardMetrics:

@@ -11,6 +11,7 @@ duplicate delivery, never a loss).
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,8 @@ class StudyWorker:
         touched: set[str] = set()
         for by_profile in batches.values():  # series by series: one batch per (series, profile)
             for profile, items in by_profile.items():
+                self._metrics.protect_batch_size.labels(
+                    method=self._stage.profile(profile).method).observe(len(items))
                 outcomes = self._stage.protect(profile, [e.path for e, _ in items])
                 for (entry, partners), outcome in zip(items, outcomes, strict=True):
                     self._hand_on(study, entry, partners, profile, outcome)
@@ -124,6 +127,7 @@ class StudyWorker:
     def _seal_for(self, study: str, entry: Entry, partner: str, method: str,
                   outcome: Outcome) -> None:
         assert outcome.output is not None
+        started = time.perf_counter()
         try:
             if self._sealer is None or not self._sealer.has_partner(partner):
                 raise RuntimeError(f"no seal key for partner {partner!r}")
@@ -136,6 +140,7 @@ class StudyWorker:
             _log.warning("quarantined sop=%s for %s: seal failed: %s", entry.name, partner,
                          type(exc).__name__)
             return
+        self._metrics.seal_seconds.labels(partner=partner).observe(time.perf_counter() - started)
         staged = self._spool.stage_output(sealed)
         out = self._spool.commit_outbox(partner, f"{study}_{entry.sop_key}", staged)
         self._pending.setdefault(entry.path, []).append((partner, out))

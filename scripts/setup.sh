@@ -17,6 +17,7 @@ if [ "$want_test" = 1 ]; then
   pick storescu dcmtk
   pick Orthanc orthanc
   pick promtool prometheus
+  pick systemd-analyze systemd   # tests/test_ops.py verifies the systemd unit
   pick unshare util-linux
   pick ip iproute2
 fi
