@@ -115,25 +115,34 @@ def test_each_method_restores_ct_and_fundus_bit_exactly(tmp_path: Path, keys: Pa
     for extra in sorted((tmp_path / "ct").glob("*.dcm"))[2:]:
         extra.unlink()
     fundus = fundus_dicom(tmp_path / "fundus" / "f.dcm")
+    palette = tmp_path / "palette" / "p.dcm"  # PALETTE COLOR: protected as RGB, kept whole
+    palette.parent.mkdir()
+    _load("examples_palette.dcm").save_as(palette, enforce_file_format=True)
     mono, rgb = str(surrogates["pneumonia"]), str(surrogates["retina"])
+    label = {"label_tag": "Modality", "classes": ["CT", "XC", "US"]}
     cases = {
         "adversarial_perturbation": [({"surrogates": [mono], "steps": 2}, ct),
-                                     ({"surrogates": [rgb], "steps": 1}, [fundus])],
+                                     ({"surrogates": [rgb], "steps": 1}, [fundus]),
+                                     ({"surrogates": [rgb], "steps": 1}, [palette])],
         "adversarial_watermark": [({"surrogates": [mono], "generations": 2, "population": 8},
                                    ct),
                                   ({"surrogates": [rgb], "generations": 1, "population": 4},
-                                   [fundus])],
-        "unlearnable": [({"surrogates": [mono], "label_tag": "Modality", "classes": ["CT", "XC"],
-                          "rounds": 1, "train_steps": 1, "pgd_steps": 1}, ct),
-                        ({"surrogates": [rgb], "label_tag": "Modality", "classes": ["CT", "XC"],
-                          "rounds": 1, "train_steps": 1, "pgd_steps": 1}, [fundus])],
+                                   [fundus]),
+                                  ({"surrogates": [rgb], "generations": 1, "population": 4,
+                                    "texture_steps": 2}, [palette])],
+        "unlearnable": [({"surrogates": [mono], **label, "rounds": 1, "train_steps": 1,
+                          "pgd_steps": 1}, ct),
+                        ({"surrogates": [rgb], **label, "rounds": 1, "train_steps": 1,
+                          "pgd_steps": 1}, [fundus]),
+                        ({"surrogates": [rgb], **label, "rounds": 1, "train_steps": 1,
+                          "pgd_steps": 1}, [palette])],
     }
     originals = {str(pydicom.dcmread(f).SOPInstanceUID): pixel_digest(read_pixels(
-        pydicom.dcmread(f)).values) for f in [*ct, fundus]}
+        pydicom.dcmread(f)).values) for f in [*ct, fundus, palette]}
     report = []
     for method, runs in cases.items():
         for options, inputs in runs:
-            what = "fundus" if inputs == [fundus] else "CT"
+            what = {str(fundus): "fundus", str(palette): "palette"}.get(str(inputs[0]), "CT")
             out = tmp_path / f"{method}-{what}"
             _protect_cli(tmp_path, keys, {"method": method, **options}, inputs, out)
             sealed = sorted(out.glob("*.dcm"))
@@ -151,10 +160,15 @@ def test_each_method_restores_ct_and_fundus_bit_exactly(tmp_path: Path, keys: Pa
                 ds = pydicom.dcmread(f)
                 payload += len(ds.private_block(GROUP, CREATOR)[0x03].value)
                 pixels += len(ds.PixelData)
-            for f in (out / "restored").glob("*.dcm"):
+            restored = list((out / "restored").glob("*.dcm"))
+            assert len(restored) == len(inputs)
+            for f in restored:
                 back = pydicom.dcmread(f)
                 assert originals[str(back.SOPInstanceUID)] == pixel_digest(
                     read_pixels(back).values)
+                if what == "palette":
+                    assert back.PhotometricInterpretation == "PALETTE COLOR"
+                    assert pydicom.dcmread(sealed[0]).PhotometricInterpretation == "RGB"
             report.append(f"{method:26s} {what:6s} payload/pixel bytes {payload / pixels:.4f}")
     print("\n" + "\n".join(report))
 
@@ -335,9 +349,8 @@ def test_sealed_through_orthanc_still_verify_and_restore(tmp_path: Path, orthanc
 def test_real_methods_restore_every_pixel_format(method: str, options: dict, keys: Path,
                                                  surrogates: dict[str, Path],
                                                  tmp_path: Path) -> None:
-    """A real method over the pixel-format set, sealed and restored. PALETTE COLOR is
-    refused by the methods (quarantined, ``unsupported_photometric``); the envelope itself is
-    checked on it by :func:`test_restore_is_bit_exact_for_every_pixel_format`."""
+    """A real method over the pixel-format set, sealed and restored, PALETTE COLOR included
+    (protected as RGB; the seal keeps the original indices and palette)."""
     from dicom_gateway.protect.registry import create_method
 
     protect = create_method(method, {"surrogates": [str(surrogates["pneumonia"])], **options})
@@ -357,6 +370,11 @@ def test_real_methods_restore_every_pixel_format(method: str, options: dict, key
         back = restore(sealed, key, _public(keys))
         assert pixel_digest(read_pixels(back).values) == pixel_digest(
             read_pixels(original).values), name
+        if original.PhotometricInterpretation == "PALETTE COLOR":
+            assert sealed.PhotometricInterpretation == "RGB"
+            assert "RedPaletteColorLookupTableData" not in sealed
+            for elem in original.group_dataset(0x0028):  # the palette comes back whole
+                assert back[elem.tag].value == elem.value, elem.keyword
         restored += 1
     print(f"\n{method}: {restored} formats restored bit-exactly; refused: {refused}")
-    assert refused == ["examples_palette.dcm: unsupported_photometric"]
+    assert refused == []

@@ -2,8 +2,11 @@
 
 Monochrome images are seen through the header's window (after the modality LUT), else their
 own range; MONOCHROME1 is inverted so models see MONOCHROME2; colour uses the full stored range.
+PALETTE COLOR is seen through its lookup table as RGB and written as RGB (the palette cannot
+carry a perturbation); the seal then keeps the original indices and palette (decision 0008).
 A change made in the view is mapped back to stored units, rounded and clipped to the stored
-range, and written losslessly; the outcome keeps the exact residual (original - protected).
+range, and written losslessly; the outcome keeps the exact residual (original - protected, in
+the written image's values).
 """
 
 from __future__ import annotations
@@ -41,7 +44,12 @@ def prepare(path: Path) -> View | Outcome:
     except PixelError as exc:
         return failed(path, exc.reason, str(exc))
     if pixels.photometric == "PALETTE COLOR":
-        return failed(path, "unsupported_photometric", "PALETTE COLOR is not protected yet")
+        try:
+            pixels = _palette_as_rgb(ds, pixels)
+        except Exception as exc:  # a malformed or missing lookup table
+            return failed(path, "unsupported_photometric", f"PALETTE COLOR lookup table "
+                          f"unusable: {type(exc).__name__}: {exc}")
+        ds = _without_palette(ds)
     lo, hi = _view_range(ds, pixels)
     values = np.clip((pixels.values.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
     if pixels.photometric == "MONOCHROME1":
@@ -61,6 +69,28 @@ def finish(view: View, delta: np.ndarray, parameters: dict[str, Any]) -> Outcome
     residual = view.pixels.values.astype(np.int64) - protected.astype(np.int64)
     return Outcome(source=view.path, output=out, residual=residual, parameters={
         **parameters, "view_range": [float(view.lo), float(view.hi)]})
+
+
+def _palette_as_rgb(ds: Any, pixels: Pixels) -> Pixels:
+    """The indexed image through its lookup tables, as RGB stored values (8 or 16 bits, the
+    tables' entry size)."""
+    from pydicom.pixels import apply_color_lut
+
+    rgb = apply_color_lut(pixels.values[..., 0], ds)
+    bits = 8 if rgb.dtype.itemsize == 1 else 16
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8 if bits == 8 else np.uint16)
+    return Pixels(rgb.reshape(*pixels.values.shape[:3], 3), "RGB", bits)
+
+
+def _without_palette(ds: Any) -> Any:
+    """A copy of ``ds`` without the palette attributes (the output is RGB)."""
+    import copy
+
+    out = copy.deepcopy(ds)
+    for elem in list(out):
+        if elem.tag.group == 0x0028 and "PaletteColorLookupTable" in (elem.keyword or ""):
+            del out[elem.tag]
+    return out
 
 
 def _stored_limits(pixels: Pixels) -> tuple[int, int]:

@@ -13,7 +13,10 @@ offset VR   content
 Payload plaintext: 4-byte big-endian header length, the JSON header (original UIDs by derived
 UID, original values of the other attributes the gateway changed, residual layout), then the
 residual (original - protected, stored values) inside the bounding box of its non-zero support,
-little-endian in the smallest signed integer type, LZMA-compressed.
+little-endian in the smallest signed integer type, LZMA-compressed. When the protected image
+cannot express the original's values (PALETTE COLOR written as RGB), the header's ``original``
+gives the original's photometric interpretation, bits stored, shape and dtype, the residual is
+empty, and the body is the original stored values, little-endian, LZMA-compressed.
 """
 
 from __future__ import annotations
@@ -76,9 +79,22 @@ class Payload:
     uids: dict[str, str]  # derived -> original
     attributes: dict[str, Any]  # keyword -> original JSON (pydicom to_json_dict) or None
     residual: np.ndarray  # original - protected, full shape, int64
+    original: Any = None  # the original's Pixels (values, photometric, bits) when kept whole
 
 
 def pack_payload(payload: Payload) -> bytes:
+    if payload.original is not None:
+        v = payload.original.values
+        dtype = v.dtype.newbyteorder("<").str
+        header = {"format": "dicom-gateway-payload/1", "uids": payload.uids,
+                  "attributes": payload.attributes,
+                  "residual": {"shape": [0], "box": [[0, 0]], "dtype": "<i1", "encoding": "lzma"},
+                  "original": {"shape": list(v.shape), "dtype": dtype, "encoding": "lzma",
+                               "photometric": payload.original.photometric,
+                               "bits_stored": int(payload.original.bits_stored)}}
+        head = canonical_json(header)
+        body = lzma.compress(np.ascontiguousarray(v, dtype=dtype).tobytes(), preset=6)
+        return struct.pack(">I", len(head)) + head + body
     r = payload.residual
     nonzero = np.argwhere(r != 0)
     if len(nonzero):
@@ -103,6 +119,14 @@ def unpack_payload(data: bytes) -> Payload:
     header = json.loads(data[4:4 + size])
     if header.get("format") != "dicom-gateway-payload/1":
         raise ValueError("unknown payload format")
+    if "original" in header:
+        from ..pixels import Pixels
+
+        o = header["original"]
+        values = np.frombuffer(lzma.decompress(data[4 + size:]), dtype=o["dtype"])
+        values = values.reshape(o["shape"]).astype(np.dtype(o["dtype"]).newbyteorder("="))
+        return Payload(header["uids"], header["attributes"], np.zeros((0,), dtype=np.int64),
+                       Pixels(values, o["photometric"], int(o["bits_stored"])))
     layout = header["residual"]
     residual = np.zeros(layout["shape"], dtype=np.int64)
     box = tuple(slice(a, b) for a, b in layout["box"])

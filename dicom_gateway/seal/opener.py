@@ -127,13 +127,16 @@ def restore(ds: Dataset, key: PartnerKey,
     if manifest["original_pixels_sha256"] is None:
         out = copy.deepcopy(ds)
     else:
-        protected = read_pixels(ds)
-        original = (protected.values.astype(np.int64) + payload.residual).astype(
-            protected.values.dtype)
-        if pixel_digest(original) != manifest["original_pixels_sha256"]:
+        if payload.original is not None:  # kept whole (e.g. PALETTE COLOR protected as RGB)
+            kept: Pixels = payload.original
+        else:
+            protected = read_pixels(ds)
+            kept = Pixels((protected.values.astype(np.int64) + payload.residual).astype(
+                protected.values.dtype), protected.photometric, protected.bits_stored)
+        if pixel_digest(kept.values) != manifest["original_pixels_sha256"]:
             raise SealError("restore_mismatch", "restored pixels do not match the original "
                             "digest")
-        out = write_pixels(ds, Pixels(original, protected.photometric, protected.bits_stored))
+        out = write_pixels(ds, kept)
     remove_block(out)
     map_uids(out, lambda uid: payload.uids.get(uid, uid))
     for tag_hex, value in payload.attributes.items():

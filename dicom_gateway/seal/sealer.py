@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from .. import __version__
-from ..pixels import PixelError, pixel_digest, read_pixels
+from ..pixels import PixelError, Pixels, pixel_digest, read_pixels
 from .block import Payload, canonical_json, pack_payload, write_block
 from .keys import GatewayKeys, PartnerKey
 from .uids import remap_uids
@@ -32,7 +32,7 @@ PIXEL_MODULE = frozenset({
     "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
     "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration", "NumberOfFrames",
     "PixelData", "LossyImageCompression", "LossyImageCompressionRatio",
-    "LossyImageCompressionMethod", "RedPaletteColorLookupTableDescriptor"})
+    "LossyImageCompressionMethod"})
 
 
 def _equipment(method: str) -> Dataset:
@@ -74,6 +74,7 @@ def seal(original: Dataset, protected: Dataset, residual: np.ndarray | None, met
     protecting profile); an instance without decodable pixels gets ``null`` pixel digests.
     """
     out = copy.deepcopy(protected)
+    kept: Pixels | None = None
     try:
         protected_values: np.ndarray | None = read_pixels(out).values
     except PixelError:
@@ -86,8 +87,13 @@ def seal(original: Dataset, protected: Dataset, residual: np.ndarray | None, met
     else:
         if residual is None:
             residual = np.zeros(protected_values.shape, dtype=np.int64)
-        original_values = (protected_values.astype(np.int64) + residual).astype(
-            protected_values.dtype)
+        kept = _kept_whole(original, out)
+        if kept is not None:  # e.g. PALETTE COLOR protected as RGB: keep the original values
+            original_values = kept.values
+            residual = np.zeros((0,), dtype=np.int64)
+        else:
+            original_values = (protected_values.astype(np.int64) + residual).astype(
+                protected_values.dtype)
         digests = pixel_digest(protected_values), pixel_digest(original_values)
     uids = remap_uids(out, gateway.uid_secret, partner.name, uid_root)
     image_type = list(out.get("ImageType") or ["DERIVED", "PRIMARY"])
@@ -101,7 +107,8 @@ def seal(original: Dataset, protected: Dataset, residual: np.ndarray | None, met
         elem = original.get(int(derived, 16))
         if elem is not None and elem.VR == "UI":
             del attributes[derived]
-    plaintext = pack_payload(Payload(uids, attributes, residual.astype(np.int64)))
+    plaintext = pack_payload(Payload(uids, attributes, residual.astype(np.int64),
+                                     kept))
     ciphertext = partner.suite.encrypt(plaintext, partner.public, info=HPKE_INFO)
     manifest = {
         "format": SEAL_FORMAT, "method": method, "parameters": parameters,
@@ -117,6 +124,15 @@ def seal(original: Dataset, protected: Dataset, residual: np.ndarray | None, met
     body = canonical_json(_plain(manifest))
     write_block(out, body, gateway.signing.sign(body), ciphertext)
     return out
+
+
+def _kept_whole(original: Dataset, protected: Dataset) -> Pixels | None:
+    """The original's pixels when the protected image is in another representation (its
+    photometric interpretation or sample count differ), else None (a residual suffices)."""
+    if original.get("PhotometricInterpretation") == protected.get("PhotometricInterpretation") \
+            and original.get("SamplesPerPixel") == protected.get("SamplesPerPixel"):
+        return None
+    return read_pixels(original)
 
 
 def _plain(value: Any) -> Any:
