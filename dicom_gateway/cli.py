@@ -398,6 +398,10 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("inputs", nargs="+", help="files or folders")
     rs.set_defaults(func=_cmd_restore)
 
+    from .evaluation.command import add_parser as add_evaluate
+
+    add_evaluate(sub)
+
     d = sub.add_parser("demo", help="run gateway + local partner and send a sample study")
     d.add_argument("--out", default="demo-out", help="where spool and partner output go")
     d.add_argument("--data-dir", default=os.environ.get("DICOM_GATEWAY_DATA"),

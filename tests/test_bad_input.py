@@ -25,7 +25,7 @@ from pydicom import dcmread
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from dicom_gateway.protect import Outcome, register_method
+from dicom_gateway.protect import Outcome, registry
 from dicom_gateway.protect.method import failed
 from dicom_gateway.seal.uids import derive_uid
 
@@ -132,9 +132,10 @@ class _Exploding:
         return out
 
 
-def test_protection_failure_quarantines_fail_closed(tmp_path: Path,
-                                                    recording_scp: RecordingSCP) -> None:
-    register_method("exploding", _Exploding, lambda options: None)
+def test_protection_failure_quarantines_fail_closed(tmp_path: Path, recording_scp: RecordingSCP,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # registered for this test only: other tests enumerate the methods a profile can name
+    monkeypatch.setitem(registry._METHODS, "exploding", (_Exploding, lambda options: None))
     raw = base_config(tmp_path / "spool", [partner("recorder", recording_scp.port)],
                       [{"name": "all", "match": {}, "to": ["recorder"], "profile": "boom"}])
     raw["profiles"]["boom"] = {"method": "exploding"}

@@ -46,7 +46,7 @@ def prepare(path: Path) -> View | Outcome:
     if pixels.photometric == "PALETTE COLOR":
         try:
             pixels = _palette_as_rgb(ds, pixels)
-        except Exception as exc:  # a malformed or missing lookup table
+        except Exception as exc:  # noqa: BLE001 (a malformed or missing lookup table)
             return failed(path, "unsupported_photometric", f"PALETTE COLOR lookup table "
                           f"unusable: {type(exc).__name__}: {exc}")
         ds = _without_palette(ds)

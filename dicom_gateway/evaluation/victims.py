@@ -1,0 +1,198 @@
+"""The models of the evaluation: the unauthorized user's victims and the protection's
+surrogates, trained here on the clean (or protected) training split and cached.
+
+Every model takes images in [0, 1] at the data's resolution, ``(N, C, H, W)``; channel
+adaptation (grey to RGB for ImageNet-style networks), the pipeline's resize and the
+normalization by the training set's mean and std are part of it. Classification architectures:
+
+==================  ==========================================================  ===========
+name                what                                                        input
+==================  ==========================================================  ===========
+cnn-small           the gateway's surrogate (3 conv blocks, 32-64-128)          native
+resnet18            torchvision ResNet-18, ImageNet stem                        native
+mobilenetv3-small   torchvision MobileNetV3-Small                               64x64
+shufflenetv2        torchvision ShuffleNetV2 x1.0                               64x64
+efficientnet-b0     torchvision EfficientNet-B0                                 64x64
+densenet121         torchvision DenseNet-121                                    64x64
+vit-tiny            torchvision ViT, 4 layers, 4 heads, width 128, patch 4      native
+plain-cnn           LeNet-style: 2 conv (5x5) + 2 fully connected, no BN        native
+==================  ==========================================================  ===========
+
+Segmentation: ``unet-small`` (the gateway's) and ``fcn-small`` (dilated convolutions, no
+skip connections). torchvision's batch-norm momentum is set to 0.1 everywhere (MobileNetV3
+ships 0.01, which leaves the running statistics unusable after a few hundred steps: the model
+then predicts one class in eval mode). Networks are trained from scratch (no weights can be
+downloaded here; a user's fine-tuning from pretrained weights is not covered).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..protect.datasets import ImageSet
+from ..protect.surrogate import ARCHITECTURES as SURROGATE_ARCHITECTURES
+from ..protect.surrogate import SurrogateInfo
+from ..protect.train import fit
+
+# part of every cache key: bump it when an architecture or the training changes
+CACHE_VERSION = 2
+
+__all__ = ["ARCHITECTURES", "CACHE_VERSION", "SEGMENTATION", "Trained", "as_surrogate", "build", "train_cached"]
+
+
+class _Pipeline(nn.Module):
+    """Channels, resize and normalization in front of a body network."""
+
+    def __init__(self, body: nn.Module, channels: int, want: int, size: int | None,
+                 mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.body, self.channels, self.want, self.size = body, channels, want, size
+        self.register_buffer("mean", mean.view(1, -1, 1, 1))
+        self.register_buffer("std", std.view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        if self.want != self.channels:
+            x = x.expand(-1, self.want, -1, -1) if self.channels == 1 else x.mean(1, True)
+        if self.size is not None and x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return self.body(x)
+
+
+def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
+    def make(channels: int, classes: int) -> nn.Module:
+        import torchvision.models as tv
+
+        if name == "vit":
+            return tv.VisionTransformer(image_size=28, patch_size=4, num_layers=4, num_heads=4,
+                                        hidden_dim=128, mlp_dim=256, num_classes=classes)
+        model = getattr(tv, name)(weights=None, num_classes=classes)
+        for m in model.modules():  # MobileNetV3 ships momentum 0.01, tuned for ImageNet's
+            if isinstance(m, nn.BatchNorm2d):  # length: a few hundred steps leave its
+                m.momentum = 0.1  # running statistics unusable
+        return model
+    return make
+
+
+def _plain_cnn(channels: int, classes: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(channels, 20, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(20, 50, 5, padding=2), nn.ReLU(), nn.AdaptiveMaxPool2d(7),
+                         nn.Flatten(), nn.Linear(50 * 49, 256), nn.ReLU(), nn.Dropout(0.3),
+                         nn.Linear(256, classes))
+
+
+def _fcn_small(channels: int, classes: int) -> nn.Module:
+    def conv(cin: int, cout: int, dilation: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation),
+                nn.BatchNorm2d(cout), nn.ReLU()]
+    return nn.Sequential(*conv(channels, 32, 1), *conv(32, 32, 2), *conv(32, 64, 4),
+                         *conv(64, 64, 8), *conv(64, 32, 1), nn.Conv2d(32, 1, 1))
+
+
+@dataclass(frozen=True)
+class Architecture:
+    make: Callable[[int, int], nn.Module]
+    channels: int | None  # what the body takes (None: the data's)
+    size: int | None  # the pipeline's resize (None: native)
+    description: str
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "cnn-small": Architecture(SURROGATE_ARCHITECTURES["cnn-small"], None, None,
+                              "gateway surrogate CNN"),
+    "resnet18": Architecture(_torchvision("resnet18"), 3, None, "ResNet-18 (torchvision)"),
+    "mobilenetv3-small": Architecture(_torchvision("mobilenet_v3_small"), 3, 64,
+                                      "MobileNetV3-Small at 64x64"),
+    "shufflenetv2": Architecture(_torchvision("shufflenet_v2_x1_0"), 3, 64,
+                                 "ShuffleNetV2 x1.0 at 64x64"),
+    "densenet121": Architecture(_torchvision("densenet121"), 3, 64, "DenseNet-121 at 64x64"),
+    "efficientnet-b0": Architecture(_torchvision("efficientnet_b0"), 3, 64,
+                                    "EfficientNet-B0 at 64x64"),
+    "vit-tiny": Architecture(_torchvision("vit"), 3, 28, "ViT 4x128, patch 4, at 28x28"),
+    "plain-cnn": Architecture(_plain_cnn, None, None, "LeNet-style CNN"),
+    "unet-small": Architecture(SURROGATE_ARCHITECTURES["unet-small"], None, None,
+                               "gateway U-Net (16-32-64)"),
+    "fcn-small": Architecture(_fcn_small, None, None, "dilated FCN, no skips"),
+}
+SEGMENTATION = frozenset({"unet-small", "fcn-small"})
+
+
+def build(arch: str, data: ImageSet) -> nn.Module:
+    """A fresh model of ``arch`` for ``data`` (normalized by its statistics)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
+    a = ARCHITECTURES[arch]
+    channels = int(data.images.shape[1])
+    classes = 2 if data.task == "segmentation" else len(data.classes)
+    want = a.channels or channels
+    mean = data.images.mean(dim=(0, 2, 3))
+    std = data.images.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    if want != channels:
+        mean, std = mean.mean().expand(want).clone(), std.mean().expand(want).clone()
+    return _Pipeline(a.make(want, classes), channels, want, a.size, mean, std)
+
+
+@dataclass
+class Trained:
+    arch: str
+    model: nn.Module
+    val_score: float
+    cached: bool
+    key: str
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def train_cached(arch: str, data: ImageSet, val: ImageSet, epochs: int, seed: int,
+                 cache: Path, tag: str, progress: bool = True,
+                 trainer: Callable[[nn.Module], float] | None = None) -> Trained:
+    """Train ``arch`` on ``data`` (best epoch by ``val``), or load it from ``cache`` when the
+    same architecture, data, epochs, seed and ``tag`` were trained before. ``trainer``
+    replaces :func:`fit` (for adversarial training)."""
+    h = hashlib.sha256()
+    for t in (data.images, data.labels, data.masks):
+        if t is not None:
+            h.update(t.contiguous().numpy().tobytes())
+    h.update(json.dumps([CACHE_VERSION, arch, epochs, seed, tag]).encode())
+    key = h.hexdigest()[:20]
+    path = cache / f"{arch}-{key}.pt"
+    model = build(arch, data)
+    if path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(blob["state_dict"])
+        model.eval()
+        return Trained(arch, model, float(blob["val_score"]), True, key)
+    torch.manual_seed(seed)
+    model = build(arch, data)
+    score = trainer(model) if trainer else fit(model, data, epochs, val=val, seed=seed,
+                                                progress=progress)
+    model.eval()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "val_score": score}, tmp)
+    tmp.replace(path)
+    return Trained(arch, model, score, False, key)
+
+
+@dataclass
+class _AsSurrogate:
+    model: nn.Module
+    info: SurrogateInfo
+    sha256: str
+
+
+def as_surrogate(trained: Trained, data: ImageSet) -> _AsSurrogate:
+    """A trained model in the shape the protection methods take (``.model``, ``.info``)."""
+    x = data.images
+    info = SurrogateInfo(trained.arch, data.task, (int(x.shape[2]), int(x.shape[3])),
+                         int(x.shape[1]), data.classes, (0.0,) * x.shape[1], (1.0,) * x.shape[1])
+    return _AsSurrogate(trained.model, info, trained.key)
