@@ -115,8 +115,10 @@ def _cmd_spool_retry(args: argparse.Namespace) -> int:
         spool.requeue(args.state, entry, group)
         n += 1
     where = "outbox (delivery)" if args.state == "failed" else "inbox (protection)"
+    when = ("gateway.rescan_seconds" if args.state == "failed" else
+            "gateway.rescan_seconds plus the study's quiet period (gateway.study_stable_seconds)")
     print(f"requeued {n} entr{'y' if n == 1 else 'ies'} from {args.state}/ to the {where}; "
-          "a running gateway picks them up within gateway.rescan_seconds")
+          f"a running gateway picks them up within {when}")
     return 0
 
 

@@ -98,8 +98,9 @@ class PartnerQueue:
             oldest = min((i.since for i in self._known.values()), default=None)
         return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
-    def _next(self) -> _Item | None:
-        """Block until an entry is due and the partner is not held; None when stopping."""
+    def _next(self, on_idle: Callable[[], None] = lambda: None) -> _Item | None:
+        """Block until an entry is due and the partner is not held; None when stopping.
+        ``on_idle`` runs (outside the lock) about once a second while nothing is due."""
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
@@ -108,7 +109,12 @@ class PartnerQueue:
                 wait = 1.0
                 if self._heap:
                     wait = max(self._heap[0].due, self._held_until) - now
-                self._cond.wait(timeout=min(max(wait, 0.005), 1.0))
+                if not self._cond.wait(timeout=min(max(wait, 0.005), 1.0)):
+                    self._cond.release()
+                    try:
+                        on_idle()
+                    finally:
+                        self._cond.acquire()
             return None
 
     # -- workers ----------------------------------------------------------------------------
@@ -134,11 +140,10 @@ class PartnerQueue:
         link = PartnerLink(self.partner)
         try:
             while True:
-                item = self._next()
+                item = self._next(on_idle=link.release_if_idle)
                 if item is None:
                     return
                 self._attempt(link, item)
-                link.release_if_idle()
         finally:
             link.close()
 

@@ -54,7 +54,7 @@ class Gateway:
         sealer = SealService(config) if config.seal is not None else None
         self.worker = StudyWorker(self.spool, self.stage, self.metrics, self._enqueue, sealer)
         self.assembler = StudyAssembler(self.spool, config.gateway.study_stable_seconds,
-                                        self.worker, self.metrics)
+                                        self.worker, self.metrics, config.gateway.rescan_seconds)
         self.receiver = Receiver(config, self.spool, Router(config.routes), self.metrics,
                                  self.assembler.note_arrival)
         self.endpoint: OpsEndpoint | None = None

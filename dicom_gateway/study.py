@@ -4,7 +4,9 @@ Instances are grouped by Study Instance UID (the inbox directory). A study is re
 instance of it arrived for ``study_stable_seconds`` (Orthanc's StableAge, mercure's timeouts).
 Late instances of a released study start a new quiet period and are released in turn. After a
 restart every study in the inbox starts a full quiet period: a half-received study is never
-released early because the gateway was down (decision 3).
+released early because the gateway was down (decision 3). The inbox is also rescanned every
+``rescan_seconds``, so instances put back by ``dicom-gateway spool retry --state quarantine``
+while the gateway runs are released like new arrivals.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ class StudyAssembler:
     """Tracks the last arrival per study and calls ``release(study_key)`` when it is stable."""
 
     def __init__(self, spool: Spool, stable_seconds: float, release: Callable[[str], None],
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, rescan_seconds: float = 5.0) -> None:
         self._spool = spool
         self._stable = stable_seconds
+        self._rescan = rescan_seconds
+        self._next_rescan = 0.0
         self._release = release
         self._metrics = metrics
         self._last: dict[str, float] = {}
@@ -69,14 +73,32 @@ class StudyAssembler:
         waits = [self._stable - (now - t) for s, t in self._last.items() if s not in due]
         return due, min(waits, default=1.0)
 
+    def _rescan_inbox(self) -> None:
+        """Note studies with inbox entries that nothing announced (an operator's requeue)."""
+        self._next_rescan = time.monotonic() + self._rescan
+        with self._cond:
+            known = set(self._last)
+        try:
+            studies = [s for s in self._spool.inbox_studies() if s not in known
+                       and self._spool.inbox_entries(s)]
+        except OSError as exc:
+            _log.warning("inbox rescan failed: %s", exc)
+            return
+        for study in studies:
+            _log.info("found study=%s in the inbox (requeued); it waits a quiet period", study)
+            self.note_arrival(study)
+
     def _run(self) -> None:
         while True:
+            if time.monotonic() >= self._next_rescan:
+                self._rescan_inbox()
             with self._cond:
                 if self._stopping:
                     return
                 due, wait = self._due()
                 if not due:
-                    self._cond.wait(timeout=max(0.01, min(wait, 1.0)))
+                    until_rescan = self._next_rescan - time.monotonic()
+                    self._cond.wait(timeout=max(0.01, min(wait, until_rescan, 1.0)))
                     continue
                 for study in due:
                     del self._last[study]

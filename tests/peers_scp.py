@@ -163,6 +163,12 @@ class RecordingSCP:
             return list(self._received)
 
     @property
+    def open_associations(self) -> int:
+        """Associations currently established with this SCP."""
+        server = self._server
+        return 0 if server is None else len(server.active_associations)
+
+    @property
     def received_sops(self) -> set[str]:
         with self._cond:
             return set(self._counts)

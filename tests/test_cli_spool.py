@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import yaml
+from gwutil import base_config, partner, running_gateway, sample, send, with_seal
+from peers import RecordingSCP
 
 from dicom_gateway.cli import main
-from gwutil import base_config, partner, running_gateway, sample, send
-from peers import RecordingSCP
+from dicom_gateway.protect import Outcome, registry
+from dicom_gateway.protect.method import failed
 
 
 def test_list_retry_purge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,6 +45,57 @@ def test_list_retry_purge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         finally:
             scp.stop()
     assert not list(failed_dir.glob("*.dcm"))
+
+
+class _RefusingUntilFixed:
+    """A protection method that refuses everything while the test's flag file exists."""
+
+    name = "refusing"
+    flag: Path
+
+    def __init__(self, options: object) -> None:
+        pass
+
+    def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
+        if self.flag.exists():
+            return [failed(p, "unsupported_pixels", "refused until the flag is removed")
+                    for p in paths]
+        return [Outcome(source=p, output=p) for p in paths]
+
+
+def test_quarantine_retry_is_picked_up_by_the_running_gateway(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    flag = tmp_path / "refuse"
+    flag.touch()
+    monkeypatch.setattr(_RefusingUntilFixed, "flag", flag, raising=False)
+    monkeypatch.setitem(registry._METHODS, "refusing", (_RefusingUntilFixed, lambda o: None))
+    scp = RecordingSCP()
+    scp.start()
+    try:
+        raw = base_config(tmp_path / "spool", [partner("recorder", scp.port)],
+                          [{"name": "all", "match": {}, "to": ["recorder"], "profile": "r"}])
+        raw["profiles"]["r"] = {"method": "refusing"}
+        raw["gateway"]["rescan_seconds"] = 0.2
+        with_seal(raw, tmp_path / "keys")
+        cfg = tmp_path / "gw.yaml"
+        cfg.write_text(yaml.safe_dump(raw))
+        quarantine = tmp_path / "spool" / "quarantine" / "recorder"
+        with running_gateway(raw) as gw:
+            assert send(gw.receiver.port or 0, [sample(), sample()]) == [0, 0]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(list(quarantine.glob("*.dcm"))) < 2:
+                time.sleep(0.1)
+            assert len(list(quarantine.glob("*.dcm"))) == 2 and scp.received_sops == set()
+            flag.unlink()  # the operator fixes the cause, then requeues without a restart
+            capsys.readouterr()
+            assert main(["spool", "retry", "--config", str(cfg), "--state", "quarantine",
+                         "--partner", "recorder"]) == 0
+            assert "requeued 2 entries" in capsys.readouterr().out
+            assert scp.wait_for_count(2, timeout=30) == 2
+        assert not list(quarantine.glob("*.dcm"))
+    finally:
+        scp.stop()
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -40,6 +40,20 @@ def test_dead_forwarder_is_restarted(tmp_path: Path, recording_scp: RecordingSCP
         assert gw.healthy() == (True, "ok")
 
 
+def test_an_idle_association_is_released(tmp_path: Path, recording_scp: RecordingSCP) -> None:
+    raw = base_config(tmp_path / "spool", [partner("recorder", recording_scp.port,
+                                                   idle_release_seconds=0.5,
+                                                   dimse_timeout_seconds=120)], ALL)
+    with running_gateway(raw) as gw:
+        assert send(gw.receiver.port or 0, [sample()]) == [0]
+        assert recording_scp.wait_for_count(1, timeout=30) == 1
+        # nothing else is sent, and the network timeout (120 s) is far: the idle check ends it
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and recording_scp.open_associations:
+            time.sleep(0.05)
+        assert recording_scp.open_associations == 0
+
+
 def test_forwarders_die_with_a_killed_gateway(tmp_path: Path) -> None:
     raw = base_config(tmp_path / "spool", [partner("a", 1), partner("b", 2)], ALL[:0])
     gw = GatewayProcess(raw, tmp_path).start()

@@ -274,8 +274,9 @@ class Unlearnable:
                 element = view.ds.get(Tag(tag))
                 value = None if element is None else str(element.value)
                 if value not in classes:
-                    outcomes[index] = failed(view.path, "no_label", f"{tag} is {value!r}, not one "
-                                             f"of the configured classes")
+                    # the value itself may be clinical data: it stays out of logs and reasons
+                    what = "is missing" if value is None else "is not one of the configured classes"
+                    outcomes[index] = failed(view.path, "no_label", f"{tag} {what}")
                     continue
                 targets[index] = torch.full((view.values.shape[0],), classes.index(value))
                 kept.append((index, view))
