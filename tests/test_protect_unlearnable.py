@@ -173,6 +173,9 @@ def test_classification_labels_from_a_tag(tmp_path: Path, surrogates: dict[str, 
                "classes": ["XA", "CT"], "rounds": 1, "train_steps": 1, "pgd_steps": 2}
     assert Unlearnable.validate(options) is None
     assert Unlearnable.validate({**options, "label_tag": None})[0] == "label_tag"
+    assert Unlearnable.validate({**options, "rounds": None}) is None  # null: by task
+    assert Unlearnable.validate({**options, "texture_floor": 2})[0] == "texture_floor"
+    assert Unlearnable.validate({**options, "lr": 0})[0] == "lr"
     outcomes = Unlearnable(options)(files)
     assert outcomes[2].error is not None and outcomes[2].error.reason == "no_label"
     assert "MR" not in str(outcomes[2].error)  # the label value may be clinical: not repeated

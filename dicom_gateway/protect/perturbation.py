@@ -102,6 +102,11 @@ class AdversarialPerturbation:
             value = options.get(key, _DEFAULTS[key])
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
                 return key, f"must be an integer in [1, {top}]"
+        for key, low, high in (("momentum", 0.0, 10.0), ("diversity", 0.0, 1.0)):
+            value = options.get(key, _DEFAULTS[key])
+            if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                    or not low <= value <= high:
+                return key, f"must be a number in [{low:g}, {high:g}]"
         return None
 
     def __call__(self, paths: Sequence[Path]) -> list[Outcome]:

@@ -206,8 +206,16 @@ class Unlearnable:
             return "epsilon", "must be a number in (0, 0.25] (fraction of the normalized range)"
         for key in ("rounds", "train_steps", "pgd_steps", "contour_radius"):
             value = options.get(key, _DEFAULTS[key] if key != "rounds" else 0)
+            if key == "rounds" and value is None:  # null: by task (0 segmentation, 3 labels)
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1000:
                 return key, "must be an integer in [0, 1000]"
+        floor = options.get("texture_floor", _DEFAULTS["texture_floor"])
+        if not isinstance(floor, (int, float)) or isinstance(floor, bool) or not 0 <= floor <= 1:
+            return "texture_floor", "must be a number in [0, 1] (share of epsilon in flat regions)"
+        lr = options.get("lr", _DEFAULTS["lr"])
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr <= 1:
+            return "lr", "must be a number in (0, 1] (the surrogate's learning rate in min-min)"
         if options.get("init", "pattern") not in ("pattern", "zero"):
             return "init", "must be 'pattern' or 'zero'"
         try:
