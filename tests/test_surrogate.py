@@ -36,6 +36,8 @@ def test_train_surrogate_reads_image_folders(tmp_path: Path) -> None:
         image = np.where(disc, 220, rng.integers(0, 90, (24, 24))).astype(np.uint8)
         _png(tmp_path / "seg" / f"img{i}.png", np.stack([image] * 3, -1))
         _png(tmp_path / "seg" / f"img{i}_1stHO.png", (disc * 255).astype(np.uint8))
+        # a second observer's mask beside it (as in CHASE_DB1): an annotation, not an image
+        _png(tmp_path / "seg" / f"img{i}_2ndHO.png", (disc * 255).astype(np.uint8))
     done = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--epochs", "3",
                 "--out", str(tmp_path / "c.pt"))
     assert done.returncode == 0, done.stderr

@@ -75,7 +75,12 @@ def load_images(path: Path, split: str = "train", size: tuple[int, int] | None =
         subdirs = sorted(d for d in path.iterdir() if d.is_dir())
         if subdirs:
             return _load_classes(subdirs, size)
-        images = [p for p in sorted(_images_in(path)) if not p.stem.endswith(mask_suffix)]
+        files = sorted(_images_in(path))
+        stems = {p.stem for p in files}
+        # an image is a file that is neither a mask nor another annotation of an image beside it
+        # (CHASE_DB1 ships Image_01L.jpg with Image_01L_1stHO.png and Image_01L_2ndHO.png)
+        images = [p for p in files if not p.stem.endswith(mask_suffix)
+                  and not any(p.stem.startswith(o + "_") for o in stems if o != p.stem)]
         return _load_pairs(images, lambda p: _find(path, p.stem + mask_suffix), size)
     raise ValueError(f"{path}: expected an .npz, an .h5 or a folder of images")
 
