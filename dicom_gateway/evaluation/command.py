@@ -62,7 +62,9 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--out", required=True, help="report folder (report.md, results.json, PNGs)")
     e.add_argument("--cache", help="trained-model cache (default: OUT/cache)")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--epochs", type=int, default=10, help="training epochs per model")
+    e.add_argument("--epochs", type=int, default=0,
+                   help="training epochs per model (default: 10 for classification sets, 40 for "
+                        "the segmentation sets)")
     e.add_argument("--victims", help="comma-separated black-box architectures")
     e.add_argument("--surrogates", help="comma-separated surrogate (white-box) architectures")
     e.add_argument("--watermark-images", type=int, default=100,
