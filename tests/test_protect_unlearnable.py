@@ -176,6 +176,8 @@ def test_classification_labels_from_a_tag(tmp_path: Path, surrogates: dict[str, 
     assert Unlearnable.validate({**options, "rounds": None}) is None  # null: by task
     assert Unlearnable.validate({**options, "texture_floor": 2})[0] == "texture_floor"
     assert Unlearnable.validate({**options, "lr": 0})[0] == "lr"
+    # more label values than the classifier has classes: refused at load, not at protect time
+    assert Unlearnable.validate({**options, "classes": ["XA", "CT", "MR"]})[0] == "classes"
     outcomes = Unlearnable(options)(files)
     assert outcomes[2].error is not None and outcomes[2].error.reason == "no_label"
     assert "MR" not in str(outcomes[2].error)  # the label value may be clinical: not repeated

@@ -114,6 +114,10 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
     done = 0
     for done in range(1, rounds + 1):
         model.train()
+        if len(x) < 2:  # one image (a single-frame instance): BatchNorm keeps its running
+            for m in model.modules():  # statistics, as batch statistics of one are undefined
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         for _ in range(train_steps):
             idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=generator)
             opt.zero_grad()
@@ -219,9 +223,10 @@ class Unlearnable:
         if options.get("init", "pattern") not in ("pattern", "zero"):
             return "init", "must be 'pattern' or 'zero'"
         try:
-            task = load_surrogate(Path(options["surrogates"][0])).info.task
+            info = load_surrogate(Path(options["surrogates"][0])).info
         except Exception as exc:
             return "surrogates", f"cannot load: {exc}"
+        task = info.task
         if task == "classification":
             classes = options.get("classes")
             if not isinstance(options.get("label_tag"), str):
@@ -234,6 +239,9 @@ class Unlearnable:
                 return "label_tag", f"not a DICOM keyword or tag: {options['label_tag']!r}"
             if not isinstance(classes, list) or len(classes) < 2:
                 return "classes", "required with a classifier surrogate: the label values in order"
+            if len(classes) != len(info.classes):
+                return "classes", (f"{len(classes)} values, but the surrogate has "
+                                   f"{len(info.classes)} classes: one value per class, in order")
         return None
 
     def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
@@ -310,6 +318,18 @@ class Unlearnable:
             for index, view in group:
                 outcomes[index] = failed_outcome(view.path, x.shape[1],
                                                  self.surrogate.info.channels)
+            return
+        try:  # the noise lives at native size: the surrogate must take the image as it is
+            with torch.no_grad():
+                self.surrogate.model.eval()(x[:1])
+        except RuntimeError:
+            from .method import failed
+
+            for index, view in group:
+                outcomes[index] = failed(view.path, "surrogate_mismatch",
+                                         f"the image ({x.shape[2]}x{x.shape[3]}) is too small "
+                                         f"for the surrogate (trained at "
+                                         f"{'x'.join(map(str, self.surrogate.info.input_size))})")
             return
         eps = float(o["epsilon"])
         if segmentation:
