@@ -155,6 +155,41 @@ def test_protection_failure_quarantines_fail_closed(tmp_path: Path, recording_sc
                   partner="recorder", reason="unsupported_pixels") == 1
 
 
+class _CrashingOnBatch:
+    """A method with a bug: it raises on any batch holding an instance described "CRASH"."""
+
+    name = "crashing"
+
+    def __init__(self, options: object) -> None:
+        pass
+
+    def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
+        for p in paths:
+            if str(dcmread(p, stop_before_pixels=True).get("SeriesDescription", "")) == "CRASH":
+                raise ValueError("a bug in the method")
+        return [Outcome(source=p, output=p) for p in paths]
+
+
+def test_a_method_bug_quarantines_only_the_instance_that_trips_it(
+        tmp_path: Path, recording_scp: RecordingSCP, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry._METHODS, "crashing", (_CrashingOnBatch, lambda options: None))
+    raw = base_config(tmp_path / "spool", [partner("recorder", recording_scp.port)],
+                      [{"name": "all", "match": {}, "to": ["recorder"], "profile": "bug"}])
+    raw["profiles"]["bug"] = {"method": "crashing"}
+    with_seal(raw, tmp_path / "keys")
+    good, bad = sample(SeriesDescription="fine"), sample(SeriesDescription="CRASH")
+    bad.StudyInstanceUID, bad.SeriesInstanceUID = good.StudyInstanceUID, good.SeriesInstanceUID
+    with running_gateway(raw) as gw:  # one study, one series: one batch with both
+        assert send(gw.receiver.port or 0, [good, bad]) == [0, 0]
+        assert recording_scp.wait_for_count(1, timeout=30) == 1
+    secret = uid_secret(tmp_path / "keys")
+    assert recording_scp.received_sops == {derive_uid(secret, "recorder", good.SOPInstanceUID)}
+    q = list((tmp_path / "spool" / "quarantine" / "recorder").glob("*.dcm"))
+    assert len(q) == 1 and bad.SOPInstanceUID in q[0].name
+    reason = json.loads(q[0].with_name(q[0].name[:-4] + ".reason.json").read_text())
+    assert reason["reason"] == "method_error" and "a bug in the method" in reason["message"]
+
+
 @pytest.fixture
 def tiny_spool(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "tiny"

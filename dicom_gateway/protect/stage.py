@@ -30,21 +30,50 @@ class ProtectionStage:
         return self._profiles[name]
 
     def protect(self, profile_name: str, paths: Sequence[Path]) -> list[Outcome]:
-        """Protect one series batch with the named profile; never raises for bad data."""
+        """Protect one series batch with the named profile; never raises for bad data.
+
+        If the method raises on the batch, each instance is tried alone, so one instance that
+        trips a method bug is quarantined (``method_error``) without its whole series."""
         profile = self._profiles[profile_name]
         started = time.perf_counter()
         try:
             method = self._methods.get(profile_name)
             if method is None:
-                method = self._methods[profile_name] = create_method(profile.method, profile.options)
-            outcomes = method(paths)
-            if len(outcomes) != len(paths):
-                raise RuntimeError(f"returned {len(outcomes)} outcomes for {len(paths)} instances")
-        except Exception as exc:  # a method bug must not take the worker down: fail closed
-            _log.exception("protection method %s failed on a batch of %d", profile.method, len(paths))
-            outcomes = [Outcome(source=p, error=ProtectionError(
-                "method_error", f"method {profile.method!r} failed: {type(exc).__name__}: {exc}"))
-                for p in paths]
+                method = create_method(profile.method, profile.options)
+                self._methods[profile_name] = method
+        except Exception as exc:  # a method that cannot even start: every instance fails closed
+            _log.exception("protection method %s could not be created", profile.method)
+            outcomes = [self._failed(profile.method, p, exc) for p in paths]
+        else:
+            try:
+                outcomes = self._run(method, paths)
+            except Exception as exc:  # a method bug must not take the worker down: fail closed
+                _log.exception("protection method %s failed on a batch of %d%s", profile.method,
+                               len(paths), "; trying each instance alone" if len(paths) > 1
+                               else "")
+                outcomes = ([self._alone(method, profile.method, p) for p in paths]
+                            if len(paths) > 1 else [self._failed(profile.method, paths[0], exc)])
         elapsed = time.perf_counter() - started
-        self._metrics.protect_seconds.labels(method=profile.method).observe(elapsed / max(len(paths), 1))
+        self._metrics.protect_seconds.labels(method=profile.method).observe(
+            elapsed / max(len(paths), 1))
         return outcomes
+
+    @staticmethod
+    def _run(method: ProtectionMethod, paths: Sequence[Path]) -> list[Outcome]:
+        outcomes = method(paths)
+        if len(outcomes) != len(paths):
+            raise RuntimeError(f"returned {len(outcomes)} outcomes for {len(paths)} instances")
+        return outcomes
+
+    def _alone(self, method: ProtectionMethod, name: str, path: Path) -> Outcome:
+        try:
+            return self._run(method, [path])[0]
+        except Exception as exc:  # still failing alone: this instance is the one
+            _log.warning("protection method %s failed on %s: %s: %s", name, path.name,
+                         type(exc).__name__, exc)
+            return self._failed(name, path, exc)
+
+    @staticmethod
+    def _failed(name: str, path: Path, exc: Exception) -> Outcome:
+        return Outcome(source=path, error=ProtectionError(
+            "method_error", f"method {name!r} failed: {type(exc).__name__}: {exc}"))
