@@ -7,6 +7,7 @@ import json
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gwutil import (
@@ -132,25 +133,38 @@ class _Exploding:
         return out
 
 
+def _with_test_method(tmp_path: Path, recording_scp: RecordingSCP,
+                      monkeypatch: pytest.MonkeyPatch, name: str, method: type) -> dict:
+    """A sealed gateway config routing everything through ``method`` (registered for this
+    test only: other tests enumerate the methods a profile can name)."""
+    monkeypatch.setitem(registry._METHODS, name, (method, lambda options: None))
+    raw = base_config(tmp_path / "spool", [partner("recorder", recording_scp.port)],
+                      [{"name": "all", "match": {}, "to": ["recorder"], "profile": "p"}])
+    raw["profiles"]["p"] = {"method": name}
+    return with_seal(raw, tmp_path / "keys")
+
+
+def _only_good_left_and_bad_quarantined(tmp_path: Path, recording_scp: RecordingSCP,
+                                        good: Any, bad: Any) -> dict:
+    """Assert the partner got only ``good`` (sealed, under its derived UID) and ``bad`` sits in
+    quarantine; return its reason record."""
+    secret = uid_secret(tmp_path / "keys")
+    assert recording_scp.received_sops == {derive_uid(secret, "recorder", good.SOPInstanceUID)}
+    q = list((tmp_path / "spool" / "quarantine" / "recorder").glob("*.dcm"))
+    assert len(q) == 1 and bad.SOPInstanceUID in q[0].name
+    return json.loads(q[0].with_name(q[0].name[:-4] + ".reason.json").read_text())
+
+
 def test_protection_failure_quarantines_fail_closed(tmp_path: Path, recording_scp: RecordingSCP,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    # registered for this test only: other tests enumerate the methods a profile can name
-    monkeypatch.setitem(registry._METHODS, "exploding", (_Exploding, lambda options: None))
-    raw = base_config(tmp_path / "spool", [partner("recorder", recording_scp.port)],
-                      [{"name": "all", "match": {}, "to": ["recorder"], "profile": "boom"}])
-    raw["profiles"]["boom"] = {"method": "exploding"}
-    with_seal(raw, tmp_path / "keys")
+    raw = _with_test_method(tmp_path, recording_scp, monkeypatch, "exploding", _Exploding)
     bad, good = sample(SeriesDescription="EXPLODE"), sample(SeriesDescription="fine")
     with running_gateway(raw) as gw:
         assert send(gw.receiver.port or 0, [bad, good]) == [0, 0]
         assert recording_scp.wait_for_count(1, timeout=30) == 1
         samples = scrape(gw.endpoint.port)  # type: ignore[union-attr]
-    secret = uid_secret(tmp_path / "keys")  # what leaves is sealed, under derived UIDs
-    assert recording_scp.received_sops == {derive_uid(secret, "recorder", good.SOPInstanceUID)}
-    q = list((tmp_path / "spool" / "quarantine" / "recorder").glob("*.dcm"))
-    assert len(q) == 1 and bad.SOPInstanceUID in q[0].name
-    reason = json.loads(q[0].with_name(q[0].name[:-4] + ".reason.json").read_text())
-    assert reason["reason"] == "unsupported_pixels" and reason["profile"] == "boom"
+    reason = _only_good_left_and_bad_quarantined(tmp_path, recording_scp, good, bad)
+    assert reason["reason"] == "unsupported_pixels" and reason["profile"] == "p"
     assert metric(samples, "dicom_gateway_quarantined_instances_total",
                   partner="recorder", reason="unsupported_pixels") == 1
 
@@ -172,21 +186,13 @@ class _CrashingOnBatch:
 
 def test_a_method_bug_quarantines_only_the_instance_that_trips_it(
         tmp_path: Path, recording_scp: RecordingSCP, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(registry._METHODS, "crashing", (_CrashingOnBatch, lambda options: None))
-    raw = base_config(tmp_path / "spool", [partner("recorder", recording_scp.port)],
-                      [{"name": "all", "match": {}, "to": ["recorder"], "profile": "bug"}])
-    raw["profiles"]["bug"] = {"method": "crashing"}
-    with_seal(raw, tmp_path / "keys")
+    raw = _with_test_method(tmp_path, recording_scp, monkeypatch, "crashing", _CrashingOnBatch)
     good, bad = sample(SeriesDescription="fine"), sample(SeriesDescription="CRASH")
     bad.StudyInstanceUID, bad.SeriesInstanceUID = good.StudyInstanceUID, good.SeriesInstanceUID
     with running_gateway(raw) as gw:  # one study, one series: one batch with both
         assert send(gw.receiver.port or 0, [good, bad]) == [0, 0]
         assert recording_scp.wait_for_count(1, timeout=30) == 1
-    secret = uid_secret(tmp_path / "keys")
-    assert recording_scp.received_sops == {derive_uid(secret, "recorder", good.SOPInstanceUID)}
-    q = list((tmp_path / "spool" / "quarantine" / "recorder").glob("*.dcm"))
-    assert len(q) == 1 and bad.SOPInstanceUID in q[0].name
-    reason = json.loads(q[0].with_name(q[0].name[:-4] + ".reason.json").read_text())
+    reason = _only_good_left_and_bad_quarantined(tmp_path, recording_scp, good, bad)
     assert reason["reason"] == "method_error" and "a bug in the method" in reason["message"]
 
 
