@@ -120,7 +120,9 @@ def test_each_method_restores_ct_and_fundus_bit_exactly(tmp_path: Path, keys: Pa
     palette.parent.mkdir()
     _load("examples_palette.dcm").save_as(palette, enforce_file_format=True)
     mono, rgb = str(surrogates["pneumonia"]), str(surrogates["retina"])
-    label = {"label_tag": "Modality", "classes": ["CT", "XC", "US"]}
+    # at most one label value per surrogate class (checked at load)
+    label = {"label_tag": "Modality", "classes": ["CT", "XC"]}
+    label5 = {"label_tag": "Modality", "classes": ["CT", "XC", "US", "OP", "OT"]}
     cases = {
         "adversarial_perturbation": [({"surrogates": [mono], "steps": 2}, ct),
                                      ({"surrogates": [rgb], "steps": 1}, [fundus]),
@@ -133,9 +135,9 @@ def test_each_method_restores_ct_and_fundus_bit_exactly(tmp_path: Path, keys: Pa
                                     "texture_steps": 2}, [palette])],
         "unlearnable": [({"surrogates": [mono], **label, "rounds": 1, "train_steps": 1,
                           "pgd_steps": 1}, ct),
-                        ({"surrogates": [rgb], **label, "rounds": 1, "train_steps": 1,
+                        ({"surrogates": [rgb], **label5, "rounds": 1, "train_steps": 1,
                           "pgd_steps": 1}, [fundus]),
-                        ({"surrogates": [rgb], **label, "rounds": 1, "train_steps": 1,
+                        ({"surrogates": [rgb], **label5, "rounds": 1, "train_steps": 1,
                           "pgd_steps": 1}, [palette])],
     }
     originals = {str(pydicom.dcmread(f).SOPInstanceUID): pixel_digest(read_pixels(

@@ -239,9 +239,10 @@ class Unlearnable:
                 return "label_tag", f"not a DICOM keyword or tag: {options['label_tag']!r}"
             if not isinstance(classes, list) or len(classes) < 2:
                 return "classes", "required with a classifier surrogate: the label values in order"
-            if len(classes) != len(info.classes):
-                return "classes", (f"{len(classes)} values, but the surrogate has "
-                                   f"{len(info.classes)} classes: one value per class, in order")
+            if len(classes) > len(info.classes):
+                return "classes", (f"{len(classes)} values, but the surrogate has only "
+                                   f"{len(info.classes)} classes: at most one value per class, "
+                                   f"in the surrogate's order")
         return None
 
     def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
