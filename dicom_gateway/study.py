@@ -53,6 +53,7 @@ class StudyAssembler:
                 self.note_arrival(study)
             else:
                 self._spool.remove_empty_study(study)
+        self._next_rescan = time.monotonic() + self._rescan  # that was the first rescan
         self._thread = threading.Thread(target=self._run, name="assembler", daemon=True)
         self._thread.start()
 

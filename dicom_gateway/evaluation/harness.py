@@ -138,8 +138,8 @@ class _Run:
         started = time.monotonic()
         t = train_cached(arch, data, val, self.ev.epochs, seed, self.cache, tag,
                          progress=self.ev.progress, trainer=trainer)
-        _log(self.ev, f"{arch} ({tag}): val {t.val_score:.3f} "
-                      f"{'from cache' if t.cached else f'trained in {time.monotonic() - started:.0f}s'}")
+        how = "from cache" if t.cached else f"trained in {time.monotonic() - started:.0f}s"
+        _log(self.ev, f"{arch} ({tag}): val {t.val_score:.3f} {how}")
         return t
 
     def clean_models(self) -> dict[str, Trained]:
@@ -220,12 +220,12 @@ def _attack_defences(run: _Run, models: dict[str, Trained], protected: torch.Ten
 
 def _perturbation(run: _Run, models: dict[str, Trained], clean: dict[str, float],
                   options: dict[str, Any]) -> dict[str, Any]:
-    from ..protect.perturbation import attack
+    from ..protect.perturbation import _DEFAULTS, attack
 
     s = run.splits
     surrogates = [as_surrogate(models[a], s.train) for a in run.white]
-    o = {"epsilon": 8 / 255, "steps": 10, "momentum": 1.0, "diversity": 0.5,
-         "oracle_labels": False, **options}
+    o = {**{k: v for k, v in _DEFAULTS.items() if k != "batch"}, "oracle_labels": False,
+         **options}
     x = s.test.images
     # the gateway has no ground truth and moves away from the ensemble's prediction;
     # oracle_labels (evaluation only) moves away from the true label: an upper bound
@@ -337,7 +337,8 @@ def _watermark(run: _Run, models: dict[str, Trained], options: dict[str, Any]) -
             "keepout": "Grad-CAM saliency of the first surrogate (no lesion masks in this set)",
             "quality": {"psnr_db": round(psnr(x, protected), 2),
                         "ssim": round(ssim(x, protected), 4),
-                        "changed_outside_footprint": int(((protected - x).abs() > 0)[outside].sum())},
+                        "changed_outside_footprint":
+                            int(((protected - x).abs() > 0)[outside].sum())},
             "clean_on_subset": clean_subset,
             "protected": _summary(scores, clean_subset, run.white, run.black),
             "defences": dfs}
@@ -412,7 +413,8 @@ def _unlearnable(run: _Run, clean: dict[str, float], options: dict[str, Any]) ->
                         "ssim": round(ssim(release.images, protected), 4)},
             "trained_on_protected": {"per_victim": scores, "clean_reference": clean_ref,
                                      "relative": rel,
-                                     "mean_relative": _mean([v for v in rel.values() if v is not None])},
+                                     "mean_relative": _mean([v for v in rel.values()
+                                                             if v is not None])},
             "defence_victim": victim, "defences": dfs,
             "defences_relative": {k: {a: round(v / clean[a], 4) if clean.get(a) else None
                                       for a, v in d.items()} for k, d in dfs.items()}}

@@ -4,18 +4,12 @@ depth (8-bit for MedMNIST and the fundus photos, float for the MSD patches)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from ..protect.unlearnable import psnr  # the one PSNR of the project (pooled MSE, in dB)
+
 __all__ = ["psnr", "ssim"]
-
-
-def psnr(original: torch.Tensor, protected: torch.Tensor) -> float:
-    """Over the whole set (one MSE), in dB; inf when identical."""
-    mse = float(((original.double() - protected.double()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def _window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

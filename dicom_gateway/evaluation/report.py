@@ -194,7 +194,8 @@ def _seed_table(results: dict[str, Any]) -> str:
                   f"accuracy x{tp['mean_relative']} of clean", where]]
     if not rows:
         return ""
-    return ("## Next to the seed papers\n\n" + _table(rows, ["figure", "seed", "ours", "our setting"])
+    head = ["figure", "seed", "ours", "our setting"]
+    return ("## Next to the seed papers\n\n" + _table(rows, head)
             + "\n\nThe seeds used other data at higher resolution (MIAD-MARK: Messidor, ISIC2019, "
             "BTMRI at 224x224 with seven ImageNet backbones; UMed: 2D segmentation sets and six "
             "segmenters). Ours run on the sets in `shared/data` at their native resolution on a "

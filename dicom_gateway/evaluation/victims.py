@@ -30,9 +30,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +45,8 @@ from ..protect.train import fit
 # part of every cache key: bump it when an architecture or the training changes
 CACHE_VERSION = 2
 
-__all__ = ["ARCHITECTURES", "CACHE_VERSION", "SEGMENTATION", "Trained", "as_surrogate", "build", "train_cached"]
+__all__ = ["ARCHITECTURES", "CACHE_VERSION", "SEGMENTATION", "Trained", "as_surrogate", "build",
+           "train_cached"]
 
 
 class _Pipeline(nn.Module):
@@ -149,7 +149,6 @@ class Trained:
     val_score: float
     cached: bool
     key: str
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def train_cached(arch: str, data: ImageSet, val: ImageSet, epochs: int, seed: int,
@@ -165,8 +164,8 @@ def train_cached(arch: str, data: ImageSet, val: ImageSet, epochs: int, seed: in
     h.update(json.dumps([CACHE_VERSION, arch, epochs, seed, tag]).encode())
     key = h.hexdigest()[:20]
     path = cache / f"{arch}-{key}.pt"
-    model = build(arch, data)
     if path.is_file():
+        model = build(arch, data)
         blob = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(blob["state_dict"])
         model.eval()

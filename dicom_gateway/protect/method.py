@@ -52,6 +52,11 @@ def failed(path: Path, reason: str, message: str) -> Outcome:
     return Outcome(source=path, error=ProtectionError(reason, message))
 
 
+def is_number(value: Any, low: float, high: float) -> bool:
+    """A real number (not a bool) in ``[low, high]``: the methods' range checks."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+
 def check_common_options(options: Mapping[str, Any], defaults: Mapping[str, Any]
                          ) -> tuple[str, str] | None:
     """Checks every surrogate-based method shares: known keys and existing surrogate files."""

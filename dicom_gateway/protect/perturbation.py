@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .method import Outcome, check_common_options
+from .method import Outcome, check_common_options, is_number
 from .view import View, finish, prepare
 
 __all__ = ["AdversarialPerturbation", "attack"]
@@ -103,9 +103,7 @@ class AdversarialPerturbation:
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
                 return key, f"must be an integer in [1, {top}]"
         for key, low, high in (("momentum", 0.0, 10.0), ("diversity", 0.0, 1.0)):
-            value = options.get(key, _DEFAULTS[key])
-            if not isinstance(value, (int, float)) or isinstance(value, bool) \
-                    or not low <= value <= high:
+            if not is_number(options.get(key, _DEFAULTS[key]), low, high):
                 return key, f"must be a number in [{low:g}, {high:g}]"
         return None
 

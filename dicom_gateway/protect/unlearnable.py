@@ -18,6 +18,7 @@ texture) to amortize the noise over images; here the perturbation itself is opti
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .method import Outcome
+from .method import Outcome, check_common_options, failed, is_number
 from .train import segmentation_loss
 from .view import View
 
@@ -75,9 +76,10 @@ def segmentation_budget(x: torch.Tensor, masks: torch.Tensor, epsilon: float,
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB for images in [0, 1], over the whole set (pooled mean squared error)."""
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+    """PSNR in dB for images in [0, 1], over the whole set (pooled mean squared error, in
+    double precision); inf when identical. The evaluation reports this one too."""
+    mse = float(((a.double() - b.double()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 @dataclass
@@ -197,7 +199,6 @@ class Unlearnable:
 
     @staticmethod
     def validate(options: Mapping[str, Any]) -> tuple[str, str] | None:
-        from .method import check_common_options
         from .surrogate import load_surrogate
 
         problem = check_common_options(options, _DEFAULTS)
@@ -214,11 +215,10 @@ class Unlearnable:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1000:
                 return key, "must be an integer in [0, 1000]"
-        floor = options.get("texture_floor", _DEFAULTS["texture_floor"])
-        if not isinstance(floor, (int, float)) or isinstance(floor, bool) or not 0 <= floor <= 1:
+        if not is_number(options.get("texture_floor", _DEFAULTS["texture_floor"]), 0, 1):
             return "texture_floor", "must be a number in [0, 1] (share of epsilon in flat regions)"
         lr = options.get("lr", _DEFAULTS["lr"])
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr <= 1:
+        if not is_number(lr, 0, 1) or lr == 0:
             return "lr", "must be a number in (0, 1] (the surrogate's learning rate in min-min)"
         if options.get("init", "pattern") not in ("pattern", "zero"):
             return "init", "must be 'pattern' or 'zero'"
@@ -250,7 +250,6 @@ class Unlearnable:
         from pydicom.tag import Tag
 
         from .masks import SEGMENTATION_STORAGE, find_segmentations
-        from .method import failed
         from .view import prepare
 
         outcomes: list[Outcome | None] = [None] * len(paths)
@@ -324,8 +323,6 @@ class Unlearnable:
             with torch.no_grad():
                 self.surrogate.model.eval()(x[:1])
         except RuntimeError:
-            from .method import failed
-
             for index, view in group:
                 outcomes[index] = failed(view.path, "surrogate_mismatch",
                                          f"the image ({x.shape[2]}x{x.shape[3]}) is too small "
@@ -359,7 +356,5 @@ class Unlearnable:
 
 
 def failed_outcome(path: Path, image_channels: int, surrogate_channels: int) -> Outcome:
-    from .method import failed
-
     return failed(path, "surrogate_mismatch", f"the surrogate takes {surrogate_channels} "
                   f"channel(s), the image has {image_channels}")

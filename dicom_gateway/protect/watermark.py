@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .method import Outcome, check_common_options
+from .method import Outcome, check_common_options, is_number
 
 __all__ = ["AdversarialWatermark", "WatermarkResult", "gradcam_keepout", "load_logo",
            "render_text_logo", "search_settings", "search_watermark"]
@@ -419,8 +419,7 @@ class AdversarialWatermark:
         o = {**AdversarialWatermark._DEFAULTS, **options}
 
         def number(key: str, low: float, high: float) -> bool:
-            v = o[key]
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high
+            return is_number(o[key], low, high)
 
         if not number("max_area_fraction", 0, 0.25) or o["max_area_fraction"] == 0:
             return "max_area_fraction", "must be in (0, 0.25]"
