@@ -160,22 +160,36 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _budget(text: str, flag: str) -> float:
+    """An L-infinity budget given as ``N/255`` or as a fraction of the range."""
+    try:
+        value = (float(text.split("/")[0]) / float(text.split("/")[1]) if "/" in text
+                 else float(text))
+    except (ValueError, ZeroDivisionError):
+        raise GatewayError(f"{flag} {text!r}: expected N/255 or a fraction such as 0.0039")
+    if not 0 <= value <= 0.25:
+        raise GatewayError(f"{flag} {text!r}: must be in [0, 0.25] (at most 64/255)")
+    return value
+
+
 def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     try:
         from .protect.surrogate import SEGMENTATION_ARCHITECTURES, load_surrogate
         from .protect.train import train_surrogate
     except ImportError as exc:
         raise GatewayError(f"train-surrogate needs torch ({exc}); run scripts/setup.sh") from None
-    arch = args.arch or ("unet-small" if args.task == "segmentation" else "cnn-small")
+    arch = args.arch or ("unet-small" if args.task == "segmentation" else "auto")
     task = "segmentation" if arch in SEGMENTATION_ARCHITECTURES else "classification"
     if args.task and args.task != task:
         raise GatewayError(f"--arch {arch} is a {task} architecture, not {args.task}")
+    adversarial = _budget(args.adversarial_epsilon, "--adversarial-epsilon")
     data = Path(args.data)
     if not data.exists():
         raise GatewayError(f"{data}: no such file or folder")
     try:
         info = train_surrogate(data, arch, Path(args.out), epochs=args.epochs, seed=args.seed,
-                               mask_suffix=args.mask_suffix)
+                               mask_suffix=args.mask_suffix, adversarial_epsilon=adversarial,
+                               augment=args.augment)
     except (ValueError, KeyError) as exc:
         raise GatewayError(f"{data}: cannot train on it: {exc}") from None
     sha = load_surrogate(Path(args.out)).sha256
@@ -346,8 +360,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True,
                    help="labelled images: .npz (MedMNIST layout), .h5 (images/labels masks), a "
                         "folder of class folders, or a folder of images with masks")
-    t.add_argument("--arch", choices=["cnn-small", "resnet18", "unet-small"],
-                   help="default: cnn-small, or unet-small with --task segmentation")
+    t.add_argument("--arch", choices=["cnn-small", "resnet10", "resnet18", "unet-small"],
+                   help="default: cnn-small below 64 px, resnet10 from 64 px up, or "
+                        "unet-small with --task segmentation")
     t.add_argument("--out", required=True, help="surrogate file to write")
     t.add_argument("--task", choices=["classification", "segmentation"],
                    help="checked against the architecture (default: the architecture's task)")
@@ -355,6 +370,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="flat image folders: the mask of NAME.jpg is NAME<suffix>.png")
     t.add_argument("--epochs", type=int, default=15)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--augment", choices=["auto", "light", "affine"], default="auto",
+                   help="light: flip and 2-px shift; affine: random resized crop, flip, "
+                        "rotation, intensity jitter; auto: affine from 64 px up")
+    t.add_argument("--adversarial-epsilon", default="0",
+                   help="train on FGSM examples within this budget (N/255 or a fraction): "
+                        "slightly robust surrogates transfer better (docs/protection.md)")
     t.set_defaults(func=_cmd_train_surrogate)
 
     pd = sub.add_parser("protect-dataset",

@@ -39,13 +39,7 @@ def parse_profile(text: str, config: Path | None = None) -> tuple[str, str, dict
     if method not in METHODS:
         raise GatewayError(f"--profile {text!r}: unknown method (one of {', '.join(METHODS)}, "
                            "or a profile name with --config)")
-    options: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise GatewayError(f"--profile {text!r}: expected key=value, got {item!r}")
-        options[key.strip()] = yaml.safe_load(value)
-    return text, method, options
+    return text, method, _options(rest, f"--profile {text!r}")
 
 
 def add_parser(sub: Any) -> None:
@@ -72,13 +66,78 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--removal-epochs", type=int, default=10)
     e.add_argument("--train-images", type=int, help="cap the training and validation splits")
     e.add_argument("--test-images", type=int, help="cap the test split")
+    e.add_argument("--surrogate-files",
+                   help="comma-separated surrogate files (train-surrogate's output): run the "
+                        "transfer study of adversarial_perturbation through the gateway's "
+                        "code path with this ensemble (docs/evaluation/README.md)")
+    e.add_argument("--budgets", default="2/255,4/255,8/255,16/255",
+                   help="transfer study: the budgets of the frontier (N/255 or fractions)")
+    e.add_argument("--attack", default="",
+                   help="transfer study: attack options over the method's defaults, "
+                        "key=value,... (e.g. steps=20,smoothing=7)")
+    e.add_argument("--ablation", action="store_true",
+                   help="transfer study: also measure each transfer lever at 8/255")
+    e.add_argument("--ablation-images", type=int, default=150)
     e.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     e.set_defaults(func=run_command)
+
+
+def _fraction(text: str) -> float:
+    num, slash, den = text.strip().partition("/")
+    try:
+        return float(num) / float(den) if slash else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise GatewayError(f"budget {text!r}: expected N/255 or a fraction") from None
+
+
+def _options(text: str, where: str) -> dict[str, Any]:
+    """``key=value,...`` with values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise GatewayError(f"{where}: expected key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _run_transfer(args: argparse.Namespace) -> int:
+    from .transfer import DEFAULT_ABLATION, TransferStudy, run_transfer
+
+    files = tuple(Path(f.strip()) for f in args.surrogate_files.split(",") if f.strip())
+    for f in files:
+        if not f.is_file():
+            raise GatewayError(f"--surrogate-files: {f}: no such file")
+    study = TransferStudy(
+        dataset=args.dataset, out=Path(args.out), surrogate_files=files,
+        budgets=tuple(_fraction(b) for b in args.budgets.split(",") if b.strip()),
+        options=_options(args.attack, f"--attack {args.attack!r}"), ablation=list(DEFAULT_ABLATION) if args.ablation else [],
+        ablation_images=args.ablation_images, epochs=args.epochs or 4, seed=args.seed,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        cache=Path(args.cache) if args.cache else None, test_images=args.test_images,
+        train_images=args.train_images, progress=not args.quiet, command="dicom-gateway " + shlex.join(sys.argv[1:]))
+    if args.victims:
+        study.victims = tuple(v.strip() for v in args.victims.split(",") if v.strip())
+    try:
+        results = run_transfer(study)
+    except ValueError as exc:
+        raise GatewayError(f"evaluate: {exc}") from None
+    print(f"{results['dataset']['name']}: report in {study.out / 'report.md'} "
+          f"({results['wall_seconds']:.0f} s)")
+    for row in results["frontier"]:
+        print(f"  {row['epsilon_255']:g}/255: PSNR {row['psnr_db']} dB, black-box retained "
+              f"skill {row['protected']['black_box_retained_skill']}")
+    for t in results["targets"]:
+        print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']} "
+              f"(bound <= {t['bound']})")
+    return 0
 
 
 def run_command(args: argparse.Namespace) -> int:
     from .harness import DEFAULT_METHODS, Evaluation, run_evaluation
 
+    if args.surrogate_files:
+        return _run_transfer(args)
     config = Path(args.config) if args.config else None
     methods = ([parse_profile(p, config) for p in args.profile] if args.profile
                else list(DEFAULT_METHODS))

@@ -5,6 +5,10 @@ Named sets are read from ``--data-dir`` (default ``../shared/data`` or ``$DICOM_
 - ``retinamnist``, ``pneumoniamnist``: the MedMNIST ``.npz`` files (their own splits).
 - ``chasedb1``: the fundus photos with the first observer's vessel masks, resized to
   ``size`` (default 128x128), split 20 / 4 / 4 by a seeded shuffle.
+- ``kermany224``: the pediatric chest X-rays of Kermany et al. (Cell 2018) at 224x224, grey,
+  normal / pneumonia, read from ``kermany_pneumonia_224.tar`` (or any split tree, folder or
+  ``.tar``, given by path): the official test split; a seeded, stratified 10 % of the official
+  train split for validation; byte-identical duplicates kept once.
 - ``msd-lung``: the MSD lung tumour 48x48 patches; ``val_patches.h5`` is split 85 / 15 % into
   train / val, ``test_patches.h5`` is the test set.
 
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..protect.datasets import ImageSet, load_images
+from ..protect.datasets import ImageSet, load_images, load_split_tree, stratified_split
 
 __all__ = ["DATASETS", "Splits", "default_data_dir", "load_dataset"]
 
@@ -29,6 +33,7 @@ DATASETS = {
     "pneumoniamnist": "medmnist/pneumoniamnist_balanced.npz",
     "chasedb1": "segmentation/chasedb1",
     "msd-lung": "segmentation/msd_lung_2mm_patches",
+    "kermany224": "classification/kermany_pneumonia_224/kermany_pneumonia_224.tar",
 }
 
 
@@ -82,10 +87,13 @@ def load_dataset(name: str, data_dir: Path | None = None, seed: int = 0,
     data_dir = data_dir or default_data_dir()
     if name not in DATASETS:
         path = Path(name)
-        if path.suffix != ".npz" or not path.is_file():
-            raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} "
-                             "or the path of an .npz in the MedMNIST layout")
-        return _npz(path.stem, path)
+        if path.suffix == ".npz" and path.is_file():
+            return _npz(path.stem, path)
+        if path.suffix == ".tar" and path.is_file() or path.is_dir():
+            return _tree(path.stem, path, seed)
+        raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}, the "
+                         "path of an .npz in the MedMNIST layout or of a split tree "
+                         "({train,test}/<class>/*, folder or .tar)")
     path = data_dir / DATASETS[name]
     if not path.exists():
         raise ValueError(f"dataset {name}: {path} not found (set --data-dir or "
@@ -104,7 +112,20 @@ def load_dataset(name: str, data_dir: Path | None = None, seed: int = 0,
         files = sorted(p for p in path.iterdir() if p.suffix in (".jpg", ".png"))
         return Splits(name, "segmentation", train, val, test, f"{path} at {size}x{size}",
                       _digest(files) + f"/{size}")
+    if name == "kermany224":
+        return _tree(name, path, seed)
     return _npz(name, path)
+
+
+def _tree(name: str, path: Path, seed: int) -> Splits:
+    splits = load_split_tree(path)
+    if "train" not in splits or "test" not in splits:
+        raise ValueError(f"dataset {name}: {path} needs train/ and test/ splits")
+    train, val = (splits["train"], splits["val"]) if "val" in splits else stratified_split(
+        splits["train"], 0.1, seed)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return Splits(name, "classification", train, val, splits["test"], str(path),
+                  _digest(files))
 
 
 def _npz(name: str, path: Path) -> Splits:

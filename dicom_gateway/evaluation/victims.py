@@ -40,12 +40,12 @@ from torch import nn
 from ..protect.datasets import ImageSet
 from ..protect.surrogate import ARCHITECTURES as SURROGATE_ARCHITECTURES
 from ..protect.surrogate import SurrogateInfo
-from ..protect.train import fit
+from ..protect.train import fit, random_affine
 
 # part of every cache key: bump it when an architecture or the training changes
 CACHE_VERSION = 2
 
-__all__ = ["ARCHITECTURES", "CACHE_VERSION", "SEGMENTATION", "Trained", "as_surrogate", "build",
+__all__ = ["ARCHITECTURES", "CACHE_VERSION", "IMAGENET_MEAN", "IMAGENET_STD", "RECIPES", "SEGMENTATION", "Trained", "as_surrogate", "build",
            "train_cached"]
 
 
@@ -63,7 +63,7 @@ class _Pipeline(nn.Module):
         x = (x - self.mean) / self.std
         if self.want != self.channels:
             x = x.expand(-1, self.want, -1, -1) if self.channels == 1 else x.mean(1, True)
-        if self.size is not None and x.shape[-1] != self.size:
+        if self.size is not None and x.shape[-1] < self.size:  # small inputs are upsampled
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear",
                               align_corners=False, antialias=True)
         return self.body(x)
@@ -81,6 +81,31 @@ def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
             if isinstance(m, nn.BatchNorm2d):  # length: a few hundred steps leave its
                 m.momentum = 0.1  # running statistics unusable
         return model
+    return make
+
+
+def _small_224(name: str) -> Callable[[int, int], nn.Module]:
+    """Networks for 224x224 inputs, narrowed where a 2-core CPU could not train the full
+    width in reasonable time (the input stays 224)."""
+    def make(channels: int, classes: int) -> nn.Module:
+        import torchvision.models as tv
+        from torchvision.models.convnext import CNBlockConfig
+
+        if name == "vit":
+            return tv.VisionTransformer(image_size=224, patch_size=16, num_layers=6,
+                                        num_heads=3, hidden_dim=192, mlp_dim=576,
+                                        num_classes=classes)
+        if name == "densenet":
+            return tv.DenseNet(growth_rate=16, block_config=(4, 8, 12, 8),
+                               num_init_features=32, num_classes=classes)
+        if name == "convnext":
+            return tv.ConvNeXt([CNBlockConfig(32, 64, 2), CNBlockConfig(64, 128, 2),
+                                CNBlockConfig(128, 256, 4), CNBlockConfig(256, None, 2)],
+                               stochastic_depth_prob=0.05, num_classes=classes)
+        if name == "resnet10":
+            from torchvision.models.resnet import BasicBlock, ResNet
+            return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=classes)
+        return _torchvision(name)(channels, classes)
     return make
 
 
@@ -103,8 +128,14 @@ def _fcn_small(channels: int, classes: int) -> nn.Module:
 class Architecture:
     make: Callable[[int, int], nn.Module]
     channels: int | None  # what the body takes (None: the data's)
-    size: int | None  # the pipeline's resize (None: native)
+    size: int | None  # smaller inputs are resized up to this (None: native)
     description: str
+    lr: float = 2e-3  # peak learning rate of the one-cycle schedule
+
+
+# ImageNet statistics: what a practitioner's torchvision pipeline normalizes with
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -120,15 +151,33 @@ ARCHITECTURES: dict[str, Architecture] = {
                                     "EfficientNet-B0 at 64x64"),
     "vit-tiny": Architecture(_torchvision("vit"), 3, 28, "ViT 4x128, patch 4, at 28x28"),
     "plain-cnn": Architecture(_plain_cnn, None, None, "LeNet-style CNN"),
+    # for 224x224 data (Kermany): distinct families, narrowed for a 2-core CPU
+    "resnet10": Architecture(_small_224("resnet10"), 3, None, "ResNet-10 (BasicBlock 1-1-1-1)"),
+    "mobilenetv3-small-224": Architecture(_torchvision("mobilenet_v3_small"), 3, None,
+                                          "MobileNetV3-Small (torchvision)"),
+    "shufflenetv2-x0.5": Architecture(_torchvision("shufflenet_v2_x0_5"), 3, None,
+                                      "ShuffleNetV2 x0.5 (torchvision)"),
+    "regnetx-400mf": Architecture(_torchvision("regnet_x_400mf"), 3, None,
+                                  "RegNetX-400MF (torchvision)"),
+    "densenet-small": Architecture(_small_224("densenet"), 3, None,
+                                   "DenseNet, growth 16, blocks 4-8-12-8"),
+    "convnext-small": Architecture(_small_224("convnext"), 3, None,
+                                   "ConvNeXt, widths 32-64-128-256, depths 2-2-4-2"),
+    "vit-small": Architecture(_small_224("vit"), 3, None,
+                              "ViT, patch 16, 6 layers, width 192, 3 heads", lr=5e-4),
+    "efficientnet-b0-224": Architecture(_torchvision("efficientnet_b0"), 3, None,
+                                        "EfficientNet-B0 (torchvision)"),
     "unet-small": Architecture(SURROGATE_ARCHITECTURES["unet-small"], None, None,
                                "gateway U-Net (16-32-64)"),
     "fcn-small": Architecture(_fcn_small, None, None, "dilated FCN, no skips"),
 }
 SEGMENTATION = frozenset({"unet-small", "fcn-small"})
+RECIPES = ("light", "practitioner")
 
 
-def build(arch: str, data: ImageSet) -> nn.Module:
-    """A fresh model of ``arch`` for ``data`` (normalized by its statistics)."""
+def build(arch: str, data: ImageSet, imagenet_normalization: bool = False) -> nn.Module:
+    """A fresh model of ``arch`` for ``data``, normalized by the data's statistics or, with
+    ``imagenet_normalization`` (three-channel bodies), by ImageNet's as torchvision users do."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
     a = ARCHITECTURES[arch]
@@ -137,7 +186,9 @@ def build(arch: str, data: ImageSet) -> nn.Module:
     want = a.channels or channels
     mean = data.images.mean(dim=(0, 2, 3))
     std = data.images.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    if want != channels:
+    if imagenet_normalization and want == 3:
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    elif want != channels:
         mean, std = mean.mean().expand(want).clone(), std.mean().expand(want).clone()
     return _Pipeline(a.make(want, classes), channels, want, a.size, mean, std)
 
@@ -153,27 +204,35 @@ class Trained:
 
 def train_cached(arch: str, data: ImageSet, val: ImageSet, epochs: int, seed: int,
                  cache: Path, tag: str, progress: bool = True,
-                 trainer: Callable[[nn.Module], float] | None = None) -> Trained:
+                 trainer: Callable[[nn.Module], float] | None = None,
+                 recipe: str = "light") -> Trained:
     """Train ``arch`` on ``data`` (best epoch by ``val``), or load it from ``cache`` when the
     same architecture, data, epochs, seed and ``tag`` were trained before. ``trainer``
-    replaces :func:`fit` (for adversarial training)."""
+    replaces :func:`fit` (for adversarial training). ``recipe``: ``light`` (flip and shift,
+    the data's statistics: the 28x28 sets) or ``practitioner`` (random resized crop, flip,
+    rotation and intensity jitter, ImageNet normalization: what a partner does at 224)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown training recipe {recipe!r} (known: {', '.join(RECIPES)})")
     h = hashlib.sha256()
     for t in (data.images, data.labels, data.masks):
         if t is not None:
             h.update(t.contiguous().numpy().tobytes())
-    h.update(json.dumps([CACHE_VERSION, arch, epochs, seed, tag]).encode())
+    h.update(json.dumps([CACHE_VERSION, arch, epochs, seed, tag]
+                        + ([] if recipe == "light" else [recipe])).encode())
     key = h.hexdigest()[:20]
     path = cache / f"{arch}-{key}.pt"
+    practitioner = recipe == "practitioner"
     if path.is_file():
-        model = build(arch, data)
+        model = build(arch, data, practitioner)
         blob = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(blob["state_dict"])
         model.eval()
         return Trained(arch, model, float(blob["val_score"]), True, key)
     torch.manual_seed(seed)
-    model = build(arch, data)
-    score = trainer(model) if trainer else fit(model, data, epochs, val=val, seed=seed,
-                                                progress=progress)
+    model = build(arch, data, practitioner)
+    score = trainer(model) if trainer else fit(
+        model, data, epochs, val=val, seed=seed, progress=progress,
+        lr=ARCHITECTURES[arch].lr, augment=random_affine if practitioner else True)
     model.eval()
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

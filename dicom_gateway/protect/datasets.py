@@ -7,6 +7,10 @@ Layouts read:
 - ``.h5`` / ``.hdf5`` with datasets ``images`` ``(N, C, H, W)`` float in [0, 1] and ``labels``
   ``(N, 1, H, W)`` in {0, 1} (the MSD lung patches): segmentation.
 - a folder of class sub-folders (``DIR/<class>/*.png``): classification, class names sorted.
+- a split tree, as a folder or a ``.tar``: ``[PREFIX/]{train,test[,val]}/<class>/*.jpeg``
+  (the Kermany et al. chest X-ray layout): :func:`load_split_tree`, one :class:`ImageSet`
+  per split, byte-identical files kept once, grey images (equal R, G and B) read as one
+  channel.
 - a folder with ``images/`` and ``masks/`` (files paired by stem), or a flat folder where the
   mask of ``NAME.jpg`` is ``NAME<mask_suffix>.png``: segmentation.
 
@@ -22,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ImageSet", "load_images", "load_npz_split"]
+__all__ = ["ImageSet", "load_images", "load_npz_split", "load_split_tree", "stratified_split"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -68,6 +72,11 @@ def load_images(path: Path, split: str = "train", size: tuple[int, int] | None =
         return ImageSet(x, labels=y, classes=tuple(str(c) for c in range(int(y.max()) + 1)))
     if path.suffix in (".h5", ".hdf5"):
         return _load_h5(path)
+    if path.suffix == ".tar" or (path.is_dir() and _split_dirs(path)):
+        splits = load_split_tree(path)
+        if split not in splits:
+            raise ValueError(f"{path}: no {split!r} split (found {', '.join(sorted(splits))})")
+        return splits[split]
     if path.is_dir():
         if (path / "images").is_dir() and (path / "masks").is_dir():
             return _load_pairs(sorted(_images_in(path / "images")),
@@ -147,3 +156,86 @@ def _load_classes(subdirs: list[Path], size: tuple[int, int] | None) -> ImageSet
     x = torch.from_numpy(np.stack([_read(p, size) for p, _ in files])).float() / 255.0
     y = torch.tensor([label for _, label in files], dtype=torch.int64)
     return ImageSet(x, labels=y, classes=tuple(d.name for d in subdirs))
+
+
+_SPLITS = ("train", "val", "test")
+
+
+def _split_dirs(path: Path) -> list[Path]:
+    """The split folders of a split tree (``path`` itself or its one sub-folder)."""
+    inner = [d for d in path.iterdir() if d.is_dir()]
+    if len(inner) == 1 and not (path / "train").is_dir():
+        path = inner[0]
+    return [path / s for s in _SPLITS if (path / s).is_dir()]
+
+
+def _tree_members(path: Path) -> list[tuple[str, str, bytes]]:
+    """``(split, class, file bytes)`` for every image of a split tree, folder or tar."""
+    out: list[tuple[str, str, bytes]] = []
+    if path.suffix == ".tar":
+        import tarfile
+
+        with tarfile.open(path) as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if (member.isfile() and len(parts) >= 3 and parts[-3] in _SPLITS
+                        and Path(parts[-1]).suffix.lower() in _IMAGE_SUFFIXES):
+                    handle = tar.extractfile(member)
+                    assert handle is not None
+                    out.append((parts[-3], parts[-2], handle.read()))
+        return out
+    for split_dir in _split_dirs(path):
+        for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+            out += [(split_dir.name, class_dir.name, p.read_bytes())
+                    for p in sorted(_images_in(class_dir))]
+    return out
+
+
+def load_split_tree(path: Path) -> dict[str, ImageSet]:
+    """Every split of a split tree. Class names are the sorted union of the class folders,
+    so label numbers agree across splits; a file whose bytes were already read is skipped
+    (the Kermany set ships 32 such pairs, each within one split and class)."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    members = _tree_members(path)
+    if not members:
+        raise ValueError(f"{path}: no images in a {{train,test}}/<class>/ layout")
+    classes = tuple(sorted({c for _, c, _ in members}))
+    seen: set[bytes] = set()
+    arrays: dict[str, list[np.ndarray]] = {}
+    labels: dict[str, list[int]] = {}
+    for split, cls, data in members:
+        digest = hashlib.sha256(data).digest()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        with Image.open(io.BytesIO(data)) as img:
+            arr = np.asarray(img.convert("RGB"))
+        arrays.setdefault(split, []).append(arr)
+        labels.setdefault(split, []).append(classes.index(cls))
+    grey = all(bool((a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all())
+               for split in arrays.values() for a in split)
+    out = {}
+    for split, items in arrays.items():
+        stacked = np.stack([a[..., :1] if grey else a for a in items])
+        x = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+        out[split] = ImageSet(x.float() / 255.0, labels=torch.tensor(labels[split]),
+                              classes=classes)
+    return out
+
+
+def stratified_split(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """``(rest, held)``: a seeded ``fraction`` of each class held out (classification)."""
+    assert data.labels is not None
+    g = torch.Generator().manual_seed(seed)
+    held: list[torch.Tensor] = []
+    for c in data.labels.unique():
+        index = (data.labels == c).nonzero().flatten()
+        index = index[torch.randperm(len(index), generator=g)]
+        held.append(index[:max(1, round(len(index) * fraction))])
+    mask = torch.zeros(len(data), dtype=torch.bool)
+    mask[torch.cat(held)] = True
+    return data.subset(~mask), data.subset(mask)

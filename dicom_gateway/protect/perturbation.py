@@ -21,13 +21,18 @@ import numpy as np
 from .method import Outcome, check_common_options, is_number
 from .view import View, finish, prepare
 
-__all__ = ["AdversarialPerturbation", "attack"]
+__all__ = ["DEFAULTS", "LOSSES", "AdversarialPerturbation", "adapt", "attack", "gradient"]
 
-_DEFAULTS = {"epsilon": 8 / 255, "steps": 10, "momentum": 1.0, "diversity": 0.5, "batch": 8}
+_DEFAULTS = {"epsilon": 8 / 255, "steps": 10, "momentum": 1.0, "diversity": 0.5, "batch": 8,
+             "loss": "ce", "smoothing": 0, "scales": 1, "balance": False}
+LOSSES = ("ce", "margin")
+DEFAULTS = _DEFAULTS  # the public name the lab reads
 
 
 def _adapt(x: Any, surrogate: Any, diversity: float, generator: Any) -> Any:
-    """Victim-like preprocessing: channels, optional random resize-and-pad, resize to input."""
+    """Victim-like preprocessing: channels, optional random resize-and-pad (input diversity,
+    Xie et al. CVPR 2019: the image shrunk to 80-100 % and placed at a random offset, as a
+    random-resized-crop pipeline sees it), resize to the surrogate's input size."""
     import torch
     import torch.nn.functional as F
 
@@ -37,7 +42,7 @@ def _adapt(x: Any, surrogate: Any, diversity: float, generator: Any) -> Any:
         x = x[:, :c] if x.shape[1] > c else x
     size = surrogate.info.input_size
     if diversity > 0 and float(torch.rand((), generator=generator)) < diversity:
-        scale = 0.85 + 0.15 * float(torch.rand((), generator=generator))
+        scale = 0.8 + 0.2 * float(torch.rand((), generator=generator))
         inner = (max(2, int(size[0] * scale)), max(2, int(size[1] * scale)))
         x = F.interpolate(x, size=inner, mode="bilinear", align_corners=False, antialias=True)
         top = int(torch.randint(0, size[0] - inner[0] + 1, (), generator=generator))
@@ -48,9 +53,63 @@ def _adapt(x: Any, surrogate: Any, diversity: float, generator: Any) -> Any:
     return x
 
 
+def adapt(x: Any, surrogate: Any) -> Any:
+    """``x`` as ``surrogate`` takes it (channels, input size), without input diversity."""
+    return _adapt(x, surrogate, 0.0, None)
+
+
+def _loss(logits: Any, labels: Any, kind: str) -> Any:
+    """What the attack ascends: cross-entropy of the label to move away from, or the logit
+    margin (best other class minus that class; Carlini and Wagner 2017), which keeps pushing
+    past the decision boundary instead of flattening once the softmax saturates."""
+    import torch
+    import torch.nn.functional as F
+
+    if kind == "ce":
+        return F.cross_entropy(logits, labels, reduction="sum")
+    true = logits.gather(1, labels[:, None])[:, 0]
+    other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), -torch.inf)
+    return (other.max(1).values - true).sum()
+
+
+def _smoothing_kernel(size: int, channels: int) -> Any:
+    """A normalized Gaussian (sigma = size / 4) for translation-invariant gradients (TI,
+    Dong et al. CVPR 2019), one per channel."""
+    import torch
+
+    r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-0.5 * (r / (size / 4)) ** 2)
+    k = g[:, None] * g[None, :]
+    return (k / k.sum()).expand(channels, 1, size, size).contiguous()
+
+
+def gradient(adv: Any, surrogates: Sequence[Any], labels: Any, diversity: float,
+             generator: Any, loss: str = "ce", scales: int = 1, balance: bool = False) -> Any:
+    """The attack's ascent direction at ``adv``: the gradient of the ensemble loss, each
+    surrogate seeing its own input-diverse view. ``scales`` > 1 averages over copies scaled
+    by 1/2^i (scale invariance, Lin et al. ICLR 2020). ``balance`` normalizes each
+    surrogate's gradient per image before summing, so that no single model dominates."""
+    import torch
+
+    total = torch.zeros_like(adv)
+    for s in surrogates:
+        adv_ = adv.detach().requires_grad_(True)
+        value = sum(_loss(s.model(_adapt(adv_ / 2 ** i, s, diversity, generator)), labels, loss)
+                    for i in range(scales))
+        grad, = torch.autograd.grad(value, adv_)
+        if balance:
+            grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+        total = total + grad
+    return total
+
+
 def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: int = 10,
-           momentum: float = 1.0, diversity: float = 0.5, seed: int = 0, labels: Any = None) -> Any:
-    """MI-FGSM + DI against the ensemble; ``x`` is ``(N, C, H, W)`` in [0, 1].
+           momentum: float = 1.0, diversity: float = 0.5, seed: int = 0, labels: Any = None,
+           loss: str = "ce", smoothing: int = 0, scales: int = 1, balance: bool = False) -> Any:
+    """MI-FGSM (Dong et al. CVPR 2018) with input diversity against the ensemble, optionally
+    with translation-invariant smoothing of the gradient (``smoothing``: kernel size in
+    pixels of ``x``, 0 = off), scale invariance and a balanced ensemble; ``x`` is
+    ``(N, C, H, W)`` in [0, 1], L-infinity budget ``epsilon``.
 
     ``labels``: the classes to move away from; default the ensemble's clean prediction (the
     gateway has no ground truth; an evaluation with labels passes them).
@@ -58,18 +117,21 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
     import torch
     import torch.nn.functional as F
 
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r} (known: {', '.join(LOSSES)})")
     generator = torch.Generator().manual_seed(seed)
     if labels is None:
         with torch.no_grad():
             probs = sum(F.softmax(s.model(_adapt(x, s, 0.0, generator)), 1) for s in surrogates)
             labels = probs.argmax(1)
+    kernel = _smoothing_kernel(smoothing, x.shape[1]).to(x.device) if smoothing > 1 else None
     alpha = 2.5 * epsilon / max(steps, 1)  # Madry et al.: reaches the boundary and moves along it
     adv, g = x.clone(), torch.zeros_like(x)
     for _ in range(steps):
-        adv.requires_grad_(True)
-        loss = sum(F.cross_entropy(s.model(_adapt(adv, s, diversity, generator)), labels)
-                   for s in surrogates) / len(surrogates)
-        grad, = torch.autograd.grad(loss, adv)
+        grad = gradient(adv, surrogates, labels, diversity, generator, loss, scales, balance)
+        if kernel is not None:
+            grad = F.conv2d(grad, kernel, padding=smoothing // 2, groups=x.shape[1])
+            grad = grad[..., :x.shape[2], :x.shape[3]]
         g = momentum * g + grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
         with torch.no_grad():
             adv = adv + alpha * g.sign()
@@ -105,7 +167,23 @@ class AdversarialPerturbation:
         for key, low, high in (("momentum", 0.0, 10.0), ("diversity", 0.0, 1.0)):
             if not is_number(options.get(key, _DEFAULTS[key]), low, high):
                 return key, f"must be a number in [{low:g}, {high:g}]"
+        for key, top in (("smoothing", 63), ("scales", 8)):
+            value = options.get(key, _DEFAULTS[key])
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+                return key, f"must be an integer in [0, {top}]"
+        if options.get("loss", _DEFAULTS["loss"]) not in LOSSES:
+            return "loss", f"must be one of {', '.join(LOSSES)}"
+        if not isinstance(options.get("balance", _DEFAULTS["balance"]), bool):
+            return "balance", "must be true or false"
         return None
+
+    def attack_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`attack` this profile sets (the certificate's)."""
+        o = self.options
+        return {"epsilon": float(o["epsilon"]), "steps": int(o["steps"]),
+                "momentum": float(o["momentum"]), "diversity": float(o["diversity"]),
+                "loss": str(o["loss"]), "smoothing": int(o["smoothing"]),
+                "scales": int(o["scales"]), "balance": bool(o["balance"])}
 
     def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
         """Protect a series: frames of the same size are attacked together, ``batch`` at a time."""
@@ -120,17 +198,14 @@ class AdversarialPerturbation:
             else:
                 ready.setdefault(view.values.shape[1:], []).append((index, view))
         o = self.options
-        parameters = {"epsilon": float(o["epsilon"]), "steps": int(o["steps"]),
-                      "momentum": float(o["momentum"]), "diversity": float(o["diversity"]),
-                      "surrogates": [s.sha256 for s in self.surrogates]}
+        parameters = {**self.attack_options(), "surrogates": [s.sha256 for s in self.surrogates]}
         for group in ready.values():
             values = np.concatenate([v.values for _, v in group])
             deltas = []
             for start in range(0, len(values), int(o["batch"])):
                 chunk = values[start:start + int(o["batch"])].transpose(0, 3, 1, 2)
                 x = torch.from_numpy(np.ascontiguousarray(chunk)).float().to(self.device)
-                adv = attack(x, self.surrogates, float(o["epsilon"]), int(o["steps"]),
-                             float(o["momentum"]), float(o["diversity"]))
+                adv = attack(x, self.surrogates, **self.attack_options())
                 deltas.append((adv - x).cpu().numpy().transpose(0, 2, 3, 1))
             delta = np.concatenate(deltas).astype(np.float64)
             offset = 0

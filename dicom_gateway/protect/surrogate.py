@@ -1,7 +1,8 @@
 """Surrogate models: the classifiers protection is optimized against, in a self-describing file.
 
 A surrogate file (``torch.save``) holds the format tag, the architecture name, the task, the
-input size and channels, the normalization, the class names, the weights, and is identified by
+input view it was trained in (intensity mapping, input size, channels, normalization), the
+class names, the weights, and is identified by
 the SHA-256 of the file (recorded in each certificate). Models take images in ``[0, 1]``,
 shape ``(N, C, H, W)`` at their input size; normalization is part of the model.
 """
@@ -16,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .view import VIEW
 
 __all__ = ["ARCHITECTURES", "SEGMENTATION_ARCHITECTURES", "Surrogate", "SurrogateInfo", "build_model", "load_surrogate",
            "save_surrogate"]
@@ -34,6 +37,10 @@ class SurrogateInfo:
     std: tuple[float, ...]
     trained_on: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    # how stored pixel values became the [0, 1] training inputs; the gateway's view
+    # (dicom_gateway.protect.view.VIEW) must be the same, else the file is refused at load
+    view: str = VIEW
+    training: dict[str, Any] = field(default_factory=dict)  # recipe, e.g. adversarial epsilon
 
 
 class _Normalized(nn.Module):
@@ -62,6 +69,16 @@ def _resnet18(channels: int, classes: int) -> nn.Module:
     model = resnet18(weights=None, num_classes=classes)
     model.conv1 = nn.Conv2d(channels, 64, 3, 1, 1, bias=False)  # small inputs: no 7x7/2 stem
     model.maxpool = nn.Identity()
+    return model
+
+
+def _resnet10(channels: int, classes: int) -> nn.Module:
+    """ResNet-10 (He et al. 2016; one BasicBlock per stage) with the ImageNet stem (7x7/2 and
+    max-pool): the surrogate for 224x224 inputs, ~0.9 GFLOPs, trainable on a CPU."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=classes)
+    model.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
     return model
 
 
@@ -96,6 +113,7 @@ def _unet_small(channels: int, classes: int) -> nn.Module:
 ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "cnn-small": _small_cnn,
     "resnet18": _resnet18,
+    "resnet10": _resnet10,
     "unet-small": _unet_small,
 }
 SEGMENTATION_ARCHITECTURES = frozenset({"unet-small"})
@@ -133,10 +151,17 @@ def load_surrogate(path: Path, device: str = "cpu") -> Surrogate:
         raise ValueError(f"{path}: not a dicom-gateway surrogate file ({FORMAT}) "
                          "nor a TorchScript model")
     info = _info(blob["info"])
+    _check_view(path, info)
     model = build_model(info)
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
     return Surrogate(model, info, hashlib.sha256(data).hexdigest())
+
+
+def _check_view(path: Path, info: SurrogateInfo) -> None:
+    if info.view != VIEW:
+        raise ValueError(f"{path}: trained in the input view {info.view!r}, but the gateway "
+                         f"feeds surrogates {VIEW!r} (retrain it with train-surrogate)")
 
 
 def _info(raw_info: dict[str, Any]) -> SurrogateInfo:
@@ -182,5 +207,6 @@ def _load_torchscript(path: Path, data: bytes, device: str) -> Surrogate:
     raw.setdefault("std", [1.0] * channels)
     raw.setdefault("arch", "torchscript")
     info = _info({k: raw[k] for k in SurrogateInfo.__dataclass_fields__ if k in raw})
+    _check_view(path, info)
     wrapped = _Normalized(model, info.mean, info.std).to(device).eval()
     return Surrogate(wrapped, info, hashlib.sha256(data).hexdigest())

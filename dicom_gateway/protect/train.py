@@ -6,8 +6,10 @@ test split is never used here.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .datasets import ImageSet, load_images, load_npz_split
+from .datasets import ImageSet, load_images, load_npz_split, load_split_tree, stratified_split
 from .surrogate import SEGMENTATION_ARCHITECTURES, SurrogateInfo, build_model, save_surrogate
 
-__all__ = ["accuracy", "dice", "fit", "load_npz_split", "segmentation_loss", "train_surrogate"]
+__all__ = ["Augment", "accuracy", "dice", "fit", "load_npz_split", "random_affine", "segmentation_loss",
+           "train_surrogate"]
 
 
 def _augment(x: torch.Tensor, m: torch.Tensor | None = None
@@ -68,11 +71,59 @@ def _score(model: nn.Module, data: ImageSet) -> float:
     return accuracy(model, data.images, data.labels)
 
 
+Augment = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def random_affine(x: torch.Tensor, m: torch.Tensor | None = None, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The augmentation a practitioner uses at 224 (torchvision's RandomResizedCrop, flip,
+    small rotation and intensity jitter, per sample): crop 64-100 % of the area at an aspect
+    ratio in [3/4, 4/3], rotate by up to 10 degrees, flip half of the images, brightness and
+    contrast +-10 %. Masks (if any) follow the geometry, nearest-neighbour."""
+    n = x.shape[0]
+
+    def u(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=generator)
+    scale = u(0.8, 1.0)
+    aspect = torch.exp(u(math.log(3 / 4), math.log(4 / 3)) / 2)
+    sx, sy = scale * aspect, scale / aspect
+    sx, sy = sx.clamp(max=1.0), sy.clamp(max=1.0)
+    angle = u(-math.pi / 18, math.pi / 18)
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    tx, ty = (1 - sx) * u(-1, 1), (1 - sy) * u(-1, 1)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([sx * cos * flip, -sy * sin, tx], 1),
+                         torch.stack([sx * sin * flip, sy * cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = u(0.9, 1.1).view(-1, 1, 1, 1)
+    brightness = u(-0.1, 0.1).view(-1, 1, 1, 1)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = ((out - mean) * contrast + mean + brightness).clamp(0, 1)
+    if m is not None:
+        m = F.grid_sample(m, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out, m
+
+
+def _fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """One FGSM step of 1.25 epsilon from a uniform random start, projected to the budget."""
+    start = (x + torch.empty_like(x).uniform_(-epsilon, epsilon)).clamp(0, 1).requires_grad_(True)
+    grad, = torch.autograd.grad(F.cross_entropy(model(start), y), start)
+    adv = start.detach() + 1.25 * epsilon * grad.sign()
+    return (x + (adv - x).clamp(-epsilon, epsilon)).clamp(0, 1).detach()
+
+
 def fit(model: nn.Module, data: ImageSet, epochs: int, val: ImageSet | None = None,
         seed: int = 0, batch: int = 64, lr: float = 2e-3, progress: bool = False,
-        augment: bool = True) -> float:
+        augment: bool | Augment = True, adversarial_epsilon: float = 0.0) -> float:
     """Train ``model`` in place (AdamW, one-cycle); with ``val``, keep the best epoch by
-    accuracy or Dice and return that score, else return the score on ``data``."""
+    accuracy or Dice and return that score, else return the score on ``data``.
+    ``augment``: True for the light default (flip, shift <= 2 px), or a function.
+    ``adversarial_epsilon`` > 0 trains on FGSM examples with a random start within that
+    L-infinity budget (Wong et al. ICLR 2020), classification only: a small budget gives the
+    "slightly robust" surrogates whose adversarial examples transfer best (Springer et al.,
+    NeurIPS 2021)."""
+    augmenter: Augment | None = _augment if augment is True else (augment or None)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * (
@@ -85,12 +136,15 @@ def fit(model: nn.Module, data: ImageSet, epochs: int, val: ImageSet | None = No
         for i in range(0, len(data), batch):
             idx = order[i:i + batch]
             masks = None if data.masks is None else data.masks[idx]
-            x, masks = _augment(data.images[idx], masks) if augment else (data.images[idx], masks)
+            x, masks = (augmenter(data.images[idx], masks) if augmenter
+                        else (data.images[idx], masks))
             opt.zero_grad()
             if masks is not None:
                 loss = segmentation_loss(model(x), masks)
             else:
                 assert data.labels is not None
+                if adversarial_epsilon > 0:
+                    x = _fgsm_rs(model, x, data.labels[idx], adversarial_epsilon)
                 loss = F.cross_entropy(model(x), data.labels[idx])
             loss.backward()
             opt.step()
@@ -117,6 +171,12 @@ def fit(model: nn.Module, data: ImageSet, epochs: int, val: ImageSet | None = No
 def _splits(data: Path, seed: int, mask_suffix: str) -> tuple[ImageSet, ImageSet]:
     if data.suffix == ".npz":
         return load_images(data, "train"), load_images(data, "val")
+    if data.suffix == ".tar" or (data.is_dir() and (data / "train").is_dir()) or (
+            data.is_dir() and any((d / "train").is_dir() for d in data.iterdir() if d.is_dir())):
+        splits = load_split_tree(data)
+        if "val" in splits:
+            return splits["train"], splits["val"]
+        return stratified_split(splits["train"], 0.1, seed)
     full = load_images(data, mask_suffix=mask_suffix)
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
     held = max(1, len(full) * 15 // 100)
@@ -125,9 +185,17 @@ def _splits(data: Path, seed: int, mask_suffix: str) -> tuple[ImageSet, ImageSet
 
 def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: int = 0,
                     batch: int = 64, lr: float = 2e-3, progress: bool = True,
-                    mask_suffix: str = "_mask") -> SurrogateInfo:
-    """Train, keep the epoch with the best validation score, save; return the info."""
+                    mask_suffix: str = "_mask", adversarial_epsilon: float = 0.0,
+                    augment: str = "auto") -> SurrogateInfo:
+    """Train, keep the epoch with the best validation score, save; return the info.
+
+    ``augment``: ``light`` (flip, shift <= 2 px), ``affine`` (:func:`random_affine`, what a
+    practitioner uses at 224) or ``auto`` (``affine`` from 64 px up, else ``light``).
+    ``adversarial_epsilon``: see :func:`fit` (classification only)."""
     train, val = _splits(data, seed, mask_suffix)
+    if arch == "auto":
+        arch = ("unet-small" if train.task == "segmentation" else
+                "cnn-small" if min(train.images.shape[2:]) < 64 else "resnet10")
     segmentation = arch in SEGMENTATION_ARCHITECTURES
     if segmentation != (train.task == "segmentation"):
         raise ValueError(f"architecture {arch} is for {'segmentation' if segmentation else 'classification'}"
@@ -140,9 +208,19 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
     info = SurrogateInfo(arch=arch, task=train.task, input_size=(x.shape[2], x.shape[3]),
                          channels=x.shape[1], classes=classes, mean=mean, std=std,
                          trained_on=data.name)
+    if augment == "auto":
+        augment = "affine" if min(info.input_size) >= 64 else "light"
+    if augment not in ("light", "affine"):
+        raise ValueError(f"unknown augmentation {augment!r} (known: light, affine, auto)")
+    if adversarial_epsilon and segmentation:
+        raise ValueError("adversarial training is for classification surrogates")
     model = build_model(info)
-    best = fit(model, train, epochs, val=val, seed=seed, batch=batch, lr=lr, progress=progress)
+    best = fit(model, train, epochs, val=val, seed=seed, batch=batch, lr=lr, progress=progress,
+               augment=random_affine if augment == "affine" else True,
+               adversarial_epsilon=adversarial_epsilon)
     key = "val_dice" if segmentation else "val_accuracy"
-    info = replace(info, metrics={key: round(best, 4)})
+    info = replace(info, metrics={key: round(best, 4)}, training={
+        "epochs": epochs, "seed": seed, "augment": augment,
+        "adversarial_epsilon": round(adversarial_epsilon, 6)})
     save_surrogate(model, info, out)
     return info

@@ -1,7 +1,11 @@
 """The normalized view protection methods optimize in, and the way back to stored values.
 
-Monochrome images are seen through the header's window (after the modality LUT), else their
-own range; MONOCHROME1 is inverted so models see MONOCHROME2; colour uses the full stored range.
+Monochrome images are seen through the header's window (after the modality LUT), else through
+their full stored range (0-255 for 8 bits stored: the ``/255`` that ``train-surrogate`` and
+every image library apply), never a per-image stretch: a stretch would show the surrogate a
+view no victim trains on and shrink the budget in stored units. MONOCHROME1 is inverted so
+models see MONOCHROME2; colour uses the full stored range. This is the view a surrogate file
+declares (:data:`VIEW`), decision 0011.
 PALETTE COLOR is seen through its lookup table as RGB and written as RGB (the palette cannot
 carry a perturbation); the seal then keeps the original indices and palette (decision 0008).
 A change made in the view is mapped back to stored units, rounded and clipped to the stored
@@ -21,7 +25,10 @@ from pydicom import dcmread
 from ..pixels import PixelError, Pixels, read_pixels, write_pixels
 from .method import Outcome, failed
 
-__all__ = ["View", "finish", "prepare"]
+__all__ = ["VIEW", "View", "finish", "prepare"]
+
+# the intensity view of this module, as surrogate files declare it (SurrogateInfo.view)
+VIEW = "window-else-stored-range"
 
 
 @dataclass
@@ -100,8 +107,8 @@ def _stored_limits(pixels: Pixels) -> tuple[int, int]:
 
 
 def _view_range(ds: Any, pixels: Pixels) -> tuple[float, float]:
-    """Stored values mapped to [0, 1]: the window if the header has one, else the image range
-    for monochrome data, else the full stored range (colour)."""
+    """Stored values mapped to [0, 1]: the window if the header has one, else the full
+    stored range."""
     if pixels.photometric.startswith("MONOCHROME") and "WindowCenter" in ds and "WindowWidth" in ds:
         center = float(np.atleast_1d(ds.WindowCenter)[0])
         width = float(np.atleast_1d(ds.WindowWidth)[0])
@@ -111,8 +118,5 @@ def _view_range(ds: Any, pixels: Pixels) -> tuple[float, float]:
         hi = (center + width / 2 - intercept) / slope
         if hi > lo:
             return lo, hi
-    if pixels.photometric.startswith("MONOCHROME"):
-        lo, hi = float(pixels.values.min()), float(pixels.values.max())
-        return (lo, hi) if hi > lo else (lo, lo + 1.0)
     vmin, vmax = _stored_limits(pixels)
     return float(vmin), float(vmax)

@@ -1,0 +1,232 @@
+"""The transfer study: how much skill models the hospital never trained keep on images that
+``adversarial_perturbation`` protected through the gateway's own code path.
+
+The protection ensemble is a set of real surrogate files (what ``train-surrogate`` writes and a
+profile names); the images are wrapped as DICOM, protected by the method the gateway runs and
+read back (:mod:`.gateway_path`). The unauthorized user's models are trained from scratch on
+the clean training split with a practitioner's recipe (:func:`.victims.train_cached`,
+``recipe="practitioner"``). Every efficacy figure is **retained skill**:
+(accuracy - chance) / (clean accuracy - chance), chance = the accuracy of always answering the
+test split's majority class; 0 means the model is reduced to guessing, negative means it is
+pushed below guessing.
+
+Measured: a budget frontier (each ``epsilon`` -> PSNR, SSIM, white-box accuracy, black-box
+retained skill, and retained skill after the user's test-time defences), and an ablation of
+the transfer levers at one budget on a seeded subset of the test split.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..protect.datasets import ImageSet
+from ..protect.perturbation import DEFAULTS, adapt
+from ..protect.surrogate import load_surrogate
+from ..protect.train import accuracy
+from . import defences
+from .data import load_dataset
+from .gateway_path import protect_through_gateway
+from .quality import psnr, ssim
+from .victims import train_cached
+
+__all__ = ["DEFAULT_ABLATION", "DEFAULT_VICTIMS_224", "TransferStudy", "retained_skill",
+           "run_transfer"]
+
+DEFAULT_VICTIMS_224 = ("shufflenetv2-x0.5", "mobilenetv3-small-224", "convnext-small",
+                       "vit-small", "regnetx-400mf", "densenet-small")
+
+# lever -> options over the study's base options (each alone, then combined)
+DEFAULT_ABLATION: list[tuple[str, dict[str, Any]]] = [
+    ("I-FGSM (no momentum, no diversity)", {"momentum": 0.0, "diversity": 0.0}),
+    ("MI-FGSM + DI (the previous default)", {}),
+    ("+ logit margin loss", {"loss": "margin"}),
+    ("+ balanced ensemble", {"balance": True}),
+    ("+ TI smoothing 7 px", {"smoothing": 7}),
+    ("+ scale invariance (3 copies)", {"scales": 3}),
+]
+
+DEFENCES = ("jpeg75", "median3", "gaussian1", "resize_crop")
+
+
+def retained_skill(acc: float, clean: float, chance: float) -> float | None:
+    """(acc - chance) / (clean - chance); None when the clean model is not above chance."""
+    return None if clean - chance <= 1e-9 else (acc - chance) / (clean - chance)
+
+
+@dataclass
+class TransferStudy:
+    dataset: str
+    out: Path
+    surrogate_files: tuple[Path, ...]
+    victims: tuple[str, ...] = DEFAULT_VICTIMS_224
+    budgets: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
+    options: dict[str, Any] = field(default_factory=dict)  # attack options besides epsilon
+    ablation: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    ablation_budget: float = 8 / 255
+    ablation_images: int = 150
+    epochs: int = 4
+    seed: int = 0
+    data_dir: Path | None = None
+    cache: Path | None = None
+    test_images: int | None = None
+    train_images: int | None = None  # victims: a stratified subset of the training split
+    progress: bool = True
+    command: str = ""
+
+
+def _log(study: TransferStudy, msg: str) -> None:
+    if study.progress:
+        print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
+
+
+def _subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:
+    """A seeded subset of ``n`` images in the split's class proportions."""
+    if n is None or n >= len(data):
+        return data
+    from ..protect.datasets import stratified_split
+
+    _, held = stratified_split(data, n / len(data), seed)
+    return held
+
+
+class _Scorer:
+    """Accuracies and retained skills of every model on a batch of images."""
+
+    def __init__(self, white: dict[str, Any], black: dict[str, Any], test: ImageSet) -> None:
+        assert test.labels is not None
+        self.white, self.black, self.labels = white, black, test.labels
+        counts = torch.bincount(test.labels)
+        self.chance = float(counts.max()) / len(test.labels)
+        self.clean = self.accuracies(test.images)
+
+    def accuracies(self, images: torch.Tensor) -> dict[str, float]:
+        out = {n: accuracy(m, images, self.labels, batch=64) for n, m in self.black.items()}
+        for n, s in self.white.items():
+            out[n] = accuracy(_Adapted(s), images, self.labels, batch=64)
+        return {n: round(v, 4) for n, v in out.items()}
+
+    def summary(self, images: torch.Tensor) -> dict[str, Any]:
+        acc = self.accuracies(images)
+        rs = {n: retained_skill(acc[n], self.clean[n], self.chance) for n in acc}
+        black = [rs[n] for n in self.black if rs[n] is not None]
+        white = [acc[n] for n in self.white]
+        return {"accuracy": acc,
+                "retained_skill": {n: None if v is None else round(v, 4) for n, v in rs.items()},
+                "white_box_accuracy": round(sum(white) / len(white), 4) if white else None,
+                "black_box_retained_skill": round(sum(black) / len(black), 4) if black else None,
+                "black_box_accuracy": round(sum(acc[n] for n in self.black)
+                                            / max(len(self.black), 1), 4)}
+
+
+class _Adapted(torch.nn.Module):
+    """A surrogate as a classifier of [0, 1] images at the data's size."""
+
+    def __init__(self, surrogate: Any) -> None:
+        super().__init__()
+        self.s = surrogate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.s.model(adapt(x, self.s))
+
+
+def _protect(study: TransferStudy, images: torch.Tensor, epsilon: float,
+             extra: dict[str, Any]) -> tuple[torch.Tensor, float]:
+    options = {**study.options, **extra, "epsilon": epsilon,
+               "surrogates": [str(p) for p in study.surrogate_files]}
+    return protect_through_gateway("adversarial_perturbation", options, images,
+                                   progress=study.progress)
+
+
+def run_transfer(study: TransferStudy) -> dict[str, Any]:
+    """Run the study; write its report; return the results."""
+    from .transfer_report import write_transfer_report
+
+    started = time.monotonic()
+    splits = load_dataset(study.dataset, study.data_dir, seed=study.seed)
+    test = _subset(splits.test, study.test_images, study.seed)
+    train = _subset(splits.train, study.train_images, study.seed + 2)
+    cache = study.cache or study.out / "cache"
+    black = {}
+    clean_val = {}
+    for i, arch in enumerate(study.victims):
+        t0 = time.monotonic()
+        trained = train_cached(arch, train, splits.val, study.epochs, study.seed + i,
+                               cache, "victim", progress=study.progress, recipe="practitioner")
+        black[arch], clean_val[arch] = trained.model.eval(), round(trained.val_score, 4)
+        _log(study, f"victim {arch}: val {trained.val_score:.3f} "
+                    f"({'cached' if trained.cached else f'{time.monotonic() - t0:.0f}s'})")
+    white = {}
+    for path in study.surrogate_files:
+        s = load_surrogate(path)
+        white[f"surrogate:{path.stem}"] = s
+    scorer = _Scorer(white, black, test)
+    _log(study, f"clean accuracies {scorer.clean}, chance {scorer.chance:.4f}")
+    results: dict[str, Any] = {
+        "command": study.command,
+        "dataset": {"name": splits.name, "source": splits.source, "sha256": splits.digest,
+                    "train": len(splits.train), "victim_train": len(train),
+                    "val": len(splits.val),
+                    "test": len(test), "test_full": len(splits.test),
+                    "resolution": list(splits.resolution), "channels": splits.channels,
+                    "classes": list(splits.train.classes)},
+        "chance": round(scorer.chance, 4),
+        "clean": {"test_accuracy": scorer.clean, "val_accuracy": clean_val},
+        "surrogates": {f"surrogate:{p.stem}": {"file": p.name, "sha256": white[
+            f"surrogate:{p.stem}"].sha256, "arch": white[f"surrogate:{p.stem}"].info.arch,
+            "training": white[f"surrogate:{p.stem}"].info.training}
+            for p in study.surrogate_files},
+        "victims": list(study.victims),
+        "options": {**{k: v for k, v in DEFAULTS.items() if k not in ("epsilon", "batch")},
+                    **study.options},
+        "epochs": study.epochs,
+        "frontier": [],
+        "ablation": [],
+    }
+    examples: dict[str, torch.Tensor] = {"original": test.images[:3]}
+    for eps in study.budgets:
+        _log(study, f"budget {eps * 255:.0f}/255 on {len(test)} test images")
+        protected, seconds = _protect(study, test.images, eps, {})
+        examples[f"{eps * 255:.0f}/255"] = protected[:3]
+        row = {"epsilon": eps, "epsilon_255": round(eps * 255, 2),
+               "psnr_db": round(psnr(test.images, protected), 2),
+               "ssim": round(ssim(test.images, protected), 4),
+               "max_abs_change_255": round(float((protected - test.images).abs().max()) * 255),
+               "seconds_per_image": round(seconds, 3),
+               "protected": scorer.summary(protected),
+               "defences": {}}
+        for name in DEFENCES:
+            transformed = defences.TEST_TIME[name](protected)
+            row["defences"][name] = scorer.summary(transformed)
+            row["defences"][name]["on_clean"] = scorer.accuracies(
+                defences.TEST_TIME[name](test.images))
+        results["frontier"].append(row)
+        _log(study, f"  PSNR {row['psnr_db']} dB, white-box acc "
+                    f"{row['protected']['white_box_accuracy']}, black-box retained skill "
+                    f"{row['protected']['black_box_retained_skill']}")
+    if study.ablation:
+        sub = _subset(test, study.ablation_images, study.seed + 1)
+        sub_scorer = _Scorer(white, black, sub)
+        for label, extra in study.ablation:
+            _log(study, f"ablation: {label}")
+            protected, seconds = _protect(study, sub.images, study.ablation_budget, extra)
+            summary = sub_scorer.summary(protected)
+            results["ablation"].append({
+                "lever": label, "options": extra, "images": len(sub),
+                "epsilon_255": round(study.ablation_budget * 255, 2),
+                "seconds_per_image": round(seconds, 3),
+                "white_box_accuracy": summary["white_box_accuracy"],
+                "black_box_retained_skill": summary["black_box_retained_skill"],
+                "retained_skill": summary["retained_skill"],
+                "after_jpeg75": sub_scorer.summary(defences.jpeg(protected, 75))[
+                    "black_box_retained_skill"]})
+            _log(study, f"  black-box retained skill {summary['black_box_retained_skill']}, "
+                        f"{seconds:.2f} s/image")
+    results["wall_seconds"] = round(time.monotonic() - started, 1)
+    write_transfer_report(results, examples, study.out)
+    return results

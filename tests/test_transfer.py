@@ -1,0 +1,202 @@
+"""The 224x224 evaluation path: split-tree data, one declared view, the transfer levers, and
+the transfer study through the gateway's code path (issue 12)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from peers import medmnist_npz, shared_data_dir
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+torch = pytest.importorskip("torch")
+
+
+def _jpeg(value: int, rgb: bool = True) -> bytes:
+    from PIL import Image
+
+    arr = np.full((16, 16), value, dtype=np.uint8)
+    arr[4:8, 4:8] = 255 - value
+    img = Image.fromarray(np.stack([arr] * 3, -1) if rgb else arr)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _tar(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_split_tree_reads_a_tar_dedups_and_sees_grey_as_one_channel(tmp_path: Path) -> None:
+    from dicom_gateway.protect.datasets import load_split_tree, stratified_split
+
+    files = {f"dataset/train/{c}/{c}{i}.png": _jpeg(10 * i + (100 if c == "PNEU" else 0))
+             for c in ("NORMAL", "PNEU") for i in range(10)}
+    files["dataset/train/PNEU/copy.png"] = files["dataset/train/PNEU/PNEU3.png"]  # duplicate
+    files["dataset/train/.DS_Store"] = b"\0\1junk"
+    files.update({f"dataset/test/{c}/t{i}.png": _jpeg(7 * i + 1) for c in ("NORMAL", "PNEU")
+                  for i in range(3)})
+    splits = load_split_tree(_tar(tmp_path / "set.tar", files))
+    assert set(splits) == {"train", "test"}
+    train = splits["train"]
+    assert train.images.shape == (20, 1, 16, 16)  # 21 files, one byte-identical copy dropped
+    assert train.classes == ("NORMAL", "PNEU") and int(train.labels.sum()) == 10
+    assert float(train.images[0, 0, 5, 5]) == pytest.approx(1.0)  # 255 - 0, read as /255
+    rest, held = stratified_split(train, 0.2, seed=3)
+    assert len(held) == 4 and int(held.labels.sum()) == 2 and len(rest) == 16
+    again = stratified_split(train, 0.2, seed=3)[1]
+    assert torch.equal(again.images, held.images)  # seeded
+
+
+def test_kermany224_splits() -> None:
+    from dicom_gateway.evaluation.data import load_dataset
+
+    base = shared_data_dir()
+    tar = base / "classification/kermany_pneumonia_224/kermany_pneumonia_224.tar" if base else None
+    if tar is None or not tar.is_file():
+        pytest.skip("shared data absent: expected .../shared/data/classification/"
+                    "kermany_pneumonia_224/kermany_pneumonia_224.tar")
+    s = load_dataset("kermany224", base)
+    # 5,216 train + 624 test files, 32 byte-identical pairs kept once
+    assert len(s.train) + len(s.val) + len(s.test) == 5840 - 32
+    assert s.resolution == (224, 224) and s.channels == 1
+    assert s.train.classes == ("NORMAL", "PNEUMONIA")
+    ratio = (float(s.train.labels.float().mean()), float(s.val.labels.float().mean()))
+    assert abs(ratio[0] - ratio[1]) < 0.01  # stratified
+    assert 500 <= len(s.val) <= 530
+
+
+def _wrap_8bit(images: np.ndarray, folder: Path) -> list[Path]:
+    from dicom_gateway.evaluation.gateway_path import wrap_as_dicom
+
+    return wrap_as_dicom(torch.from_numpy(images).float() / 255, folder)
+
+
+def _wrap_ct(images: np.ndarray, folder: Path) -> list[Path]:
+    """16-bit CT with a window whose range is exactly stored 0..4080 (= 16 x the 8-bit
+    value), rescale intercept -1024: the view must give back value / 255."""
+    folder.mkdir(parents=True)
+    paths = []
+    for i, img in enumerate(images):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID = ds.SeriesInstanceUID = generate_uid()
+        ds.Modality = "CT"
+        ds.Rows, ds.Columns = img.shape[1:]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.WindowCenter, ds.WindowWidth = 1016, 4080  # stored 0 .. 4080
+        ds.PixelData = (img[0].astype(np.uint16) * 16).tobytes()
+        path = folder / f"{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("wrap", [_wrap_8bit, _wrap_ct], ids=["8-bit-no-window", "ct-window"])
+def test_gateway_view_gives_the_surrogate_its_training_view(tmp_path: Path, wrap: object,
+                                                            surrogates: dict[str, Path]) -> None:
+    from dicom_gateway.protect.perturbation import adapt
+    from dicom_gateway.protect.surrogate import load_surrogate
+    from dicom_gateway.protect.view import prepare
+
+    with np.load(medmnist_npz("pneumoniamnist_balanced.npz")) as data:
+        images = data["test_images"][:, None]
+    s = load_surrogate(surrogates["pneumonia"])
+    with torch.no_grad():
+        direct = s.model(torch.from_numpy(images).float() / 255).argmax(1)
+        views = [prepare(p) for p in wrap(images, tmp_path / "dicom")]  # type: ignore[operator]
+        x = torch.from_numpy(np.concatenate([v.values for v in views]).transpose(0, 3, 1, 2))
+        through = s.model(adapt(x.float(), s)).argmax(1)
+    agreement = float((direct == through).float().mean())
+    assert agreement >= 0.995, agreement
+
+
+def test_a_surrogate_from_another_view_is_refused(tmp_path: Path,
+                                                  surrogates: dict[str, Path]) -> None:
+    from dicom_gateway.protect.surrogate import load_surrogate
+
+    blob = torch.load(surrogates["pneumonia"], weights_only=True)
+    blob["info"]["view"] = "per-image-min-max"
+    torch.save(blob, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="input view 'per-image-min-max'"):
+        load_surrogate(tmp_path / "other.pt")
+
+
+def test_retained_skill() -> None:
+    from dicom_gateway.evaluation.transfer import retained_skill
+
+    assert retained_skill(0.9, 0.9, 0.6) == pytest.approx(1.0)
+    assert retained_skill(0.6, 0.9, 0.6) == pytest.approx(0.0)
+    assert retained_skill(0.3, 0.9, 0.6) == pytest.approx(-1.0)
+    assert retained_skill(0.5, 0.6, 0.6) is None  # a clean model at chance has no skill
+
+
+@pytest.mark.parametrize("extra", [{"smoothing": 5}, {"loss": "margin", "balance": True},
+                                   {"scales": 2}])
+def test_transfer_levers_keep_the_budget_and_fool_the_surrogate(
+        surrogates: dict[str, Path], extra: dict[str, object]) -> None:
+    from dicom_gateway.protect.perturbation import AdversarialPerturbation, attack
+    from dicom_gateway.protect.surrogate import load_surrogate
+    from dicom_gateway.protect.train import accuracy, load_npz_split
+
+    assert AdversarialPerturbation.validate({"surrogates": [str(surrogates["pneumonia"])],
+                                             **extra}) is None
+    s = load_surrogate(surrogates["pneumonia"])
+    x, y = load_npz_split(medmnist_npz("pneumoniamnist_balanced.npz"), "test")
+    x, y = x[:64], y[:64]
+    adv = attack(x, [s], epsilon=8 / 255, steps=10, **extra)  # type: ignore[arg-type]
+    assert float((adv - x).abs().max()) <= 8 / 255 + 1e-6
+    assert accuracy(s.model, adv, y) < accuracy(s.model, x, y) - 0.4
+
+
+@pytest.mark.parametrize("key, value", [("smoothing", -1), ("scales", 0.5), ("loss", "hinge"),
+                                        ("balance", "yes")])
+def test_new_attack_settings_are_checked(surrogates: dict[str, Path], key: str,
+                                         value: object) -> None:
+    from dicom_gateway.protect.perturbation import AdversarialPerturbation
+
+    options = {"surrogates": [str(surrogates["pneumonia"])], key: value}
+    assert AdversarialPerturbation.validate(options)[0] == key  # type: ignore[index]
+
+
+def test_transfer_study_reports_computed_figures(tmp_path: Path,
+                                                 surrogates: dict[str, Path]) -> None:
+    """A tiny study: the figures in results.json follow from the accuracies it measured."""
+    from dicom_gateway.evaluation.transfer import TransferStudy, retained_skill, run_transfer
+
+    medmnist_npz("pneumoniamnist_balanced.npz")
+    study = TransferStudy(dataset="pneumoniamnist", out=tmp_path / "report",
+                          surrogate_files=(surrogates["pneumonia"],), victims=("plain-cnn",),
+                          budgets=(8 / 255,), options={"steps": 5}, epochs=1, test_images=40,
+                          ablation=[("TI 5", {"smoothing": 5})], ablation_images=20,
+                          progress=False)
+    results = run_transfer(study)
+    saved = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert saved["frontier"][0]["epsilon_255"] == 8
+    row = results["frontier"][0]
+    chance, clean = results["chance"], results["clean"]["test_accuracy"]["plain-cnn"]
+    acc = row["protected"]["accuracy"]["plain-cnn"]
+    assert row["protected"]["black_box_retained_skill"] == pytest.approx(
+        retained_skill(acc, clean, chance), abs=1e-3)
+    assert row["max_abs_change_255"] <= 8 and row["psnr_db"] > 28
+    assert row["protected"]["white_box_accuracy"] < results["clean"]["test_accuracy"][
+        f"surrogate:{surrogates['pneumonia'].stem}"]
+    assert len(results["ablation"]) == 1 and results["ablation"][0]["images"] == 20
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| 8/255 |" in report and "retained skill" in report
+    assert {t["target"] for t in results["targets"]} >= {"8/255: black-box retained skill"}
