@@ -189,7 +189,7 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     try:
         info = train_surrogate(data, arch, Path(args.out), epochs=args.epochs, seed=args.seed,
                                mask_suffix=args.mask_suffix, adversarial_epsilon=adversarial,
-                               augment=args.augment)
+                               augment=args.augment, init=Path(args.init) if args.init else None)
     except (ValueError, KeyError) as exc:
         raise GatewayError(f"{data}: cannot train on it: {exc}") from None
     sha = load_surrogate(Path(args.out)).sha256
@@ -376,6 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--adversarial-epsilon", default="0",
                    help="train on FGSM examples within this budget (N/255 or a fraction): "
                         "slightly robust surrogates transfer better (docs/protection.md)")
+    t.add_argument("--init", help="start from this surrogate file's weights (fine-tuning)")
     t.set_defaults(func=_cmd_train_surrogate)
 
     pd = sub.add_parser("protect-dataset",

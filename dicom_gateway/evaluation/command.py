@@ -78,6 +78,9 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--ablation", action="store_true",
                    help="transfer study: also measure each transfer lever at 8/255")
     e.add_argument("--ablation-images", type=int, default=150)
+    e.add_argument("--ablation-ensembles",
+                   help="transfer study: other ensembles to compare at 8/255, files joined "
+                        "by '+', ensembles by ',' (e.g. a.pt,a.pt+b.pt)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     e.set_defaults(func=run_command)
 
@@ -116,6 +119,13 @@ def _run_transfer(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         cache=Path(args.cache) if args.cache else None, test_images=args.test_images,
         train_images=args.train_images, progress=not args.quiet, command="dicom-gateway " + shlex.join(sys.argv[1:]))
+    if args.ablation_ensembles:
+        study.ablation_ensembles = tuple(
+            tuple(Path(f) for f in group.split("+") if f)
+            for group in args.ablation_ensembles.split(",") if group)
+        for f in (f for group in study.ablation_ensembles for f in group):
+            if not f.is_file():
+                raise GatewayError(f"--ablation-ensembles: {f}: no such file")
     if args.victims:
         study.victims = tuple(v.strip() for v in args.victims.split(",") if v.strip())
     try:

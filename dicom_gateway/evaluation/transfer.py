@@ -49,6 +49,8 @@ DEFAULT_ABLATION: list[tuple[str, dict[str, Any]]] = [
     ("+ balanced ensemble", {"balance": True}),
     ("+ TI smoothing 7 px", {"smoothing": 7}),
     ("+ scale invariance (3 copies)", {"scales": 3}),
+    ("+ 20 steps", {"steps": 20}),
+    ("+ margin, TI 7 px, 20 steps", {"loss": "margin", "smoothing": 7, "steps": 20}),
 ]
 
 DEFENCES = ("jpeg75", "median3", "gaussian1", "resize_crop")
@@ -70,6 +72,8 @@ class TransferStudy:
     ablation: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     ablation_budget: float = 8 / 255
     ablation_images: int = 150
+    # surrogate-side levers: other ensembles, each measured with the study's attack options
+    ablation_ensembles: tuple[tuple[Path, ...], ...] = ()
     epochs: int = 4
     seed: int = 0
     data_dir: Path | None = None
@@ -137,8 +141,8 @@ class _Adapted(torch.nn.Module):
 
 def _protect(study: TransferStudy, images: torch.Tensor, epsilon: float,
              extra: dict[str, Any]) -> tuple[torch.Tensor, float]:
-    options = {**study.options, **extra, "epsilon": epsilon,
-               "surrogates": [str(p) for p in study.surrogate_files]}
+    options = {**study.options, "surrogates": [str(p) for p in study.surrogate_files],
+               **extra, "epsilon": epsilon}
     return protect_through_gateway("adversarial_perturbation", options, images,
                                    progress=study.progress)
 
@@ -209,15 +213,20 @@ def run_transfer(study: TransferStudy) -> dict[str, Any]:
         _log(study, f"  PSNR {row['psnr_db']} dB, white-box acc "
                     f"{row['protected']['white_box_accuracy']}, black-box retained skill "
                     f"{row['protected']['black_box_retained_skill']}")
-    if study.ablation:
+    rows = list(study.ablation) + [
+        ("ensemble " + " + ".join(p.stem for p in files),
+         {"surrogates": [str(p) for p in files]}) for files in study.ablation_ensembles]
+    if rows:
         sub = _subset(test, study.ablation_images, study.seed + 1)
         sub_scorer = _Scorer(white, black, sub)
-        for label, extra in study.ablation:
+        for label, extra in rows:
             _log(study, f"ablation: {label}")
             protected, seconds = _protect(study, sub.images, study.ablation_budget, extra)
             summary = sub_scorer.summary(protected)
             results["ablation"].append({
-                "lever": label, "options": extra, "images": len(sub),
+                "lever": label, "images": len(sub),
+                "options": {k: ([Path(p).name for p in v] if k == "surrogates" else v)
+                            for k, v in extra.items()},
                 "epsilon_255": round(study.ablation_budget * 255, 2),
                 "seconds_per_image": round(seconds, 3),
                 "white_box_accuracy": summary["white_box_accuracy"],

@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .datasets import ImageSet, load_images, load_npz_split, load_split_tree, stratified_split
-from .surrogate import SEGMENTATION_ARCHITECTURES, SurrogateInfo, build_model, save_surrogate
+from .surrogate import (
+    SEGMENTATION_ARCHITECTURES,
+    SurrogateInfo,
+    build_model,
+    load_surrogate,
+    save_surrogate,
+)
 
 __all__ = ["Augment", "accuracy", "dice", "fit", "load_npz_split", "random_affine", "segmentation_loss",
            "train_surrogate"]
@@ -186,12 +192,14 @@ def _splits(data: Path, seed: int, mask_suffix: str) -> tuple[ImageSet, ImageSet
 def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: int = 0,
                     batch: int = 64, lr: float = 2e-3, progress: bool = True,
                     mask_suffix: str = "_mask", adversarial_epsilon: float = 0.0,
-                    augment: str = "auto") -> SurrogateInfo:
+                    augment: str = "auto", init: Path | None = None) -> SurrogateInfo:
     """Train, keep the epoch with the best validation score, save; return the info.
 
     ``augment``: ``light`` (flip, shift <= 2 px), ``affine`` (:func:`random_affine`, what a
     practitioner uses at 224) or ``auto`` (``affine`` from 64 px up, else ``light``).
-    ``adversarial_epsilon``: see :func:`fit` (classification only)."""
+    ``adversarial_epsilon``: see :func:`fit` (classification only). ``init``: a surrogate
+    file of the same architecture and data shape to start from (fine-tuning, e.g. a few
+    adversarial epochs on a surrogate already trained)."""
     train, val = _splits(data, seed, mask_suffix)
     if arch == "auto":
         arch = ("unet-small" if train.task == "segmentation" else
@@ -215,12 +223,26 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
     if adversarial_epsilon and segmentation:
         raise ValueError("adversarial training is for classification surrogates")
     model = build_model(info)
+    if init is not None:
+        start = load_surrogate(init)
+        if (start.info.arch, start.info.input_size, start.info.channels, start.info.classes) != (
+                info.arch, info.input_size, info.channels, info.classes):
+            raise ValueError(f"--init {init}: a {start.info.arch} "
+                             f"{start.info.input_size[0]}x{start.info.input_size[1]}x"
+                             f"{start.info.channels} surrogate with classes "
+                             f"{list(start.info.classes)}; this training needs {info.arch} "
+                             f"{info.input_size[0]}x{info.input_size[1]}x{info.channels} "
+                             f"with {list(info.classes)}")
+        info = replace(info, mean=start.info.mean, std=start.info.std)
+        model = build_model(info)
+        model.load_state_dict(start.model.state_dict())
     best = fit(model, train, epochs, val=val, seed=seed, batch=batch, lr=lr, progress=progress,
                augment=random_affine if augment == "affine" else True,
                adversarial_epsilon=adversarial_epsilon)
     key = "val_dice" if segmentation else "val_accuracy"
     info = replace(info, metrics={key: round(best, 4)}, training={
         "epochs": epochs, "seed": seed, "augment": augment,
-        "adversarial_epsilon": round(adversarial_epsilon, 6)})
+        "adversarial_epsilon": round(adversarial_epsilon, 6),
+        **({"init": start.sha256} if init is not None else {})})
     save_surrogate(model, info, out)
     return info
