@@ -11,13 +11,13 @@ Commands (a contract other tools and users rely on)::
     dicom-gateway protect-dataset --method unlearnable --data PATH --out DIR
 
 Errors are one line on stderr and a non-zero exit code (2: configuration, 1: anything else);
-set ``DICOM_GATEWAY_DEBUG=1`` to see a traceback instead.
+set ``DICOM_GATEWAY_DEBUG=1`` to see a traceback instead. ``verify`` and ``restore`` also exit 3
+when nothing is invalid but some instance is not sealed (:mod:`.seal.command`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from . import __version__
 from .errors import ConfigError, GatewayError
@@ -230,77 +229,16 @@ def _cmd_keys_partner(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sealed_files(inputs: Sequence[str]) -> list[Path]:
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.is_file()))
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise GatewayError(f"{item}: no such file or folder")
-    return files
-
-
-def _gateway_public(path: str | None) -> Any:
-    from .seal.keys import load_signing_public
-
-    return load_signing_public(Path(path)) if path else None
-
-
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from pydicom import dcmread
+    from .seal.command import run_verify
 
-    from .seal import SealError, verify
-
-    public = _gateway_public(args.gateway_key)
-    bad = 0
-    for path in _sealed_files(args.inputs):
-        try:
-            v = verify(dcmread(path), public)
-        except SealError as exc:
-            bad += 1
-            print(f"{path}: INVALID ({exc.reason}): {exc}")
-            continue
-        except Exception as exc:
-            bad += 1
-            print(f"{path}: INVALID (unreadable): {type(exc).__name__}: {exc}")
-            continue
-        m = v.manifest
-        print(f"{path}: VALID issuer {m['gateway']['id']} (key {m['gateway']['key_id']}), "
-              f"partner {m['partner']['name']} (key {m['partner']['key_id']}), method "
-              f"{m['method']}, time {m['time']}, parameters "
-              f"{json.dumps(m['parameters'], sort_keys=True)[:300]}")
-    return 1 if bad else 0
+    return run_verify(args.gateway_key, args.inputs)
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from pydicom import dcmread
+    from .seal.command import run_restore
 
-    from .seal import SealError, load_partner_key, restore
-
-    key = load_partner_key(Path(args.key))
-    public = _gateway_public(args.gateway_key)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    bad = done = 0
-    for path in _sealed_files(args.inputs):
-        try:
-            original = restore(dcmread(path), key, public)
-        except SealError as exc:
-            bad += 1
-            print(f"dicom-gateway: {path}: not restored ({exc.reason}): {exc}", file=sys.stderr)
-            continue
-        except Exception as exc:
-            bad += 1
-            print(f"dicom-gateway: {path}: not restored (unreadable): {type(exc).__name__}",
-                  file=sys.stderr)
-            continue
-        original.save_as(out / f"{original.SOPInstanceUID}.dcm", enforce_file_format=True)
-        done += 1
-    print(f"{done} instance(s) restored into {out} (pixels checked against the signed original "
-          f"digest); {bad} failed")
-    return 1 if bad else 0
+    return run_restore(args.key, args.gateway_key, args.inputs, Path(args.out))
 
 
 def _parser() -> argparse.ArgumentParser:
