@@ -184,6 +184,20 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     return 0
 
 
+# protect-dataset flags that are unlearnable profile keys: same units, and when left out the
+# profile's defaults (DatasetJob's), so they are documented once, in docs/configuration.md
+_PROFILE_FLAGS = ("epsilon", "rounds", "train_steps", "pgd_steps", "init")
+
+
+def _epsilon(text: str) -> float:
+    from .protect.method import parse_epsilon
+
+    try:
+        return parse_epsilon(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _cmd_protect_dataset(args: argparse.Namespace) -> int:
     try:
         from .protect.dataset_job import DatasetJob, protect_dataset
@@ -194,11 +208,10 @@ def _cmd_protect_dataset(args: argparse.Namespace) -> int:
         raise GatewayError(f"{data}: no such file or folder")
     if args.surrogate and not Path(args.surrogate).is_file():
         raise GatewayError(f"{args.surrogate}: no such surrogate file")
+    given = {k: getattr(args, k) for k in _PROFILE_FLAGS if getattr(args, k) is not None}
     job = DatasetJob(data=data, out=Path(args.out), split=args.split,
                      surrogate=Path(args.surrogate) if args.surrogate else None, arch=args.arch,
-                     epsilon=args.epsilon / 255, rounds=args.rounds, train_steps=args.train_steps,
-                     pgd_steps=args.pgd_steps, init=args.init, mask_suffix=args.mask_suffix,
-                     seed=args.seed)
+                     mask_suffix=args.mask_suffix, seed=args.seed, **given)
     try:
         report = protect_dataset(job)
     except (ValueError, KeyError) as exc:
@@ -303,14 +316,14 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--split", default="train", help="the .npz split to protect")
     pd.add_argument("--surrogate", help="starting surrogate file (default: a fresh --arch)")
     pd.add_argument("--arch", choices=["cnn-small", "resnet18", "unet-small"])
-    pd.add_argument("--epsilon", type=float, default=8.0, help="L-inf budget in 1/255 units")
-    pd.add_argument("--rounds", type=int,
-                    help="min-min rounds (default: 0 for segmentation, where the shortcut "
-                         "pattern alone measured best, 10 for classification)")
-    pd.add_argument("--train-steps", type=int, default=10)
-    pd.add_argument("--pgd-steps", type=int, default=10)
-    pd.add_argument("--init", choices=["pattern", "zero"], default="pattern",
-                    help="segmentation start: the ROI/rim shortcut pattern or zero")
+    same = " (as the unlearnable profile key, with its default: docs/configuration.md)"
+    pd.add_argument("--epsilon", type=_epsilon,
+                    help="L-inf budget: a fraction such as 0.0314, or N/255 such as 8/255" + same)
+    pd.add_argument("--rounds", type=int, help="min-min rounds" + same)
+    pd.add_argument("--train-steps", type=int, help="surrogate steps per round" + same)
+    pd.add_argument("--pgd-steps", type=int, help="perturbation steps per round" + same)
+    pd.add_argument("--init", choices=["pattern", "zero"],
+                    help="segmentation start: the ROI/rim shortcut pattern or zero" + same)
     pd.add_argument("--mask-suffix", default="_mask")
     pd.add_argument("--seed", type=int, default=0)
     pd.set_defaults(func=_cmd_protect_dataset)

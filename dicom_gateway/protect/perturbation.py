@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .method import Outcome, check_common_options, is_number
+from .method import Outcome, check_common_options, is_number, parse_epsilon
 from .view import View, finish, prepare
 
 __all__ = ["AdversarialPerturbation", "attack"]
@@ -95,9 +95,10 @@ class AdversarialPerturbation:
         problem = check_common_options(options, _DEFAULTS)
         if problem:
             return problem
-        eps = options.get("epsilon", _DEFAULTS["epsilon"])
-        if not isinstance(eps, (int, float)) or not 0 < eps <= 0.25:
-            return "epsilon", "must be a number in (0, 0.25] (fraction of the normalized range)"
+        try:
+            parse_epsilon(options.get("epsilon", _DEFAULTS["epsilon"]))
+        except ValueError as exc:
+            return "epsilon", str(exc)
         for key, top in (("steps", 1000), ("batch", 4096)):
             value = options.get(key, _DEFAULTS[key])
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:

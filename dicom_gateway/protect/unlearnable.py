@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -31,12 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .method import Outcome, check_common_options, failed, is_number
+from .method import Outcome, check_common_options, failed, is_number, parse_epsilon
 from .train import segmentation_loss
 from .view import View
 
-__all__ = ["Unlearnable", "UnlearnableResult", "contour_band", "error_minimizing_noise", "psnr",
-           "segmentation_budget", "shortcut_pattern", "texture_weight"]
+__all__ = ["DEFAULTS", "Unlearnable", "UnlearnableResult", "contour_band", "default_rounds",
+           "error_minimizing_noise", "psnr", "segmentation_budget", "shortcut_pattern",
+           "texture_weight"]
 
 
 def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -169,9 +171,18 @@ def shortcut_pattern(masks: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
     return budget * checker * (2 * masks - 1)
 
 
-_DEFAULTS: dict[str, Any] = {"epsilon": 8 / 255, "contour_radius": 3, "texture_floor": 0.25,
-                             "rounds": None, "train_steps": 5, "pgd_steps": 5, "lr": 1e-3,
-                             "init": "pattern", "label_tag": None, "classes": None}
+# The one set of defaults: a profile's and ``protect-dataset``'s (docs/configuration.md lists
+# them). ``rounds`` None: by task, :func:`default_rounds`.
+DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "epsilon": 8 / 255, "contour_radius": 3, "texture_floor": 0.25, "rounds": None,
+    "train_steps": 5, "pgd_steps": 5, "lr": 1e-3, "init": "pattern", "label_tag": None,
+    "classes": None})
+
+
+def default_rounds(segmentation: bool) -> int:
+    """Min-min rounds when ``rounds`` is null: 0 for segmentation, where the shortcut pattern
+    alone measured best (decision 0009), 3 for classification."""
+    return 0 if segmentation else 3
 
 
 class Unlearnable:
@@ -193,7 +204,7 @@ class Unlearnable:
         from .device import protection_device
         from .surrogate import load_surrogate
 
-        self.options = {**_DEFAULTS, **options}
+        self.options = {**DEFAULTS, **options}
         self.device = protection_device()
         self.surrogate = load_surrogate(Path(options["surrogates"][0]), self.device)
 
@@ -201,23 +212,24 @@ class Unlearnable:
     def validate(options: Mapping[str, Any]) -> tuple[str, str] | None:
         from .surrogate import load_surrogate
 
-        problem = check_common_options(options, _DEFAULTS)
+        problem = check_common_options(options, DEFAULTS)
         if problem:
             return problem
         if len(options["surrogates"]) != 1:
             return "surrogates", "unlearnable takes exactly one surrogate (its starting point)"
-        eps = options.get("epsilon", _DEFAULTS["epsilon"])
-        if not isinstance(eps, (int, float)) or not 0 < eps <= 0.25:
-            return "epsilon", "must be a number in (0, 0.25] (fraction of the normalized range)"
+        try:
+            parse_epsilon(options.get("epsilon", DEFAULTS["epsilon"]))
+        except ValueError as exc:
+            return "epsilon", str(exc)
         for key in ("rounds", "train_steps", "pgd_steps", "contour_radius"):
-            value = options.get(key, _DEFAULTS[key] if key != "rounds" else 0)
+            value = options.get(key, DEFAULTS[key] if key != "rounds" else 0)
             if key == "rounds" and value is None:  # null: by task (0 segmentation, 3 labels)
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1000:
                 return key, "must be an integer in [0, 1000]"
-        if not is_number(options.get("texture_floor", _DEFAULTS["texture_floor"]), 0, 1):
+        if not is_number(options.get("texture_floor", DEFAULTS["texture_floor"]), 0, 1):
             return "texture_floor", "must be a number in [0, 1] (share of epsilon in flat regions)"
-        lr = options.get("lr", _DEFAULTS["lr"])
+        lr = options.get("lr", DEFAULTS["lr"])
         if not is_number(lr, 0, 1) or lr == 0:
             return "lr", "must be a number in (0, 1] (the surrogate's learning rate in min-min)"
         if options.get("init", "pattern") not in ("pattern", "zero"):
@@ -337,7 +349,7 @@ class Unlearnable:
         else:
             budget, init = torch.full_like(x, eps), None
         model = copy.deepcopy(self.surrogate.model)
-        rounds = o["rounds"] if o["rounds"] is not None else (0 if segmentation else 3)
+        rounds = o["rounds"] if o["rounds"] is not None else default_rounds(segmentation)
         result = error_minimizing_noise(x, y, budget, model, rounds=int(rounds),
                                         train_steps=int(o["train_steps"]),
                                         pgd_steps=int(o["pgd_steps"]), lr=float(o["lr"]),
