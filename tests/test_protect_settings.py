@@ -20,6 +20,8 @@ from dicom_gateway.errors import ConfigError
 torch = pytest.importorskip("torch")
 
 BUNDLED = Path(__file__).parents[1] / "dicom_gateway" / "defaults" / "pneumonia-cnn-small.pt"
+SEGMENTATION_ONLY = {"contour_radius", "texture_floor", "init"}
+MIN_MIN_ONLY = {"train_steps", "pgd_steps", "lr"}
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -134,3 +136,33 @@ def test_protect_dataset_and_a_profile_share_their_defaults(tmp_path: Path,
     assert len(gateway) == len(release) == 1
     assert release[0] == pytest.approx(gateway[0])
     assert gateway[0]["rounds"] == unlearnable.default_rounds(segmentation=False)
+
+
+def test_the_report_names_only_the_settings_that_applied(tmp_path: Path) -> None:
+    quick = ["--rounds", "1", "--train-steps", "1", "--pgd-steps", "1"]
+    assert main(["protect-dataset", "--data", str(_class_folders(tmp_path / "cls")),
+                 "--out", str(tmp_path / "cls-out"), *quick]) == 0
+    report = json.loads((tmp_path / "cls-out" / "report.json").read_text())
+    assert report["task"] == "classification" and report["rounds"] >= 1
+    assert not SEGMENTATION_ONLY & set(report)  # a classification budget is uniform
+    assert MIN_MIN_ONLY <= set(report) and report["train_steps"] == 1
+    assert main(["protect-dataset", "--data", str(_mask_folders(tmp_path / "seg")),
+                 "--out", str(tmp_path / "seg-out")]) == 0  # default: 0 rounds
+    report = json.loads((tmp_path / "seg-out" / "report.json").read_text())
+    assert report["task"] == "segmentation" and report["rounds"] == 0
+    assert SEGMENTATION_ONLY <= set(report) and report["init"] == "pattern"
+    assert not MIN_MIN_ONLY & set(report)  # no min-min round ran
+
+
+def test_the_seal_parameters_name_only_the_settings_that_applied(tmp_path: Path) -> None:
+    from dicom_gateway.protect.unlearnable import Unlearnable
+
+    files = copy_ct_series(tmp_path / "ct")[:2]
+    method = Unlearnable({"surrogates": [str(BUNDLED)], "label_tag": "Modality",
+                          "classes": ["CT", "XA"], "rounds": 1, "train_steps": 1,
+                          "pgd_steps": 1})
+    outcome = method(files)[0]
+    assert outcome.error is None and pydicom.dcmread(files[0]).Modality == "CT"
+    assert not SEGMENTATION_ONLY & set(outcome.parameters)
+    assert outcome.parameters["epsilon"] == pytest.approx(8 / 255)
+    assert outcome.parameters["train_steps"] == 1

@@ -2,7 +2,8 @@
 
 Reads a labelled set (layouts in :mod:`.datasets`), runs the min-min loop of
 :mod:`.unlearnable` over it, and writes the protected release in the same layout under the
-output folder with ``report.json`` (settings, PSNR, surrogate loss, rounds, time). Values are quantized as stored: 8-bit for ``.npz`` and image folders, float32 for
+output folder with ``report.json`` (the settings that applied, PSNR, surrogate loss, rounds,
+time). Values are quantized as stored: 8-bit for ``.npz`` and image folders, float32 for
 ``.h5``. The originals are not written (they stay with the hospital).
 """
 
@@ -21,6 +22,7 @@ from .datasets import ImageSet, load_images
 from .surrogate import SEGMENTATION_ARCHITECTURES, SurrogateInfo, build_model, load_surrogate
 from .unlearnable import (
     DEFAULTS,
+    applied_settings,
     default_rounds,
     error_minimizing_noise,
     psnr,
@@ -98,10 +100,8 @@ def protect_dataset(job: DatasetJob, progress: bool = True) -> dict[str, Any]:
     written = _write(job, data, protected)
     report = {
         "method": "unlearnable", "task": data.task, "data": job.data.name, "split": job.split,
-        "images": len(data), "epsilon": job.epsilon, "rounds": result.rounds,
-        "train_steps": job.train_steps, "pgd_steps": job.pgd_steps,
-        "contour_radius": job.contour_radius, "texture_floor": job.texture_floor,
-        "init": job.init, "surrogate": surrogate, "surrogate_final_loss": (
+        "images": len(data), **applied_settings(vars(job), segmentation, result.rounds),
+        "rounds": result.rounds, "surrogate": surrogate, "surrogate_final_loss": (
             result.final_loss if result.rounds else None),
         "psnr_db": psnr(data.images, protected),
         "max_abs_change": float((protected - data.images).abs().max()),

@@ -36,9 +36,9 @@ from .method import Outcome, check_common_options, failed, is_number, parse_epsi
 from .train import segmentation_loss
 from .view import View
 
-__all__ = ["DEFAULTS", "Unlearnable", "UnlearnableResult", "contour_band", "default_rounds",
-           "error_minimizing_noise", "psnr", "segmentation_budget", "shortcut_pattern",
-           "texture_weight"]
+__all__ = ["DEFAULTS", "Unlearnable", "UnlearnableResult", "applied_settings", "contour_band",
+           "default_rounds", "error_minimizing_noise", "psnr", "segmentation_budget",
+           "shortcut_pattern", "texture_weight"]
 
 
 def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -177,12 +177,25 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "epsilon": 8 / 255, "contour_radius": 3, "texture_floor": 0.25, "rounds": None,
     "train_steps": 5, "pgd_steps": 5, "lr": 1e-3, "init": "pattern", "label_tag": None,
     "classes": None})
+_SEGMENTATION_ONLY = ("contour_radius", "texture_floor", "init")
+_MIN_MIN_ONLY = ("train_steps", "pgd_steps", "lr")
 
 
 def default_rounds(segmentation: bool) -> int:
     """Min-min rounds when ``rounds`` is null: 0 for segmentation, where the shortcut pattern
     alone measured best (decision 0009), 3 for classification."""
     return 0 if segmentation else 3
+
+
+def applied_settings(settings: Mapping[str, Any], segmentation: bool, rounds_run: int
+                     ) -> dict[str, Any]:
+    """The settings that shaped a release, for its report and its seal: ``epsilon`` always;
+    ``contour_radius``, ``texture_floor`` and ``init`` only for segmentation (a classification
+    budget is uniform and starts from zero); ``train_steps``, ``pgd_steps`` and ``lr`` only
+    when min-min rounds ran. Reporting a setting that did not apply misleads the reader."""
+    keys = ["epsilon", *(_SEGMENTATION_ONLY if segmentation else ()),
+            *(_MIN_MIN_ONLY if rounds_run else ())]
+    return {k: type(DEFAULTS[k])(settings[k]) for k in keys}
 
 
 class Unlearnable:
@@ -355,9 +368,8 @@ class Unlearnable:
                                         pgd_steps=int(o["pgd_steps"]), lr=float(o["lr"]),
                                         init=init)
         delta = result.delta.cpu().numpy().transpose(0, 2, 3, 1).astype(np.float64)
-        parameters = {"task": self.surrogate.info.task, "epsilon": eps,
-                      "contour_radius": int(o["contour_radius"]),
-                      "texture_floor": float(o["texture_floor"]), "init": o["init"],
+        parameters = {"task": self.surrogate.info.task,
+                      **applied_settings(o, segmentation, result.rounds),
                       "rounds": result.rounds, "release_size": len(x),
                       "surrogates": [self.surrogate.sha256]}
         offset = 0
