@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from gwutil import base_config
-from peers import copy_ct_series
+from gwutil import base_config, sample_series
 
 from dicom_gateway.cli import main
 from dicom_gateway.config import parse_config
@@ -125,7 +124,7 @@ def test_protect_dataset_and_a_profile_share_their_defaults(tmp_path: Path,
 
     gateway: list[dict[str, Any]] = []
     monkeypatch.setattr(unlearnable, "error_minimizing_noise", _recording(gateway))
-    files = copy_ct_series(tmp_path / "ct")[:2]
+    files = sample_series(tmp_path / "ct", 2)
     method = unlearnable.Unlearnable({"surrogates": [str(BUNDLED)], "label_tag": "Modality",
                                       "classes": ["CT", "XA"]})
     assert all(o.error is None for o in method(files))
@@ -157,7 +156,7 @@ def test_the_report_names_only_the_settings_that_applied(tmp_path: Path) -> None
 def test_the_seal_parameters_name_only_the_settings_that_applied(tmp_path: Path) -> None:
     from dicom_gateway.protect.unlearnable import Unlearnable
 
-    files = copy_ct_series(tmp_path / "ct")[:2]
+    files = sample_series(tmp_path / "ct", 2)
     method = Unlearnable({"surrogates": [str(BUNDLED)], "label_tag": "Modality",
                           "classes": ["CT", "XA"], "rounds": 1, "train_steps": 1,
                           "pgd_steps": 1})
