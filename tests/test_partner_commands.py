@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from peers import copy_ct_series
+from gwutil import sample_series
 
 from dicom_gateway.cli import main
 from dicom_gateway.pixels import Pixels, read_pixels, write_pixels
@@ -20,7 +20,7 @@ from dicom_gateway.seal.keys import new_partner_key
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``keys/``, ``good/`` (two sealed CT slices), ``tampered/`` (the same, one pixel changed
+    """``keys/``, ``good/`` (two sealed CT instances), ``tampered/`` (the same, one pixel changed
     in one), ``mixed/`` (one sealed, one as the hospital sent it) and ``empty/``."""
     root = tmp_path_factory.mktemp("partner")
     init_gateway_keys(root / "keys")
@@ -29,7 +29,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                 root / "keys" / "uid-secret.key")
     partner = load_partner_key(root / "keys" / "acme.pub")
     (root / "good").mkdir()
-    originals = copy_ct_series(root / "ct")[:2]
+    originals = sample_series(root / "ct", 2)
     for i, path in enumerate(originals):
         original = pydicom.dcmread(path)
         px = read_pixels(original)
