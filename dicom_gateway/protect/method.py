@@ -41,6 +41,11 @@ class ProtectionMethod(Protocol):
     ``__call__`` receives the spooled files of one series (a batch, so methods on a device can
     protect them together) and returns one :class:`Outcome` per file, in order. It must not
     raise for a bad instance: it returns an outcome with a :class:`ProtectionError`.
+
+    A method whose batch takes long may also accept a keyword ``progress``
+    (a :data:`~dicom_gateway.progress.ReportProgress`, or ``None``) and call it with the
+    instances done as it goes, in fractions if it works on the series as a whole; the stage
+    passes it only to methods that accept it and reports the rest of the batch at its end.
     """
 
     name: str

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..progress import ReportProgress
 from .method import Outcome, check_common_options, is_number, parse_epsilon
 from .view import View, finish, prepare
 
@@ -108,8 +109,10 @@ class AdversarialPerturbation:
                 return key, f"must be a number in [{low:g}, {high:g}]"
         return None
 
-    def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
-        """Protect a series: frames of the same size are attacked together, ``batch`` at a time."""
+    def __call__(self, paths: Sequence[Path],
+                 progress: ReportProgress | None = None) -> list[Outcome]:
+        """Protect a series: frames of the same size are attacked together, ``batch`` at a time
+        (``progress`` hears each batch, a frame being a share of its instance)."""
         import torch
 
         outcomes: list[Outcome | None] = [None] * len(paths)
@@ -126,6 +129,7 @@ class AdversarialPerturbation:
                       "surrogates": [s.sha256 for s in self.surrogates]}
         for group in ready.values():
             values = np.concatenate([v.values for _, v in group])
+            shares = np.concatenate([np.full(len(v.values), 1 / len(v.values)) for _, v in group])
             deltas = []
             for start in range(0, len(values), int(o["batch"])):
                 chunk = values[start:start + int(o["batch"])].transpose(0, 3, 1, 2)
@@ -133,6 +137,8 @@ class AdversarialPerturbation:
                 adv = attack(x, self.surrogates, float(o["epsilon"]), int(o["steps"]),
                              float(o["momentum"]), float(o["diversity"]))
                 deltas.append((adv - x).cpu().numpy().transpose(0, 2, 3, 1))
+                if progress is not None:
+                    progress(float(shares[start:start + int(o["batch"])].sum()))
             delta = np.concatenate(deltas).astype(np.float64)
             offset = 0
             for index, view in group:

@@ -19,8 +19,6 @@ texture) to amortize the noise over images; here the perturbation itself is opti
 from __future__ import annotations
 
 import math
-import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..progress import Progress, ReportProgress
 from .method import Outcome, check_common_options, failed, is_number, parse_epsilon
 from .train import segmentation_loss
 from .view import View
@@ -98,12 +97,16 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
                            rounds: int = 20, train_steps: int = 10, pgd_steps: int = 10,
                            step: float | None = None, batch: int = 32, lr: float = 1e-3,
                            stop_loss: float = 0.01, seed: int = 0, progress: bool = False,
-                           init: torch.Tensor | None = None) -> UnlearnableResult:
+                           init: torch.Tensor | None = None,
+                           on_progress: Callable[[float], None] | None = None
+                           ) -> UnlearnableResult:
     """The min-min loop over a release ``x`` ``(N, C, H, W)`` in [0, 1].
 
     ``targets`` are masks ``(N, 1, H, W)`` (loss: Dice + BCE) or labels ``(N,)`` (cross-
     entropy); ``budget`` is the per-pixel bound (a tensor like ``x``); ``model`` is the
     surrogate, trained in place. ``step`` defaults to a tenth of the largest budget.
+    ``progress`` draws a bar of the rounds on stderr; ``on_progress`` hears the share of the
+    rounds done, after every batch of images (a round over a large release takes minutes).
     """
     if loss_fn is None:
         loss_fn = segmentation_loss if targets.ndim == 4 else F.cross_entropy
@@ -113,9 +116,18 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
     delta = torch.zeros_like(x) if init is None else init.clone()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     evaluations = 0
-    started = time.monotonic()
     final = float("inf")
     done = 0
+    bar = Progress(rounds, "rounds") if progress and rounds else None
+    note = ""
+
+    def advanced(round_share: float) -> None:
+        """The loop is ``done - 1 + round_share`` rounds through."""
+        if bar is not None:
+            bar.update(done - 1 + round_share, note)
+        if on_progress is not None:
+            on_progress((done - 1 + round_share) / rounds)
+
     for done in range(1, rounds + 1):
         model.train()
         if len(x) < 2:  # one image (a single-frame instance): BatchNorm keeps its running
@@ -146,18 +158,18 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
             with torch.no_grad():
                 delta[i:i + batch] = d
                 total += float(loss_fn(model(xb + d), tb)) * len(xb)
+            if i + batch < len(x):  # the round's last batch: drawn below, with the loss
+                advanced((i + batch) / len(x))
         for p in model.parameters():
             p.requires_grad_(True)
         evaluations += pgd_steps + 1
         final = total / len(x)
-        if progress:
-            print(f"\r[{'#' * done}{'.' * (rounds - done)}] round {done}/{rounds} surrogate loss "
-                  f"on protected data {final:.4f} {time.monotonic() - started:.0f}s", end="",
-                  file=sys.stderr, flush=True)
+        note = f"surrogate loss on protected data {final:.4f}"
+        advanced(1.0)
         if final < stop_loss:
             break
-    if progress:
-        print(file=sys.stderr)
+    if bar is not None:
+        bar.close()
     return UnlearnableResult(delta.detach(), done, final, int(round(evaluations)))
 
 
@@ -270,7 +282,10 @@ class Unlearnable:
                                    f"in the surrogate's order")
         return None
 
-    def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
+    def __call__(self, paths: Sequence[Path],
+                 progress: ReportProgress | None = None) -> list[Outcome]:
+        """Protect a series as one release; ``progress`` hears each shape group's instances
+        as shares of its min-min rounds."""
         from pydicom import dcmread
         from pydicom.tag import Tag
 
@@ -326,11 +341,13 @@ class Unlearnable:
         for index, view in views:
             groups.setdefault(view.values.shape[1:], []).append((index, view))
         for group in groups.values():
-            self._protect_group(group, targets, outcomes, segmentation)
+            self._protect_group(group, targets, outcomes, segmentation,
+                                progress or (lambda amount: None))
         return [o for o in outcomes if o is not None]
 
     def _protect_group(self, group: list[tuple[int, View]], targets: dict[int, torch.Tensor],
-                       outcomes: list[Outcome | None], segmentation: bool) -> None:
+                       outcomes: list[Outcome | None], segmentation: bool,
+                       report: ReportProgress) -> None:
         import copy
 
         from .view import finish
@@ -363,10 +380,17 @@ class Unlearnable:
             budget, init = torch.full_like(x, eps), None
         model = copy.deepcopy(self.surrogate.model)
         rounds = o["rounds"] if o["rounds"] is not None else default_rounds(segmentation)
+        reported = 0.0
+
+        def share(fraction: float) -> None:  # the group's instances, as the rounds go
+            nonlocal reported
+            report(len(group) * fraction - reported)
+            reported = len(group) * fraction
+
         result = error_minimizing_noise(x, y, budget, model, rounds=int(rounds),
                                         train_steps=int(o["train_steps"]),
                                         pgd_steps=int(o["pgd_steps"]), lr=float(o["lr"]),
-                                        init=init)
+                                        init=init, on_progress=share)
         delta = result.delta.cpu().numpy().transpose(0, 2, 3, 1).astype(np.float64)
         parameters = {"task": self.surrogate.info.task,
                       **applied_settings(o, segmentation, result.rounds),
@@ -377,6 +401,7 @@ class Unlearnable:
             frames = view.values.shape[0]
             outcomes[index] = finish(view, delta[offset:offset + frames], parameters)
             offset += frames
+        share(1.0)  # the rounds may stop early (the loss reached stop_loss), or be none
 
 
 def failed_outcome(path: Path, image_channels: int, surrogate_channels: int) -> Outcome:
