@@ -102,8 +102,8 @@ def test_a_good_folder_ends_with_the_summary_and_exit_0(folders: Path, tmp_path:
     assert lines[-1] == "verify: 2 instance(s): 2 valid, 0 invalid, 0 not sealed"
     assert main(_restore(folders, "good", tmp_path / "out")) == 0
     out, err = capsys.readouterr()
-    assert err == "" and _lines(out)[-1] == (
-        f"restore: 2 instance(s): 2 restored, 0 failed, 0 not sealed; written to {tmp_path / 'out'}")
+    assert err == "" and _lines(out)[-1] == ("restore: 2 instance(s): 2 restored, 0 failed, "
+                                             f"0 not sealed; written to {tmp_path / 'out'}")
     assert len(list((tmp_path / "out").glob("*.dcm"))) == 2
 
 
