@@ -20,15 +20,8 @@ import torch
 
 from .datasets import ImageSet, load_images
 from .surrogate import SEGMENTATION_ARCHITECTURES, SurrogateInfo, build_model, load_surrogate
-from .unlearnable import (
-    DEFAULTS,
-    applied_settings,
-    default_rounds,
-    error_minimizing_noise,
-    psnr,
-    segmentation_budget,
-    shortcut_pattern,
-)
+from .unlearnable import error_minimizing_noise, psnr, segmentation_budget, shortcut_pattern
+from .unlearnable_settings import DEFAULTS, applied_settings, default_rounds
 
 __all__ = ["DatasetJob", "protect_dataset"]
 
@@ -36,8 +29,8 @@ __all__ = ["DatasetJob", "protect_dataset"]
 @dataclass
 class DatasetJob:
     """Settings of one run (the CLI's options); the method's defaults are a profile's
-    (:data:`.unlearnable.DEFAULTS`), so a release and a gateway series get the same protection
-    unless told otherwise."""
+    (:data:`.unlearnable_settings.DEFAULTS`), so a release and a gateway series get the same
+    protection unless told otherwise."""
 
     data: Path
     out: Path
