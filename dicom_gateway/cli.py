@@ -11,13 +11,13 @@ Commands (a contract other tools and users rely on)::
     dicom-gateway protect-dataset --method unlearnable --data PATH --out DIR
 
 Errors are one line on stderr and a non-zero exit code (2: configuration, 1: anything else);
-set ``DICOM_GATEWAY_DEBUG=1`` to see a traceback instead.
+set ``DICOM_GATEWAY_DEBUG=1`` to see a traceback instead. ``verify`` and ``restore`` also exit 3
+when nothing is invalid but some instance is not sealed (:mod:`.seal.command`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from . import __version__
 from .errors import ConfigError, GatewayError
@@ -160,18 +159,6 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _budget(text: str, flag: str) -> float:
-    """An L-infinity budget given as ``N/255`` or as a fraction of the range."""
-    try:
-        value = (float(text.split("/")[0]) / float(text.split("/")[1]) if "/" in text
-                 else float(text))
-    except (ValueError, ZeroDivisionError):
-        raise GatewayError(f"{flag} {text!r}: expected N/255 or a fraction such as 0.0039")
-    if not 0 <= value <= 0.25:
-        raise GatewayError(f"{flag} {text!r}: must be in [0, 0.25] (at most 64/255)")
-    return value
-
-
 def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     try:
         from .protect.surrogate import SEGMENTATION_ARCHITECTURES, load_surrogate
@@ -182,7 +169,14 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     task = "segmentation" if arch in SEGMENTATION_ARCHITECTURES else "classification"
     if args.task and args.task != task:
         raise GatewayError(f"--arch {arch} is a {task} architecture, not {args.task}")
-    adversarial = _budget(args.adversarial_epsilon, "--adversarial-epsilon")
+    adversarial = 0.0
+    if args.adversarial_epsilon:
+        from .protect.method import parse_epsilon
+
+        try:
+            adversarial = parse_epsilon(args.adversarial_epsilon)
+        except ValueError as exc:
+            raise GatewayError(f"--adversarial-epsilon: {exc}") from None
     data = Path(args.data)
     if not data.exists():
         raise GatewayError(f"{data}: no such file or folder")
@@ -199,6 +193,20 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     return 0
 
 
+# protect-dataset flags that are unlearnable profile keys: same units, and when left out the
+# profile's defaults (DatasetJob's), so they are documented once, in docs/configuration.md
+_PROFILE_FLAGS = ("epsilon", "rounds", "train_steps", "pgd_steps", "init")
+
+
+def _epsilon(text: str) -> float:
+    from .protect.method import parse_epsilon
+
+    try:
+        return parse_epsilon(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _cmd_protect_dataset(args: argparse.Namespace) -> int:
     try:
         from .protect.dataset_job import DatasetJob, protect_dataset
@@ -209,11 +217,10 @@ def _cmd_protect_dataset(args: argparse.Namespace) -> int:
         raise GatewayError(f"{data}: no such file or folder")
     if args.surrogate and not Path(args.surrogate).is_file():
         raise GatewayError(f"{args.surrogate}: no such surrogate file")
+    given = {k: getattr(args, k) for k in _PROFILE_FLAGS if getattr(args, k) is not None}
     job = DatasetJob(data=data, out=Path(args.out), split=args.split,
                      surrogate=Path(args.surrogate) if args.surrogate else None, arch=args.arch,
-                     epsilon=args.epsilon / 255, rounds=args.rounds, train_steps=args.train_steps,
-                     pgd_steps=args.pgd_steps, init=args.init, mask_suffix=args.mask_suffix,
-                     seed=args.seed)
+                     mask_suffix=args.mask_suffix, seed=args.seed, **given)
     try:
         report = protect_dataset(job)
     except (ValueError, KeyError) as exc:
@@ -244,77 +251,16 @@ def _cmd_keys_partner(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sealed_files(inputs: Sequence[str]) -> list[Path]:
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.is_file()))
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise GatewayError(f"{item}: no such file or folder")
-    return files
-
-
-def _gateway_public(path: str | None) -> Any:
-    from .seal.keys import load_signing_public
-
-    return load_signing_public(Path(path)) if path else None
-
-
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from pydicom import dcmread
+    from .seal.command import run_verify
 
-    from .seal import SealError, verify
-
-    public = _gateway_public(args.gateway_key)
-    bad = 0
-    for path in _sealed_files(args.inputs):
-        try:
-            v = verify(dcmread(path), public)
-        except SealError as exc:
-            bad += 1
-            print(f"{path}: INVALID ({exc.reason}): {exc}")
-            continue
-        except Exception as exc:
-            bad += 1
-            print(f"{path}: INVALID (unreadable): {type(exc).__name__}: {exc}")
-            continue
-        m = v.manifest
-        print(f"{path}: VALID issuer {m['gateway']['id']} (key {m['gateway']['key_id']}), "
-              f"partner {m['partner']['name']} (key {m['partner']['key_id']}), method "
-              f"{m['method']}, time {m['time']}, parameters "
-              f"{json.dumps(m['parameters'], sort_keys=True)[:300]}")
-    return 1 if bad else 0
+    return run_verify(args.gateway_key, args.inputs)
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from pydicom import dcmread
+    from .seal.command import run_restore
 
-    from .seal import SealError, load_partner_key, restore
-
-    key = load_partner_key(Path(args.key))
-    public = _gateway_public(args.gateway_key)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    bad = done = 0
-    for path in _sealed_files(args.inputs):
-        try:
-            original = restore(dcmread(path), key, public)
-        except SealError as exc:
-            bad += 1
-            print(f"dicom-gateway: {path}: not restored ({exc.reason}): {exc}", file=sys.stderr)
-            continue
-        except Exception as exc:
-            bad += 1
-            print(f"dicom-gateway: {path}: not restored (unreadable): {type(exc).__name__}",
-                  file=sys.stderr)
-            continue
-        original.save_as(out / f"{original.SOPInstanceUID}.dcm", enforce_file_format=True)
-        done += 1
-    print(f"{done} instance(s) restored into {out} (pixels checked against the signed original "
-          f"digest); {bad} failed")
-    return 1 if bad else 0
+    return run_restore(args.key, args.gateway_key, args.inputs, Path(args.out))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -373,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", choices=["auto", "light", "affine"], default="auto",
                    help="light: flip and 2-px shift; affine: random resized crop, flip, "
                         "rotation, intensity jitter; auto: affine from 64 px up")
-    t.add_argument("--adversarial-epsilon", default="0",
+    t.add_argument("--adversarial-epsilon",
                    help="train on FGSM examples within this budget (N/255 or a fraction): "
                         "slightly robust surrogates transfer better (docs/protection.md)")
     t.add_argument("--init", help="start from this surrogate file's weights (fine-tuning)")
@@ -387,14 +333,14 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--split", default="train", help="the .npz split to protect")
     pd.add_argument("--surrogate", help="starting surrogate file (default: a fresh --arch)")
     pd.add_argument("--arch", choices=["cnn-small", "resnet18", "unet-small"])
-    pd.add_argument("--epsilon", type=float, default=8.0, help="L-inf budget in 1/255 units")
-    pd.add_argument("--rounds", type=int,
-                    help="min-min rounds (default: 0 for segmentation, where the shortcut "
-                         "pattern alone measured best, 10 for classification)")
-    pd.add_argument("--train-steps", type=int, default=10)
-    pd.add_argument("--pgd-steps", type=int, default=10)
-    pd.add_argument("--init", choices=["pattern", "zero"], default="pattern",
-                    help="segmentation start: the ROI/rim shortcut pattern or zero")
+    same = " (as the unlearnable profile key, with its default: docs/configuration.md)"
+    pd.add_argument("--epsilon", type=_epsilon,
+                    help="L-inf budget: a fraction such as 0.0314, or N/255 such as 8/255" + same)
+    pd.add_argument("--rounds", type=int, help="min-min rounds" + same)
+    pd.add_argument("--train-steps", type=int, help="surrogate steps per round" + same)
+    pd.add_argument("--pgd-steps", type=int, help="perturbation steps per round" + same)
+    pd.add_argument("--init", choices=["pattern", "zero"],
+                    help="segmentation start: the ROI/rim shortcut pattern or zero" + same)
     pd.add_argument("--mask-suffix", default="_mask")
     pd.add_argument("--seed", type=int, default=0)
     pd.set_defaults(func=_cmd_protect_dataset)

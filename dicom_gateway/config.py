@@ -308,6 +308,7 @@ def _partner(r: _Reader, gateway_ae: str, retry: RetryConfig, base_dir: Path) ->
 
 def _profile(name: str, r: _Reader, base_dir: Path) -> ProfileConfig:
     from .protect import method_names, validate_options
+    from .protect.method import parse_epsilon
 
     if not isinstance(r.data, Mapping):
         raise r.error("expected a mapping with at least 'method'")
@@ -325,6 +326,8 @@ def _profile(name: str, r: _Reader, base_dir: Path) -> ProfileConfig:
     if problem:
         key, text = problem
         raise r.error(text, key)
+    if "epsilon" in options:  # "8/255" or a fraction: the methods get the fraction
+        options["epsilon"] = parse_epsilon(options["epsilon"])
     return ProfileConfig(
         name=name,
         method=method,

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from dicom_gateway.config import Config, parse_config
 from dicom_gateway.gateway import Gateway
 
-__all__ = ["GatewayProcess", "base_config", "metric", "partner", "running_gateway", "sample", "scrape",
-           "send", "uid_secret", "wait_metric", "with_seal"]
+__all__ = ["GatewayProcess", "base_config", "metric", "partner", "running_gateway", "sample",
+           "sample_series", "scrape", "send", "uid_secret", "wait_metric", "with_seal"]
 
 FAST_RETRY = {"initial_seconds": 0.2, "multiplier": 2.0, "max_seconds": 1.0,
               "max_attempts": 20, "jitter": 0.1}
@@ -170,6 +170,18 @@ def sample(name: str = "CT_small.dcm", **attrs: Any) -> Any:
     for k, v in attrs.items():
         setattr(ds, k, v)
     return ds
+
+
+def sample_series(folder: Path, n: int, name: str = "CT_small.dcm") -> list[Path]:
+    """``n`` files of one series made from a bundled example (CT_small: 128x128, quick to
+    protect for real), in ``folder``."""
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series, files = generate_uid(), [folder / f"{i}.dcm" for i in range(n)]
+    for f in files:
+        sample(name, SeriesInstanceUID=series).save_as(f, enforce_file_format=True)
+    return files
 
 
 def wait_metric(port: int, name: str, value: float, timeout: float = 20.0, **labels: str) -> float:

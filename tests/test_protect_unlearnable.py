@@ -73,7 +73,7 @@ def test_protect_dataset_msd_lung(tmp_path: Path) -> None:
     val, test = msd_lung_h5("val"), msd_lung_h5("test")
     done = subprocess.run([sys.executable, "-m", "dicom_gateway.cli", "protect-dataset",
                            "--data", str(val), "--out", str(tmp_path / "release"),
-                           "--epsilon", "7"],
+                           "--epsilon", "7/255"],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "release" / "report.json").read_text())

@@ -86,11 +86,12 @@ def add_parser(sub: Any) -> None:
 
 
 def _fraction(text: str) -> float:
-    num, slash, den = text.strip().partition("/")
+    from ..protect.method import parse_epsilon
+
     try:
-        return float(num) / float(den) if slash else float(num)
-    except (ValueError, ZeroDivisionError):
-        raise GatewayError(f"budget {text!r}: expected N/255 or a fraction") from None
+        return parse_epsilon(text.strip())
+    except ValueError as exc:
+        raise GatewayError(f"--budgets: {exc}") from None
 
 
 def _options(text: str, where: str) -> dict[str, Any]:

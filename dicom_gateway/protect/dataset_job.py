@@ -2,9 +2,9 @@
 
 Reads a labelled set (layouts in :mod:`.datasets`), runs the min-min loop of
 :mod:`.unlearnable` over it, and writes the protected release in the same layout under the
-output folder with ``report.json`` (settings, PSNR, surrogate loss, rounds, time). Values are
-quantized as stored: 8-bit for ``.npz`` and image folders, float32 for ``.h5``. The originals
-are not written (they stay with the hospital).
+output folder with ``report.json`` (the settings that applied, PSNR, surrogate loss, rounds,
+time). Values are quantized as stored: 8-bit for ``.npz`` and image folders, float32 for
+``.h5``. The originals are not written (they stay with the hospital).
 """
 
 from __future__ import annotations
@@ -21,27 +21,30 @@ import torch
 from .datasets import ImageSet, load_images
 from .surrogate import SEGMENTATION_ARCHITECTURES, SurrogateInfo, build_model, load_surrogate
 from .unlearnable import error_minimizing_noise, psnr, segmentation_budget, shortcut_pattern
+from .unlearnable_settings import DEFAULTS, applied_settings, default_rounds
 
 __all__ = ["DatasetJob", "protect_dataset"]
 
 
 @dataclass
 class DatasetJob:
-    """Settings of one run (the CLI's options)."""
+    """Settings of one run (the CLI's options); the method's defaults are a profile's
+    (:data:`.unlearnable_settings.DEFAULTS`), so a release and a gateway series get the same
+    protection unless told otherwise."""
 
     data: Path
     out: Path
     split: str = "train"
     surrogate: Path | None = None
     arch: str | None = None
-    epsilon: float = 8 / 255
-    rounds: int | None = None  # default: 0 for segmentation (see docs/protection.md), 10 else
-    train_steps: int = 10
-    pgd_steps: int = 10
-    contour_radius: int = 3
-    texture_floor: float = 0.25
-    init: str = "pattern"
-    lr: float = 1e-3
+    epsilon: float = DEFAULTS["epsilon"]
+    rounds: int | None = DEFAULTS["rounds"]  # None: by task, default_rounds
+    train_steps: int = DEFAULTS["train_steps"]
+    pgd_steps: int = DEFAULTS["pgd_steps"]
+    contour_radius: int = DEFAULTS["contour_radius"]
+    texture_floor: float = DEFAULTS["texture_floor"]
+    init: str = DEFAULTS["init"]
+    lr: float = DEFAULTS["lr"]
     mask_suffix: str = "_mask"
     seed: int = 0
 
@@ -69,6 +72,7 @@ def protect_dataset(job: DatasetJob, progress: bool = True) -> dict[str, Any]:
     data = load_images(job.data, job.split, mask_suffix=job.mask_suffix)
     model, surrogate = _model(job, data)
     started = time.monotonic()
+    segmentation = data.masks is not None
     if data.masks is not None:
         targets = data.masks
         budget = segmentation_budget(data.images, targets, job.epsilon, job.contour_radius,
@@ -77,7 +81,7 @@ def protect_dataset(job: DatasetJob, progress: bool = True) -> dict[str, Any]:
     else:
         assert data.labels is not None
         targets, budget, init = data.labels, torch.full_like(data.images, job.epsilon), None
-    rounds = job.rounds if job.rounds is not None else (0 if data.masks is not None else 10)
+    rounds = job.rounds if job.rounds is not None else default_rounds(segmentation)
     result = error_minimizing_noise(data.images, targets, budget, model, rounds=rounds,
                                     train_steps=job.train_steps, pgd_steps=job.pgd_steps,
                                     lr=job.lr, seed=job.seed, progress=progress, init=init)
@@ -89,10 +93,8 @@ def protect_dataset(job: DatasetJob, progress: bool = True) -> dict[str, Any]:
     written = _write(job, data, protected)
     report = {
         "method": "unlearnable", "task": data.task, "data": job.data.name, "split": job.split,
-        "images": len(data), "epsilon": job.epsilon, "rounds": result.rounds,
-        "train_steps": job.train_steps, "pgd_steps": job.pgd_steps,
-        "contour_radius": job.contour_radius, "texture_floor": job.texture_floor,
-        "init": job.init, "surrogate": surrogate, "surrogate_final_loss": (
+        "images": len(data), **applied_settings(vars(job), segmentation, result.rounds),
+        "rounds": result.rounds, "surrogate": surrogate, "surrogate_final_loss": (
             result.final_loss if result.rounds else None),
         "psnr_db": psnr(data.images, protected),
         "max_abs_change": float((protected - data.images).abs().max()),

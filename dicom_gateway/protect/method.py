@@ -11,7 +11,8 @@ from pydicom.dataset import Dataset
 
 from ..errors import ProtectionError
 
-__all__ = ["Outcome", "ProtectionMethod", "check_common_options"]
+__all__ = ["EPSILON_FORMS", "Outcome", "ProtectionMethod", "check_common_options",
+           "parse_epsilon"]
 
 
 @dataclass
@@ -40,6 +41,11 @@ class ProtectionMethod(Protocol):
     ``__call__`` receives the spooled files of one series (a batch, so methods on a device can
     protect them together) and returns one :class:`Outcome` per file, in order. It must not
     raise for a bad instance: it returns an outcome with a :class:`ProtectionError`.
+
+    A method whose batch takes long may also accept a keyword ``progress``
+    (a :data:`~dicom_gateway.progress.ReportProgress`, or ``None``) and call it with the
+    instances done as it goes, in fractions if it works on the series as a whole; the stage
+    passes it only to methods that accept it and reports the rest of the batch at its end.
     """
 
     name: str
@@ -55,6 +61,33 @@ def failed(path: Path, reason: str, message: str) -> Outcome:
 def is_number(value: Any, low: float, high: float) -> bool:
     """A real number (not a bool) in ``[low, high]``: the methods' range checks."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+
+EPSILON_FORMS = "a fraction of the normalized range in (0, 0.25], or N/255 (e.g. 8/255)"
+_EPSILON_STEPS = 255  # the one explicit denominator: N/255 is N grey levels of an 8-bit image
+
+
+def parse_epsilon(value: Any) -> float:
+    """An L-infinity budget as a fraction of the normalized [0, 1] range.
+
+    The profile key ``epsilon`` and ``protect-dataset --epsilon`` both take it, in one unit: a
+    fraction (``0.0314``, a number or its text) or the explicit form ``"N/255"`` (``"8/255"``),
+    because "8" alone was read as 8/255 by one entry point and as 8 by the other. Raises
+    :class:`ValueError` naming the accepted forms.
+    """
+    fraction = value
+    if isinstance(value, str):
+        number, slash, steps = value.strip().partition("/")
+        try:
+            fraction = float(number) / (int(steps) if slash else 1)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"{value!r} is not {EPSILON_FORMS}") from None
+        if slash and int(steps) != _EPSILON_STEPS:
+            raise ValueError(f"{value!r}: write the budget as N/255 or as a fraction")
+    if not is_number(fraction, 0, 0.25) or fraction == 0:
+        hint = " (a bare N is a fraction, not N/255)" if is_number(fraction, 1, 255) else ""
+        raise ValueError(f"{value!r} is not {EPSILON_FORMS}{hint}")
+    return float(fraction)
 
 
 def check_common_options(options: Mapping[str, Any], defaults: Mapping[str, Any]

@@ -2,13 +2,14 @@
 
 Files are grouped by series (a batch per series, as in the gateway) and written to ``--out`` as
 ``<SOPInstanceUID>.dcm``. A file that cannot be protected is reported with its reason and
-nothing is written for it (fail closed); the exit code is then non-zero.
+nothing is written for it (fail closed); the exit code is then non-zero. A progress bar on
+stderr counts instances with an ETA, inside a long series too for methods that report their
+progress (:class:`~.method.ProtectionMethod`).
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from ..config import Config
 from ..metrics import Metrics
+from ..progress import Progress
 from .stage import ProtectionStage
 
 __all__ = ["protect_files"]
@@ -54,10 +56,9 @@ def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Pat
             problems.append(f"{path}: not a readable DICOM file ({type(exc).__name__})")
     total = sum(len(v) for v in series.values())
     out.mkdir(parents=True, exist_ok=True)
-    done = 0
+    bar = Progress(total, "instances") if progress and total else None
     for paths in series.values():
-        for outcome in stage.protect(profile, paths):
-            done += 1
+        for outcome in stage.protect(profile, paths, bar.advance if bar else None):
             if outcome.error is not None:
                 problems.append(f"{outcome.source}: {outcome.error.reason}: {outcome.error}")
             elif sealer is not None and partner is not None:
@@ -74,10 +75,6 @@ def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Pat
             elif outcome.output is not None:
                 sop = dcmread(outcome.output, stop_before_pixels=True).SOPInstanceUID
                 shutil.copyfile(outcome.output, out / f"{sop}.dcm")
-            if progress:
-                filled = int(30 * done / max(total, 1))
-                print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end="",
-                      file=sys.stderr, flush=True)
-    if progress and total:
-        print(file=sys.stderr)
+    if bar:
+        bar.close()
     return total - sum(1 for p in problems if ": not a readable" not in p), problems

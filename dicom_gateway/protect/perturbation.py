@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .method import Outcome, check_common_options, is_number
+from ..progress import ReportProgress
+from .method import Outcome, check_common_options, is_number, parse_epsilon
 from .view import View, finish, prepare
 
 __all__ = ["DEFAULTS", "LOSSES", "AdversarialPerturbation", "adapt", "attack", "gradient"]
@@ -157,9 +158,10 @@ class AdversarialPerturbation:
         problem = check_common_options(options, _DEFAULTS)
         if problem:
             return problem
-        eps = options.get("epsilon", _DEFAULTS["epsilon"])
-        if not isinstance(eps, (int, float)) or not 0 < eps <= 0.25:
-            return "epsilon", "must be a number in (0, 0.25] (fraction of the normalized range)"
+        try:
+            parse_epsilon(options.get("epsilon", _DEFAULTS["epsilon"]))
+        except ValueError as exc:
+            return "epsilon", str(exc)
         for key, top in (("steps", 1000), ("batch", 4096)):
             value = options.get(key, _DEFAULTS[key])
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
@@ -180,13 +182,15 @@ class AdversarialPerturbation:
     def attack_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`attack` this profile sets (the certificate's)."""
         o = self.options
-        return {"epsilon": float(o["epsilon"]), "steps": int(o["steps"]),
+        return {"epsilon": parse_epsilon(o["epsilon"]), "steps": int(o["steps"]),
                 "momentum": float(o["momentum"]), "diversity": float(o["diversity"]),
                 "loss": str(o["loss"]), "smoothing": int(o["smoothing"]),
                 "scales": int(o["scales"]), "balance": bool(o["balance"])}
 
-    def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
-        """Protect a series: frames of the same size are attacked together, ``batch`` at a time."""
+    def __call__(self, paths: Sequence[Path],
+                 progress: ReportProgress | None = None) -> list[Outcome]:
+        """Protect a series: frames of the same size are attacked together, ``batch`` at a time
+        (``progress`` hears each batch, a frame being a share of its instance)."""
         import torch
 
         outcomes: list[Outcome | None] = [None] * len(paths)
@@ -201,12 +205,15 @@ class AdversarialPerturbation:
         parameters = {**self.attack_options(), "surrogates": [s.sha256 for s in self.surrogates]}
         for group in ready.values():
             values = np.concatenate([v.values for _, v in group])
+            shares = np.concatenate([np.full(len(v.values), 1 / len(v.values)) for _, v in group])
             deltas = []
             for start in range(0, len(values), int(o["batch"])):
                 chunk = values[start:start + int(o["batch"])].transpose(0, 3, 1, 2)
                 x = torch.from_numpy(np.ascontiguousarray(chunk)).float().to(self.device)
                 adv = attack(x, self.surrogates, **self.attack_options())
                 deltas.append((adv - x).cpu().numpy().transpose(0, 2, 3, 1))
+                if progress is not None:
+                    progress(float(shares[start:start + int(o["batch"])].sum()))
             delta = np.concatenate(deltas).astype(np.float64)
             offset = 0
             for index, view in group:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,7 @@ from pathlib import Path
 from ..config import ProfileConfig
 from ..errors import ProtectionError
 from ..metrics import Metrics
+from ..progress import ReportProgress
 from .method import Outcome, ProtectionMethod
 from .registry import create_method
 
@@ -29,13 +31,18 @@ class ProtectionStage:
     def profile(self, name: str) -> ProfileConfig:
         return self._profiles[name]
 
-    def protect(self, profile_name: str, paths: Sequence[Path]) -> list[Outcome]:
+    def protect(self, profile_name: str, paths: Sequence[Path],
+                progress: ReportProgress | None = None) -> list[Outcome]:
         """Protect one series batch with the named profile; never raises for bad data.
 
         If the method raises on the batch, each instance is tried alone, so one instance that
-        trips a method bug is quarantined (``method_error``) without its whole series."""
+        trips a method bug is quarantined (``method_error``) without its whole series.
+        ``progress`` is advanced by exactly ``len(paths)`` instances in all: as the method
+        reports them if it takes ``progress`` (a long series shows its progress), the rest when
+        the batch is done."""
         profile = self._profiles[profile_name]
         started = time.perf_counter()
+        batch = _BatchProgress(progress, len(paths))
         try:
             method = self._methods.get(profile_name)
             if method is None:
@@ -46,21 +53,26 @@ class ProtectionStage:
             outcomes = [self._failed(profile.method, p, exc) for p in paths]
         else:
             try:
-                outcomes = self._run(method, paths)
+                outcomes = self._run(method, paths, batch if progress else None)
             except Exception as exc:  # a method bug must not take the worker down: fail closed
                 _log.exception("protection method %s failed on a batch of %d%s", profile.method,
                                len(paths), "; trying each instance alone" if len(paths) > 1
                                else "")
                 outcomes = ([self._alone(method, profile.method, p) for p in paths]
                             if len(paths) > 1 else [self._failed(profile.method, paths[0], exc)])
+        batch.finish()
         elapsed = time.perf_counter() - started
         self._metrics.protect_seconds.labels(method=profile.method).observe(
             elapsed / max(len(paths), 1))
         return outcomes
 
     @staticmethod
-    def _run(method: ProtectionMethod, paths: Sequence[Path]) -> list[Outcome]:
-        outcomes = method(paths)
+    def _run(method: ProtectionMethod, paths: Sequence[Path],
+             progress: ReportProgress | None = None) -> list[Outcome]:
+        if progress is not None and _takes_progress(method):
+            outcomes = method(paths, progress=progress)  # type: ignore[call-arg]
+        else:
+            outcomes = method(paths)
         if len(outcomes) != len(paths):
             raise RuntimeError(f"returned {len(outcomes)} outcomes for {len(paths)} instances")
         return outcomes
@@ -77,3 +89,30 @@ class ProtectionStage:
     def _failed(name: str, path: Path, exc: Exception) -> Outcome:
         return Outcome(source=path, error=ProtectionError(
             "method_error", f"method {name!r} failed: {type(exc).__name__}: {exc}"))
+
+
+def _takes_progress(method: ProtectionMethod) -> bool:
+    """Whether the method reports progress within a batch (the optional ``progress`` keyword
+    of :class:`~.method.ProtectionMethod`); methods without it keep working unchanged."""
+    try:
+        return "progress" in inspect.signature(method).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): assume not
+        return False
+
+
+class _BatchProgress:
+    """A method's reports for one batch, passed on but never beyond the batch's size, so a
+    method that over- or under-reports cannot skew the bar; :meth:`finish` reports the rest."""
+
+    def __init__(self, report: ReportProgress | None, size: int) -> None:
+        self._report = report
+        self._left = float(size)
+
+    def __call__(self, amount: float) -> None:
+        step = min(max(amount, 0.0), self._left)
+        if step > 0 and self._report is not None:
+            self._left -= step
+            self._report(step)
+
+    def finish(self) -> None:
+        self(self._left)

@@ -19,8 +19,6 @@ texture) to amortize the noise over images; here the perturbation itself is opti
 from __future__ import annotations
 
 import math
-import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .method import Outcome, check_common_options, failed, is_number
+from ..progress import Progress, ReportProgress
+from .method import Outcome, check_common_options, failed, is_number, parse_epsilon
+from .unlearnable_settings import DEFAULTS, applied_settings, default_rounds
 from .train import segmentation_loss
 from .view import View
 
-__all__ = ["Unlearnable", "UnlearnableResult", "contour_band", "error_minimizing_noise", "psnr",
-           "segmentation_budget", "shortcut_pattern", "texture_weight"]
+__all__ = ["DEFAULTS", "Unlearnable", "UnlearnableResult", "applied_settings", "contour_band",
+           "default_rounds", "error_minimizing_noise", "psnr", "segmentation_budget",
+           "shortcut_pattern", "texture_weight"]
 
 
 def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -96,12 +97,16 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
                            rounds: int = 20, train_steps: int = 10, pgd_steps: int = 10,
                            step: float | None = None, batch: int = 32, lr: float = 1e-3,
                            stop_loss: float = 0.01, seed: int = 0, progress: bool = False,
-                           init: torch.Tensor | None = None) -> UnlearnableResult:
+                           init: torch.Tensor | None = None,
+                           on_progress: Callable[[float], None] | None = None
+                           ) -> UnlearnableResult:
     """The min-min loop over a release ``x`` ``(N, C, H, W)`` in [0, 1].
 
     ``targets`` are masks ``(N, 1, H, W)`` (loss: Dice + BCE) or labels ``(N,)`` (cross-
     entropy); ``budget`` is the per-pixel bound (a tensor like ``x``); ``model`` is the
     surrogate, trained in place. ``step`` defaults to a tenth of the largest budget.
+    ``progress`` draws a bar of the rounds on stderr; ``on_progress`` hears the share of the
+    rounds done, after every batch of images (a round over a large release takes minutes).
     """
     if loss_fn is None:
         loss_fn = segmentation_loss if targets.ndim == 4 else F.cross_entropy
@@ -111,9 +116,18 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
     delta = torch.zeros_like(x) if init is None else init.clone()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     evaluations = 0
-    started = time.monotonic()
     final = float("inf")
     done = 0
+    bar = Progress(rounds, "rounds") if progress and rounds else None
+    note = ""
+
+    def advanced(round_share: float) -> None:
+        """The loop is ``done - 1 + round_share`` rounds through."""
+        if bar is not None:
+            bar.update(done - 1 + round_share, note)
+        if on_progress is not None:
+            on_progress((done - 1 + round_share) / rounds)
+
     for done in range(1, rounds + 1):
         model.train()
         if len(x) < 2:  # one image (a single-frame instance): BatchNorm keeps its running
@@ -144,18 +158,18 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
             with torch.no_grad():
                 delta[i:i + batch] = d
                 total += float(loss_fn(model(xb + d), tb)) * len(xb)
+            if i + batch < len(x):  # the round's last batch: drawn below, with the loss
+                advanced((i + batch) / len(x))
         for p in model.parameters():
             p.requires_grad_(True)
         evaluations += pgd_steps + 1
         final = total / len(x)
-        if progress:
-            print(f"\r[{'#' * done}{'.' * (rounds - done)}] round {done}/{rounds} surrogate loss "
-                  f"on protected data {final:.4f} {time.monotonic() - started:.0f}s", end="",
-                  file=sys.stderr, flush=True)
+        note = f"surrogate loss on protected data {final:.4f}"
+        advanced(1.0)
         if final < stop_loss:
             break
-    if progress:
-        print(file=sys.stderr)
+    if bar is not None:
+        bar.close()
     return UnlearnableResult(delta.detach(), done, final, int(round(evaluations)))
 
 
@@ -167,11 +181,6 @@ def shortcut_pattern(masks: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     checker = ((yy + xx) % 2 * 2 - 1).to(budget.dtype)
     return budget * checker * (2 * masks - 1)
-
-
-_DEFAULTS: dict[str, Any] = {"epsilon": 8 / 255, "contour_radius": 3, "texture_floor": 0.25,
-                             "rounds": None, "train_steps": 5, "pgd_steps": 5, "lr": 1e-3,
-                             "init": "pattern", "label_tag": None, "classes": None}
 
 
 class Unlearnable:
@@ -193,7 +202,7 @@ class Unlearnable:
         from .device import protection_device
         from .surrogate import load_surrogate
 
-        self.options = {**_DEFAULTS, **options}
+        self.options = {**DEFAULTS, **options}
         self.device = protection_device()
         self.surrogate = load_surrogate(Path(options["surrogates"][0]), self.device)
 
@@ -201,23 +210,24 @@ class Unlearnable:
     def validate(options: Mapping[str, Any]) -> tuple[str, str] | None:
         from .surrogate import load_surrogate
 
-        problem = check_common_options(options, _DEFAULTS)
+        problem = check_common_options(options, DEFAULTS)
         if problem:
             return problem
         if len(options["surrogates"]) != 1:
             return "surrogates", "unlearnable takes exactly one surrogate (its starting point)"
-        eps = options.get("epsilon", _DEFAULTS["epsilon"])
-        if not isinstance(eps, (int, float)) or not 0 < eps <= 0.25:
-            return "epsilon", "must be a number in (0, 0.25] (fraction of the normalized range)"
+        try:
+            parse_epsilon(options.get("epsilon", DEFAULTS["epsilon"]))
+        except ValueError as exc:
+            return "epsilon", str(exc)
         for key in ("rounds", "train_steps", "pgd_steps", "contour_radius"):
-            value = options.get(key, _DEFAULTS[key] if key != "rounds" else 0)
+            value = options.get(key, DEFAULTS[key] if key != "rounds" else 0)
             if key == "rounds" and value is None:  # null: by task (0 segmentation, 3 labels)
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1000:
                 return key, "must be an integer in [0, 1000]"
-        if not is_number(options.get("texture_floor", _DEFAULTS["texture_floor"]), 0, 1):
+        if not is_number(options.get("texture_floor", DEFAULTS["texture_floor"]), 0, 1):
             return "texture_floor", "must be a number in [0, 1] (share of epsilon in flat regions)"
-        lr = options.get("lr", _DEFAULTS["lr"])
+        lr = options.get("lr", DEFAULTS["lr"])
         if not is_number(lr, 0, 1) or lr == 0:
             return "lr", "must be a number in (0, 1] (the surrogate's learning rate in min-min)"
         if options.get("init", "pattern") not in ("pattern", "zero"):
@@ -245,7 +255,10 @@ class Unlearnable:
                                    f"in the surrogate's order")
         return None
 
-    def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
+    def __call__(self, paths: Sequence[Path],
+                 progress: ReportProgress | None = None) -> list[Outcome]:
+        """Protect a series as one release; ``progress`` hears each shape group's instances
+        as shares of its min-min rounds."""
         from pydicom import dcmread
         from pydicom.tag import Tag
 
@@ -301,11 +314,13 @@ class Unlearnable:
         for index, view in views:
             groups.setdefault(view.values.shape[1:], []).append((index, view))
         for group in groups.values():
-            self._protect_group(group, targets, outcomes, segmentation)
+            self._protect_group(group, targets, outcomes, segmentation,
+                                progress or (lambda amount: None))
         return [o for o in outcomes if o is not None]
 
     def _protect_group(self, group: list[tuple[int, View]], targets: dict[int, torch.Tensor],
-                       outcomes: list[Outcome | None], segmentation: bool) -> None:
+                       outcomes: list[Outcome | None], segmentation: bool,
+                       report: ReportProgress) -> None:
         import copy
 
         from .view import finish
@@ -337,15 +352,21 @@ class Unlearnable:
         else:
             budget, init = torch.full_like(x, eps), None
         model = copy.deepcopy(self.surrogate.model)
-        rounds = o["rounds"] if o["rounds"] is not None else (0 if segmentation else 3)
+        rounds = o["rounds"] if o["rounds"] is not None else default_rounds(segmentation)
+        reported = 0.0
+
+        def share(fraction: float) -> None:  # the group's instances, as the rounds go
+            nonlocal reported
+            report(len(group) * fraction - reported)
+            reported = len(group) * fraction
+
         result = error_minimizing_noise(x, y, budget, model, rounds=int(rounds),
                                         train_steps=int(o["train_steps"]),
                                         pgd_steps=int(o["pgd_steps"]), lr=float(o["lr"]),
-                                        init=init)
+                                        init=init, on_progress=share)
         delta = result.delta.cpu().numpy().transpose(0, 2, 3, 1).astype(np.float64)
-        parameters = {"task": self.surrogate.info.task, "epsilon": eps,
-                      "contour_radius": int(o["contour_radius"]),
-                      "texture_floor": float(o["texture_floor"]), "init": o["init"],
+        parameters = {"task": self.surrogate.info.task,
+                      **applied_settings(o, segmentation, result.rounds),
                       "rounds": result.rounds, "release_size": len(x),
                       "surrogates": [self.surrogate.sha256]}
         offset = 0
@@ -353,6 +374,7 @@ class Unlearnable:
             frames = view.values.shape[0]
             outcomes[index] = finish(view, delta[offset:offset + frames], parameters)
             offset += frames
+        share(1.0)  # the rounds may stop early (the loss reached stop_loss), or be none
 
 
 def failed_outcome(path: Path, image_channels: int, surrogate_channels: int) -> Outcome:

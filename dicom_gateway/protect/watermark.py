@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..progress import ReportProgress
 from .method import Outcome, check_common_options, is_number
 
 __all__ = ["AdversarialWatermark", "WatermarkResult", "gradcam_keepout", "load_logo",
@@ -443,21 +444,27 @@ class AdversarialWatermark:
             return "logo", f"logo file not found: {logo}"
         return None
 
-    def __call__(self, paths: Sequence[Any]) -> list[Any]:
+    def __call__(self, paths: Sequence[Any],
+                 progress: ReportProgress | None = None) -> list[Any]:
+        """Search a mark for each frame of each instance; ``progress`` hears of every frame
+        (the search takes seconds to minutes a frame, so a series would otherwise be silent)."""
         import numpy as np
 
         from .view import finish, prepare
 
         o = self.options
+        report = progress or (lambda amount: None)
         outcomes = []
         for path in paths:
             view = prepare(path)
             if isinstance(view, Outcome):
                 outcomes.append(view)
+                report(1)
                 continue
             delta = np.zeros_like(view.values)
             marks = []
-            for f in range(view.values.shape[0]):  # each frame gets its own mark
+            frames = view.values.shape[0]
+            for f in range(frames):  # each frame gets its own mark
                 image = torch.from_numpy(view.values[f].transpose(2, 0, 1)).float()
                 keep = (gradcam_keepout(image, self.surrogates[0], float(o["keepout_saliency"]))
                         if o["keepout_saliency"] else None)
@@ -466,6 +473,7 @@ class AdversarialWatermark:
                 delta[f] = r.image.numpy().transpose(1, 2, 0) - view.values[f]
                 marks.append({**r.params, "fooled": r.fooled, "score": r.score,
                               "textured": r.textured})
+                report(1 / frames)
             outcomes.append(finish(view, delta, {
                 "logo_sha256": _logo_digest(self.logo), "marks": marks,
                 "max_area_fraction": float(o["max_area_fraction"]),
