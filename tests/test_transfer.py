@@ -200,3 +200,32 @@ def test_transfer_study_reports_computed_figures(tmp_path: Path,
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| 8/255 |" in report and "retained skill" in report
     assert {t["target"] for t in results["targets"]} >= {"8/255: black-box retained skill"}
+
+
+def test_train_surrogate_fine_tunes_slightly_robust(tmp_path: Path,
+                                                     surrogates: dict[str, Path]) -> None:
+    """``--init`` starts from a surrogate file; ``--adversarial-epsilon`` trains on FGSM
+    examples; both are recorded in the file, and a mismatched ``--init`` is refused."""
+    import subprocess
+    import sys
+
+    from dicom_gateway.protect.surrogate import load_surrogate
+
+    data = medmnist_npz("pneumoniamnist_balanced.npz")
+    out = tmp_path / "robust.pt"
+    done = subprocess.run([sys.executable, "-m", "dicom_gateway.cli", "train-surrogate",
+                           "--data", str(data), "--epochs", "1", "--init",
+                           str(surrogates["pneumonia"]), "--adversarial-epsilon", "1/255",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = load_surrogate(out).info
+    start = load_surrogate(surrogates["pneumonia"])
+    assert info.training["adversarial_epsilon"] == pytest.approx(1 / 255, abs=1e-6)
+    assert info.training["init"] == start.sha256 and info.view == "window-else-stored-range"
+    assert info.metrics["val_accuracy"] > 0.8
+    bad = subprocess.run([sys.executable, "-m", "dicom_gateway.cli", "train-surrogate",
+                          "--data", str(data), "--epochs", "1", "--arch", "resnet18", "--init",
+                          str(surrogates["pneumonia"]), "--out", str(tmp_path / "bad.pt")],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "--init" in bad.stderr and "cnn-small" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -93,16 +93,29 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
+def _chance(data: ImageSet) -> float | None:
+    """The accuracy of always answering the majority class (classification sets)."""
+    if data.labels is None or not len(data.labels):
+        return None
+    return float(torch.bincount(data.labels).max()) / len(data.labels)
+
+
 def _summary(scores: dict[str, float], clean: dict[str, float], white: tuple[str, ...],
-             black: tuple[str, ...]) -> dict[str, Any]:
+             black: tuple[str, ...], chance: float | None = None) -> dict[str, Any]:
     def rel(names: tuple[str, ...]) -> float | None:
         c = [clean[n] for n in names if n in scores]
         p = [scores[n] for n in names if n in scores]
         return round(sum(p) / sum(c), 4) if c and sum(c) > 0 else None
-    return {"per_victim": scores,
-            "white_box_mean": _mean([scores[n] for n in white if n in scores]),
-            "black_box_mean": _mean([scores[n] for n in black if n in scores]),
-            "white_box_relative": rel(white), "black_box_relative": rel(black)}
+    out = {"per_victim": scores,
+           "white_box_mean": _mean([scores[n] for n in white if n in scores]),
+           "black_box_mean": _mean([scores[n] for n in black if n in scores]),
+           "white_box_relative": rel(white), "black_box_relative": rel(black)}
+    if chance is not None:  # retained skill: (acc - chance) / (clean - chance), per victim
+        skills = [(scores[n] - chance) / (clean[n] - chance) for n in black
+                  if n in scores and clean.get(n, 0) - chance > 1e-9]
+        out["chance"] = round(chance, 4)
+        out["black_box_retained_skill"] = _mean(skills)
+    return out
 
 
 # Default training length: the segmentation sets are small (111 MSD lung training patches), and
@@ -213,7 +226,7 @@ def _attack_defences(run: _Run, models: dict[str, Trained], protected: torch.Ten
     out: dict[str, Any] = {}
     for name, transform in defences.TEST_TIME.items():
         scores = _scores(models, transform(protected), data)
-        out[name] = {**_summary(scores, clean, run.white, run.black),
+        out[name] = {**_summary(scores, clean, run.white, run.black, _chance(data)),
                      "on_clean": _scores(models, transform(original), data)}
     return out
 
@@ -244,7 +257,7 @@ def _perturbation(run: _Run, models: dict[str, Trained], clean: dict[str, float]
             "quality": {"psnr_db": round(psnr(x, protected), 2),
                         "ssim": round(ssim(x, protected), 4),
                         "max_abs_change_8bit": round(float((protected - x).abs().max()) * 255)},
-            "protected": _summary(scores, clean, run.white, run.black),
+            "protected": _summary(scores, clean, run.white, run.black, _chance(s.test)),
             "defences": _attack_defences(run, models, protected, x, s.test, clean)}
 
 
@@ -312,7 +325,7 @@ def _watermark(run: _Run, models: dict[str, Trained], options: dict[str, Any]) -
     dfs = _attack_defences(run, models, protected, x, test, clean_subset)
     for name, fn in (("blank_box", defences.blank_box), ("inpaint_box", defences.inpaint_box)):
         dfs[name] = _summary(_scores(models, fn(protected, foot), test), clean_subset,
-                             run.white, run.black)
+                             run.white, run.black, _chance(test))
     _log(ev, "training the attacker's removal network")
     pairs = _random_marks(s.train.images, logo, float(o["max_area_fraction"]), ev.seed + 11)
     net = defences.train_removal_network(s.train.images, pairs, ev.removal_epochs, ev.seed,
@@ -323,7 +336,7 @@ def _watermark(run: _Run, models: dict[str, Trained], options: dict[str, Any]) -
         held = _random_marks(x, logo, float(o["max_area_fraction"]), ev.seed + 13)
         held_psnr = psnr(x, _8bit(net(held)))
     dfs["removal_network"] = {**_summary(_scores(models, removed, test), clean_subset, run.white,
-                                         run.black),
+                                         run.black, _chance(test)),
                               "psnr_on_random_marks_before_db": round(psnr(x, held), 2),
                               "psnr_on_random_marks_after_db": round(held_psnr, 2)}
     outside = ~foot.unsqueeze(1).expand_as(x)
@@ -340,7 +353,7 @@ def _watermark(run: _Run, models: dict[str, Trained], options: dict[str, Any]) -
                         "changed_outside_footprint":
                             int(((protected - x).abs() > 0)[outside].sum())},
             "clean_on_subset": clean_subset,
-            "protected": _summary(scores, clean_subset, run.white, run.black),
+            "protected": _summary(scores, clean_subset, run.white, run.black, _chance(test)),
             "defences": dfs}
 
 

@@ -5,7 +5,7 @@ their full stored range (0-255 for 8 bits stored: the ``/255`` that ``train-surr
 every image library apply), never a per-image stretch: a stretch would show the surrogate a
 view no victim trains on and shrink the budget in stored units. MONOCHROME1 is inverted so
 models see MONOCHROME2; colour uses the full stored range. This is the view a surrogate file
-declares (:data:`VIEW`), decision 0011.
+declares (:data:`VIEW`), decision 0013.
 PALETTE COLOR is seen through its lookup table as RGB and written as RGB (the palette cannot
 carry a perturbation); the seal then keeps the original indices and palette (decision 0008).
 A change made in the view is mapped back to stored units, rounded and clipped to the stored
