@@ -183,7 +183,8 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     try:
         info = train_surrogate(data, arch, Path(args.out), epochs=args.epochs, seed=args.seed,
                                mask_suffix=args.mask_suffix, adversarial_epsilon=adversarial,
-                               augment=args.augment, init=Path(args.init) if args.init else None)
+                               augment=args.augment, init=Path(args.init) if args.init else None,
+                               max_images=args.max_images)
     except (ValueError, KeyError) as exc:
         raise GatewayError(f"{data}: cannot train on it: {exc}") from None
     sha = load_surrogate(Path(args.out)).sha256
@@ -323,6 +324,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="train on FGSM examples within this budget (N/255 or a fraction): "
                         "slightly robust surrogates transfer better (docs/protection.md)")
     t.add_argument("--init", help="start from this surrogate file's weights (fine-tuning)")
+    t.add_argument("--max-images", type=int,
+                   help="train on a seeded subset of this many training images (class "
+                        "proportions kept), e.g. on a small CPU machine")
     t.set_defaults(func=_cmd_train_surrogate)
 
     pd = sub.add_parser("protect-dataset",

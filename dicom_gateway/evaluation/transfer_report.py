@@ -65,6 +65,8 @@ def _plots(results: dict[str, Any], examples: dict[str, torch.Tensor], out: Path
     except ImportError:
         return []
     rows = results["frontier"]
+    if not rows:
+        return []
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "psnr_db", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
         xs = [r[key] for r in rows]

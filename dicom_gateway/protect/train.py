@@ -192,15 +192,23 @@ def _splits(data: Path, seed: int, mask_suffix: str) -> tuple[ImageSet, ImageSet
 def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: int = 0,
                     batch: int = 64, lr: float = 2e-3, progress: bool = True,
                     mask_suffix: str = "_mask", adversarial_epsilon: float = 0.0,
-                    augment: str = "auto", init: Path | None = None) -> SurrogateInfo:
+                    augment: str = "auto", init: Path | None = None,
+                    max_images: int | None = None) -> SurrogateInfo:
     """Train, keep the epoch with the best validation score, save; return the info.
 
     ``augment``: ``light`` (flip, shift <= 2 px), ``affine`` (:func:`random_affine`, what a
     practitioner uses at 224) or ``auto`` (``affine`` from 64 px up, else ``light``).
     ``adversarial_epsilon``: see :func:`fit` (classification only). ``init``: a surrogate
     file of the same architecture and data shape to start from (fine-tuning, e.g. a few
-    adversarial epochs on a surrogate already trained)."""
+    adversarial epochs on a surrogate already trained). ``max_images``: train on a seeded
+    subset of that many training images (in the classes' proportions), for a small machine."""
     train, val = _splits(data, seed, mask_suffix)
+    if max_images is not None and max_images < len(train):
+        if train.labels is not None:
+            train = stratified_split(train, max_images / len(train), seed + 1)[1]
+        else:
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
+            train = train.subset(order[:max_images])
     if arch == "auto":
         arch = ("unet-small" if train.task == "segmentation" else
                 "cnn-small" if min(train.images.shape[2:]) < 64 else "resnet10")
@@ -242,7 +250,7 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
     key = "val_dice" if segmentation else "val_accuracy"
     info = replace(info, metrics={key: round(best, 4)}, training={
         "epochs": epochs, "seed": seed, "augment": augment,
-        "adversarial_epsilon": round(adversarial_epsilon, 6),
+        "adversarial_epsilon": round(adversarial_epsilon, 6), "images": len(train),
         **({"init": start.sha256} if init is not None else {})})
     save_surrogate(model, info, out)
     return info
