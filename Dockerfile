@@ -52,7 +52,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" \
 WORKDIR /tmp/dicom-gateway-src
 COPY pyproject.toml README.md ./
 COPY dicom_gateway ./dicom_gateway
-RUN pip install ".[protect]" && rm -rf /tmp/dicom-gateway-src
+RUN pip install "./[protect]" && rm -rf /tmp/dicom-gateway-src
 COPY config/gateway.example.yaml /etc/dicom-gateway/gateway.example.yaml
 
 # A dedicated unprivileged user (uid/gid 10001, as in deploy/kubernetes/statefulset.yaml) owns
