@@ -135,3 +135,10 @@ def test_a_profile_that_needs_torch_is_refused_in_one_line(base_env: Path,
         f"dicom-gateway: configuration error: {config}: profiles.xray-invisible.method: method "
         "'adversarial_perturbation' needs torch, which this install lacks: "
         "pip install 'dicom-gateway[protect]'"]
+
+
+def test_evaluate_without_the_extra_says_what_to_install(base_env: Path, tmp_path: Path) -> None:
+    done = _cli("evaluate", "--dataset", "retinamnist", "--out", str(tmp_path / "eval"))
+    assert done.returncode == 1 and done.stderr.splitlines() == [
+        "dicom-gateway: evaluate needs torch, which this install lacks: "
+        "pip install 'dicom-gateway[protect,eval]'"]

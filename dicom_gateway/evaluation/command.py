@@ -77,7 +77,11 @@ def add_parser(sub: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from .harness import DEFAULT_METHODS, Evaluation, run_evaluation
+    try:
+        from .harness import DEFAULT_METHODS, Evaluation, run_evaluation
+    except ModuleNotFoundError as exc:  # the base install: no torch
+        raise GatewayError(f"evaluate needs {exc.name}, which this install lacks: "
+                           "pip install 'dicom-gateway[protect,eval]'") from None
 
     config = Path(args.config) if args.config else None
     methods = ([parse_profile(p, config) for p in args.profile] if args.profile
