@@ -17,7 +17,8 @@
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
-# torch for the protection methods: the version scripts/setup.sh pins; the CPU build by default.
+# torch for the protection methods (the `protect` extra): the version scripts/setup.sh pins; the
+# CPU build by default.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
@@ -51,7 +52,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" \
 WORKDIR /tmp/dicom-gateway-src
 COPY pyproject.toml README.md ./
 COPY dicom_gateway ./dicom_gateway
-RUN pip install . && rm -rf /tmp/dicom-gateway-src
+RUN pip install "./[protect]" && rm -rf /tmp/dicom-gateway-src
 COPY config/gateway.example.yaml /etc/dicom-gateway/gateway.example.yaml
 
 # A dedicated unprivileged user (uid/gid 10001, as in deploy/kubernetes/statefulset.yaml) owns

@@ -1,7 +1,7 @@
 """Delivery: one outbox queue per partner, worker threads, and where a retry is decided.
 
 Each partner has its own queue and ``associations`` worker threads, each owning one
-:class:`~.forward.PartnerLink`; one partner being down never blocks another (decision 1).
+:class:`~.forward.PartnerLink`; one partner being down never blocks another (decision 0001).
 
 Retry policy (``docs/decisions/0004-retry-policy.md``): an entry's n-th failed attempt schedules
 the next one after ``min(max, initial * multiplier**(n-1))`` seconds, +/- ``jitter``. When the

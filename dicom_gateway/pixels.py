@@ -10,7 +10,7 @@ YBR_FULL_422 image decodes to full-resolution YBR_FULL).
 :func:`write_pixels` writes such an array back as a new data set whose pixel-describing
 attributes (PS3.3 C.7.6.3) match it exactly, uncompressed Explicit VR Little Endian unless
 a lossless compressed syntax is asked for. Reading the result gives the same values bit for
-bit; :func:`pixel_digest` is the hash the seal signs (decision 5: decoded values, not bytes).
+bit; :func:`pixel_digest` is the hash the seal signs (decision 0008: decoded values, not bytes).
 """
 
 from __future__ import annotations

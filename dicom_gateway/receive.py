@@ -1,7 +1,7 @@
 """Receive: the Storage SCP where every C-STORE is answered.
 
 A C-STORE is answered Success only after the instance and its routing decision are fsync'd in
-the spool's inbox (decision 1). The answer never waits on a partner. Every outcome is a named
+the spool's inbox (decision 0001). The answer never waits on a partner. Every outcome is a named
 status from PS3.4 Annex B.2.3 / PS3.7 Annex C with an ErrorComment; the handler never raises.
 Unknown calling AE titles are rejected at association time by pynetdicom's allow-list.
 """

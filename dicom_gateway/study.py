@@ -4,7 +4,7 @@ Instances are grouped by Study Instance UID (the inbox directory). A study is re
 instance of it arrived for ``study_stable_seconds`` (Orthanc's StableAge, mercure's timeouts).
 Late instances of a released study start a new quiet period and are released in turn. After a
 restart every study in the inbox starts a full quiet period: a half-received study is never
-released early because the gateway was down (decision 3). The inbox is also rescanned every
+released early because the gateway was down (decision 0005). The inbox is also rescanned every
 ``rescan_seconds``, so instances put back by ``dicom-gateway spool retry --state quarantine``
 while the gateway runs are released like new arrivals.
 """

@@ -39,10 +39,13 @@ py=$(command -v python3.11 || command -v python3)
 if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
-extras=""
-[ "$want_test" = 1 ] && extras="[test]"
-# torch for the protection methods: this pin is what the project is tested with (pyproject
-# allows torch>=2.4); on x86_64 Debian with Python 3.11 pip may take it from a local wheel cache.
+# The gateway with the protection extra (torch, torchvision, h5py: the protection methods and
+# the offline tools); a partner who only verifies and restores needs the base install alone
+# (docs/partners.md).
+extras="protect"
+[ "$want_test" = 1 ] && extras="protect,test"
+# torch's version: this pin is what the project is tested with (the extra allows torch>=2.4);
+# on x86_64 Debian with Python 3.11 pip may take it from a local wheel cache.
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
 echo "setup: ready (.venv/bin/dicom-gateway)"

@@ -1,4 +1,4 @@
-"""No patient data in logs or metrics, even at DEBUG (decision 9)."""
+"""No patient data in logs or metrics, even at DEBUG (decision 0011)."""
 
 from __future__ import annotations
 

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 from gwutil import base_config, partner, running_gateway, uid_secret, with_seal
 from peers import RecordingSCP, copy_ct_series
 from peers import medmnist_npz as _npz
 
 from dicom_gateway.seal.uids import derive_uid
-
-torch = pytest.importorskip("torch")
 
 
 def test_surrogate_file_is_self_describing(surrogates: dict[str, Path]) -> None:

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 from gwutil import base_config, partner, running_gateway, send, uid_secret, with_seal
 from peers import OrthancPeer, build_segmentation, copy_ct_series, msd_lung_h5
 
 from dicom_gateway.pixels import pixel_digest, read_pixels
 from dicom_gateway.seal import load_partner_key, restore
 from dicom_gateway.seal.uids import derive_uid
-
-torch = pytest.importorskip("torch")
 
 
 def test_budget_lives_on_roi_and_rim_and_follows_texture() -> None:

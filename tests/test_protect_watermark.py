@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 
 from dicom_gateway.pixels import pixel_digest, read_pixels
 from dicom_gateway.seal import load_partner_key, restore
 from dicom_gateway.seal.uids import derive_uid
 from gwutil import base_config, partner, running_gateway, send, uid_secret, with_seal
 from peers import RecordingSCP, copy_ct_series, medmnist_npz
-
-torch = pytest.importorskip("torch")
 
 
 # Issue 3 asks <= 15 % white-box. Not reachable at 28x28 with a 25 % Grad-CAM keep-out and a

@@ -145,7 +145,11 @@ def _run_transfer(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from .harness import DEFAULT_METHODS, Evaluation, run_evaluation
+    try:
+        from .harness import DEFAULT_METHODS, Evaluation, run_evaluation
+    except ModuleNotFoundError as exc:  # the base install: no torch
+        raise GatewayError(f"evaluate needs {exc.name}, which this install lacks: "
+                           "pip install 'dicom-gateway[protect,eval]'") from None
 
     if args.surrogate_files:
         return _run_transfer(args)

@@ -95,10 +95,8 @@ def load_images(path: Path, split: str = "train", size: tuple[int, int] | None =
 
 
 def _load_h5(path: Path) -> ImageSet:
-    try:
-        import h5py
-    except ImportError:
-        raise ValueError(f"{path}: reading HDF5 needs h5py (pip install h5py)") from None
+    import h5py
+
     with h5py.File(path, "r") as f:
         if "images" not in f or "labels" not in f:
             raise ValueError(f"{path}: expected HDF5 datasets 'images' and 'labels'")

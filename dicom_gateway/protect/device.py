@@ -18,22 +18,17 @@ def configure(device: str = "auto", threads: int = 0) -> str:
     """Pick the device (``auto``, ``cpu`` or ``cuda``) and torch's CPU thread count (0: torch's
     default); return the device. ``cuda`` without a usable GPU is an error, not a fallback."""
     global _chosen
-    try:
-        import torch
-    except ImportError:
-        if device == "cuda":
-            raise RuntimeError("protection.device is cuda but torch is not installed") from None
-        _chosen, why = "cpu", "torch not installed"
-    else:
-        if threads > 0:
-            torch.set_num_threads(threads)
-        has_cuda = torch.cuda.is_available()
-        if device == "cuda" and not has_cuda:
-            raise RuntimeError("protection.device is cuda but torch sees no CUDA device")
-        _chosen = "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
-        why = f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-        if _chosen == "cuda":
-            why += f", {torch.cuda.get_device_name(0)}"
+    import torch  # only profiles whose method needs torch get here, and the config checked it
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    has_cuda = torch.cuda.is_available()
+    if device == "cuda" and not has_cuda:
+        raise RuntimeError("protection.device is cuda but torch sees no CUDA device")
+    _chosen = "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
+    why = f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    if _chosen == "cuda":
+        why += f", {torch.cuda.get_device_name(0)}"
     _log.info("protection device: %s (%s)", _chosen, why)
     return _chosen
 

@@ -17,20 +17,25 @@ _Validator = Callable[[Mapping[str, Any]], "tuple[str, str] | None"]
 _METHODS: dict[str, tuple[_Factory, _Validator]] = {
     "none": (NoneMethod, NoneMethod.validate),
 }
-# Methods that need torch are imported only when a profile uses them.
+# Methods that need torch are imported only when a profile uses them: the base install (no
+# torch) runs `none` profiles, and the packages below come with the `protect` extra.
 _LAZY = {"adversarial_perturbation": ".perturbation:AdversarialPerturbation",
          "adversarial_watermark": ".watermark:AdversarialWatermark",
          "unlearnable": ".unlearnable:Unlearnable"}
+_PROTECT_EXTRA = ("torch", "torchvision", "h5py")
 
 
 def _resolve(method: str) -> tuple[_Factory, _Validator]:
     if method not in _METHODS and method in _LAZY:
         module, cls = _LAZY[method].split(":")
         try:
+            importlib.import_module("torch")  # checked here: some methods import it only late
             impl = getattr(importlib.import_module(module, __package__), cls)
-        except ImportError as exc:
-            raise RuntimeError(f"method {method!r} needs torch (scripts/setup.sh installs it): "
-                               f"{exc}") from None
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] not in _PROTECT_EXTRA:
+                raise  # a bug in the method's own imports, not a missing extra
+            raise RuntimeError(f"method {method!r} needs {exc.name}, which this install lacks: "
+                               f"pip install 'dicom-gateway[protect]'") from None
         _METHODS[method] = (impl, impl.validate)
     return _METHODS[method]
 

@@ -1,6 +1,7 @@
 """Unlearnable examples: error-minimizing noise that gives a model trained on the released data
-a shortcut instead of the anatomy (UMed, Lin et al. 2024, for segmentation; Huang et al. ICLR
-2021 sample-wise EM for classification; ``shared/research/protection-methods.md`` §2, §3.1).
+a shortcut instead of the anatomy (UMed: Lin et al., arXiv:2403.14250, 2024, for segmentation;
+sample-wise EM: Huang et al., ICLR 2021, arXiv:2101.04898, for classification; full citations
+in ``docs/references.md``).
 
 Both run the bi-level *min-min* loop over a whole release (a dataset, or a series in the
 gateway): a surrogate is trained for a few steps on the perturbed images, then every image's

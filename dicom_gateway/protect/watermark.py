@@ -1,5 +1,6 @@
-"""Search for a visible adversarial watermark (MedLocker / MIAD-MARK, after Adv-watermark's
-black-box search; ``shared/research/protection-methods.md`` §1.3).
+"""Search for a visible adversarial watermark (MIAD-MARK: Wei et al., arXiv:2303.09858, 2023,
+after the black-box search of Adv-watermark: Jia et al., ACM MM 2020, arXiv:2008.01919; full
+citations in ``docs/references.md``).
 
 A logo's position, scale, rotation and transparency are searched so the surrogate ensemble
 stops predicting the image's label. Every generation renders the whole population in one batch

@@ -1,4 +1,4 @@
-"""Sealing a protected instance for one partner (issue 4; BRIEF decisions 4-5).
+"""Sealing a protected instance for one partner (issue 4; decision 0008).
 
 ``seal`` takes the original dataset, the protected dataset and the exact residual, and returns
 the instance that leaves: derived UIDs (:mod:`.uids`), ImageType DERIVED, BurnedInAnnotation YES
