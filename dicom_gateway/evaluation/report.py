@@ -12,7 +12,7 @@ import torch
 
 __all__ = ["SEEDS", "targets", "write_report"]
 
-# The seeds' published figures (shared/research/protection-methods.md): MIAD-MARK (visible
+# The seeds' published figures (docs/references.md): MIAD-MARK (visible
 # adversarial watermark; Messidor, ISIC2019, BTMRI at 224x224, seven backbones) and UMed
 # (unlearnable medical segmentation; 2D sets, six segmenters).
 SEEDS = {

@@ -1,6 +1,6 @@
 """Method ``adversarial_perturbation``: an imperceptible, bounded perturbation that makes the
-surrogate ensemble misclassify (reversible-adversarial-example style; see
-``shared/research/protection-methods.md``).
+surrogate ensemble misclassify (reversible adversarial examples: Liu et al., "Unauthorized AI
+cannot recognize me", Pattern Recognition 2023; docs/references.md).
 
 Attack: momentum iterative FGSM (MI-FGSM, Dong et al. 2018) with input diversity (DI, Xie et
 al. 2019) over an ensemble of surrogates, each seeing the image through its own victim-like
