@@ -76,8 +76,10 @@ def add_parser(sub: Any) -> None:
                    help="transfer study: attack options over the method's defaults, "
                         "key=value,... (e.g. steps=20,smoothing=7)")
     e.add_argument("--ablation", action="store_true",
-                   help="transfer study: also measure each transfer lever at 8/255")
+                   help="transfer study: also measure each transfer lever (at --ablation-budget)")
     e.add_argument("--ablation-images", type=int, default=150)
+    e.add_argument("--ablation-budget", default="8/255",
+                   help="transfer study: the budget of the ablation (N/255 or a fraction)")
     e.add_argument("--ablation-ensembles",
                    help="transfer study: other ensembles to compare at 8/255, files joined "
                         "by '+', ensembles by ',' (e.g. a.pt,a.pt+b.pt)")
@@ -116,7 +118,7 @@ def _run_transfer(args: argparse.Namespace) -> int:
         dataset=args.dataset, out=Path(args.out), surrogate_files=files,
         budgets=tuple(_fraction(b) for b in args.budgets.split(",") if b.strip()),
         options=_options(args.attack, f"--attack {args.attack!r}"), ablation=list(DEFAULT_ABLATION) if args.ablation else [],
-        ablation_images=args.ablation_images, epochs=args.epochs or 4, seed=args.seed,
+        ablation_images=args.ablation_images, ablation_budget=_fraction(args.ablation_budget), epochs=args.epochs or 4, seed=args.seed,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         cache=Path(args.cache) if args.cache else None, test_images=args.test_images,
         train_images=args.train_images, progress=not args.quiet, command="dicom-gateway " + shlex.join(sys.argv[1:]))

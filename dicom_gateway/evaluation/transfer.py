@@ -46,9 +46,8 @@ DEFAULT_ABLATION: list[tuple[str, dict[str, Any]]] = [
     ("I-FGSM (no momentum, no diversity)", {"momentum": 0.0, "diversity": 0.0}),
     ("MI-FGSM + DI (the previous default)", {}),
     ("+ logit margin loss", {"loss": "margin"}),
-    ("+ balanced ensemble", {"balance": True}),
     ("+ TI smoothing 7 px", {"smoothing": 7}),
-    ("+ scale invariance (3 copies)", {"scales": 3}),
+    ("+ scale invariance (2 copies)", {"scales": 2}),
     ("+ 20 steps", {"steps": 20}),
     ("+ margin, TI 7 px, 20 steps", {"loss": "margin", "smoothing": 7, "steps": 20}),
 ]

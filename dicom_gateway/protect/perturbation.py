@@ -22,10 +22,11 @@ from ..progress import ReportProgress
 from .method import Outcome, check_common_options, is_number, parse_epsilon
 from .view import View, finish, prepare
 
-__all__ = ["DEFAULTS", "LOSSES", "AdversarialPerturbation", "adapt", "attack", "gradient"]
+__all__ = ["DEFAULTS", "LOSSES", "AdversarialPerturbation", "adapt", "attack", "gradient",
+           "smoothing_size"]
 
 _DEFAULTS = {"epsilon": 8 / 255, "steps": 10, "momentum": 1.0, "diversity": 0.5, "batch": 8,
-             "loss": "ce", "smoothing": 0, "scales": 1, "balance": False}
+             "loss": "ce", "smoothing": "auto", "scales": 1, "balance": False}
 LOSSES = ("ce", "margin")
 DEFAULTS = _DEFAULTS  # the public name the lab reads
 
@@ -73,6 +74,15 @@ def _loss(logits: Any, labels: Any, kind: str) -> Any:
     return (other.max(1).values - true).sum()
 
 
+def smoothing_size(setting: int | str, height: int, width: int) -> int:
+    """The TI kernel size for an image: ``auto`` is an odd size near 1/32 of the shorter side
+    (3 px at 48-64, 7 at 224, 17 at 512; off below 48 px), else the setting itself."""
+    if setting != "auto":
+        return int(setting)
+    size = round(min(height, width) / 32)
+    return size + 1 - size % 2 if size > 1 else 0
+
+
 def _smoothing_kernel(size: int, channels: int) -> Any:
     """A normalized Gaussian (sigma = size / 4) for translation-invariant gradients (TI,
     Dong et al. CVPR 2019), one per channel."""
@@ -106,10 +116,11 @@ def gradient(adv: Any, surrogates: Sequence[Any], labels: Any, diversity: float,
 
 def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: int = 10,
            momentum: float = 1.0, diversity: float = 0.5, seed: int = 0, labels: Any = None,
-           loss: str = "ce", smoothing: int = 0, scales: int = 1, balance: bool = False) -> Any:
+           loss: str = "ce", smoothing: int | str = 0, scales: int = 1,
+           balance: bool = False) -> Any:
     """MI-FGSM (Dong et al. CVPR 2018) with input diversity against the ensemble, optionally
     with translation-invariant smoothing of the gradient (``smoothing``: kernel size in
-    pixels of ``x``, 0 = off), scale invariance and a balanced ensemble; ``x`` is
+    pixels of ``x``, 0 = off, ``auto``: :func:`smoothing_size`), scale invariance and a balanced ensemble; ``x`` is
     ``(N, C, H, W)`` in [0, 1], L-infinity budget ``epsilon``.
 
     ``labels``: the classes to move away from; default the ensemble's clean prediction (the
@@ -125,6 +136,7 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
         with torch.no_grad():
             probs = sum(F.softmax(s.model(_adapt(x, s, 0.0, generator)), 1) for s in surrogates)
             labels = probs.argmax(1)
+    smoothing = smoothing_size(smoothing, x.shape[2], x.shape[3])
     kernel = _smoothing_kernel(smoothing, x.shape[1]).to(x.device) if smoothing > 1 else None
     alpha = 2.5 * epsilon / max(steps, 1)  # Madry et al.: reaches the boundary and moves along it
     adv, g = x.clone(), torch.zeros_like(x)
@@ -171,8 +183,11 @@ class AdversarialPerturbation:
                 return key, f"must be a number in [{low:g}, {high:g}]"
         for key, top in (("smoothing", 63), ("scales", 8)):
             value = options.get(key, _DEFAULTS[key])
+            if key == "smoothing" and value == "auto":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
-                return key, f"must be an integer in [0, {top}]"
+                return key, f"must be an integer in [0, {top}]" + (
+                    " or auto" if key == "smoothing" else "")
         if options.get("loss", _DEFAULTS["loss"]) not in LOSSES:
             return "loss", f"must be one of {', '.join(LOSSES)}"
         if not isinstance(options.get("balance", _DEFAULTS["balance"]), bool):
@@ -184,7 +199,8 @@ class AdversarialPerturbation:
         o = self.options
         return {"epsilon": parse_epsilon(o["epsilon"]), "steps": int(o["steps"]),
                 "momentum": float(o["momentum"]), "diversity": float(o["diversity"]),
-                "loss": str(o["loss"]), "smoothing": int(o["smoothing"]),
+                "loss": str(o["loss"]),
+                "smoothing": o["smoothing"] if o["smoothing"] == "auto" else int(o["smoothing"]),
                 "scales": int(o["scales"]), "balance": bool(o["balance"])}
 
     def __call__(self, paths: Sequence[Path],
