@@ -169,8 +169,10 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     task = "segmentation" if arch in SEGMENTATION_ARCHITECTURES else "classification"
     if args.task and args.task != task:
         raise GatewayError(f"--arch {arch} is a {task} architecture, not {args.task}")
-    adversarial = 0.0
-    if args.adversarial_epsilon:
+    adversarial = None  # train_surrogate's default: slightly robust for classifiers
+    if args.adversarial_epsilon in ("0", "0/255", "0.0"):
+        adversarial = 0.0
+    elif args.adversarial_epsilon:
         from .protect.method import parse_epsilon
 
         try:
@@ -321,8 +323,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="light: flip and 2-px shift; affine: random resized crop, flip, "
                         "rotation, intensity jitter; auto: affine from 64 px up")
     t.add_argument("--adversarial-epsilon",
-                   help="train on FGSM examples within this budget (N/255 or a fraction): "
-                        "slightly robust surrogates transfer better (docs/protection.md)")
+                   help="train on FGSM examples within this budget (N/255 or a fraction; "
+                        "default 1/255 for classifiers, 0 for segmenters; 0: off): slightly "
+                        "robust surrogates transfer better (docs/protection.md)")
     t.add_argument("--init", help="start from this surrogate file's weights (fine-tuning)")
     t.add_argument("--max-images", type=int,
                    help="train on a seeded subset of this many training images (class "

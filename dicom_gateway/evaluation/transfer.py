@@ -88,6 +88,18 @@ def _log(study: TransferStudy, msg: str) -> None:
         print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
 
+def _relative(source: str, data_dir: Path | None) -> str:
+    """A source path under the data folder as ``<data folder>/...``, so that a committed
+    report names no machine's absolute paths."""
+    from .data import default_data_dir
+
+    base = (data_dir or default_data_dir()).resolve()
+    try:
+        return "<data folder>/" + Path(source).resolve().relative_to(base).as_posix()
+    except ValueError:
+        return source
+
+
 def _subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:
     """A seeded subset of ``n`` images in the split's class proportions."""
     if n is None or n >= len(data):
@@ -139,11 +151,30 @@ class _Adapted(torch.nn.Module):
 
 
 def _protect(study: TransferStudy, images: torch.Tensor, epsilon: float,
-             extra: dict[str, Any]) -> tuple[torch.Tensor, float]:
+             extra: dict[str, Any], cache: Path) -> tuple[torch.Tensor, float]:
+    """The images protected through the gateway's path, or the same protection cached (keyed
+    by the images, the options and the surrogate files' hashes), so that victims added later
+    are scored on exactly the images the earlier ones saw."""
+    import hashlib
+    import json
+
     options = {**study.options, "surrogates": [str(p) for p in study.surrogate_files],
                **extra, "epsilon": epsilon}
-    return protect_through_gateway("adversarial_perturbation", options, images,
-                                   progress=study.progress)
+    h = hashlib.sha256(images.numpy().tobytes())
+    h.update(json.dumps({k: v for k, v in options.items() if k != "surrogates"},
+                        sort_keys=True).encode())
+    for f in options["surrogates"]:
+        h.update(hashlib.sha256(Path(f).read_bytes()).digest())
+    path = cache / f"protected-{h.hexdigest()[:20]}.pt"
+    if path.is_file():
+        blob = torch.load(path, weights_only=True)
+        return blob["images"], float(blob["seconds_per_image"])
+    protected, seconds = protect_through_gateway("adversarial_perturbation", options, images,
+                                                 progress=study.progress)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save({"images": protected, "seconds_per_image": seconds}, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return protected, seconds
 
 
 def run_transfer(study: TransferStudy) -> dict[str, Any]:
@@ -159,7 +190,10 @@ def run_transfer(study: TransferStudy) -> dict[str, Any]:
     clean_val = {}
     for i, arch in enumerate(study.victims):
         t0 = time.monotonic()
-        trained = train_cached(arch, train, splits.val, study.epochs, study.seed + i,
+        # a victim's seed follows its place in the default list, so a study of a subset
+        # reuses the models a full study trained (the cache key holds the seed)
+        offset = DEFAULT_VICTIMS_224.index(arch) if arch in DEFAULT_VICTIMS_224 else i
+        trained = train_cached(arch, train, splits.val, study.epochs, study.seed + offset,
                                cache, "victim", progress=study.progress, recipe="practitioner")
         black[arch], clean_val[arch] = trained.model.eval(), round(trained.val_score, 4)
         _log(study, f"victim {arch}: val {trained.val_score:.3f} "
@@ -172,7 +206,8 @@ def run_transfer(study: TransferStudy) -> dict[str, Any]:
     _log(study, f"clean accuracies {scorer.clean}, chance {scorer.chance:.4f}")
     results: dict[str, Any] = {
         "command": study.command,
-        "dataset": {"name": splits.name, "source": splits.source, "sha256": splits.digest,
+        "dataset": {"name": splits.name, "source": _relative(splits.source, study.data_dir),
+                    "sha256": splits.digest,
                     "train": len(splits.train), "victim_train": len(train),
                     "val": len(splits.val),
                     "test": len(test), "test_full": len(splits.test),
@@ -194,7 +229,7 @@ def run_transfer(study: TransferStudy) -> dict[str, Any]:
     examples: dict[str, torch.Tensor] = {"original": test.images[:3]}
     for eps in study.budgets:
         _log(study, f"budget {eps * 255:.0f}/255 on {len(test)} test images")
-        protected, seconds = _protect(study, test.images, eps, {})
+        protected, seconds = _protect(study, test.images, eps, {}, cache)
         examples[f"{eps * 255:.0f}/255"] = protected[:3]
         row = {"epsilon": eps, "epsilon_255": round(eps * 255, 2),
                "psnr_db": round(psnr(test.images, protected), 2),
@@ -220,7 +255,7 @@ def run_transfer(study: TransferStudy) -> dict[str, Any]:
         sub_scorer = _Scorer(white, black, sub)
         for label, extra in rows:
             _log(study, f"ablation: {label}")
-            protected, seconds = _protect(study, sub.images, study.ablation_budget, extra)
+            protected, seconds = _protect(study, sub.images, study.ablation_budget, extra, cache)
             summary = sub_scorer.summary(protected)
             results["ablation"].append({
                 "lever": label, "images": len(sub),
