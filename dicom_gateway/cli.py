@@ -87,16 +87,22 @@ def _cmd_spool_list(args: argparse.Namespace) -> int:
     print(f"{'STATE':<11} {'PARTNER/STUDY':<24} {'AGE_S':>8} {'TRIES':>5}  NAME  REASON")
     for state in states:
         for group, entry in spool.entries(state, args.partner):
-            info = entry.read_json(".reason.json") or entry.read_json(".state.json")
+            tries, reason, message = _why(entry)
             age = now - entry.path.stat().st_mtime if entry.path.exists() else 0.0
-            tries = info.get("attempts", "")
-            reason = info.get("reason", "")
-            message = info.get("message", info.get("last_error", ""))
             print(f"{state:<11} {group[:24]:<24} {age:>8.0f} {tries!s:>5}  {entry.name}  "
                   f"{reason}{': ' + message if message else ''}")
             total += 1
     print(f"{total} entr{'y' if total == 1 else 'ies'}")
     return 0
+
+
+def _why(entry: Any) -> tuple[object, str, str]:
+    """(tries, reason, message) of a spool entry, from its reason file or its retry state."""
+    why = entry.set_aside_reason()
+    if why is not None:
+        return "" if why.attempts is None else why.attempts, why.reason, why.message
+    state = entry.retry_state()
+    return (state.attempts or "", state.reason, state.last_error)
 
 
 def _selected(spool, args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -26,6 +26,7 @@ from .config import PartnerConfig, RetryConfig
 from .errors import PartnerRefused, PartnerUnavailable
 from .forward import PartnerLink
 from .metrics import ForwardMetrics
+from .records import RetryState, SetAsideReason
 from .spool import Entry, Spool
 
 __all__ = ["PartnerQueue", "backoff_seconds"]
@@ -74,12 +75,12 @@ class PartnerQueue:
     # -- queueing ---------------------------------------------------------------------------
     def add(self, entry: Entry) -> None:
         """Queue a committed outbox entry (idempotent by name)."""
-        state = entry.read_json(".state.json")
+        state = entry.retry_state()
         with self._cond:
             if entry.name in self._known:
                 return
-            delay = max(0.0, float(state.get("not_before", 0)) - time.time())
-            item = _Item(time.monotonic() + delay, next(_seq), entry, int(state.get("attempts", 0)))
+            delay = max(0.0, state.not_before - time.time())
+            item = _Item(time.monotonic() + delay, next(_seq), entry, state.attempts)
             try:
                 item.since = entry.path.stat().st_mtime
             except FileNotFoundError:
@@ -182,9 +183,8 @@ class PartnerQueue:
                  attempts: int) -> None:
         self._forget(item)
         try:
-            self._spool.dead_letter(item.entry, self.partner.name, {
-                "reason": reason, "message": message, "attempts": attempts,
-                "status": status, "partner": self.partner.name})
+            self._spool.dead_letter(item.entry, self.partner.name, SetAsideReason(
+                reason, message, partner=self.partner.name, attempts=attempts, status=status))
         except FileNotFoundError:
             return
         self._metrics.dead_letters.labels(partner=self.partner.name, reason=reason).inc()
@@ -210,9 +210,8 @@ class PartnerQueue:
                 continue
             delay = backoff_seconds(self._retry, it.attempts)
             it.due = now + delay
-            self._spool.record_attempt(it.entry, {
-                "attempts": it.attempts, "last_error": str(exc), "reason": exc.reason,
-                "not_before": time.time() + delay})
+            self._spool.record_attempt(it.entry, RetryState(
+                it.attempts, str(exc), exc.reason, time.time() + delay))
             self._metrics.forward_retries.labels(partner=self.partner.name, reason=exc.reason).inc()
             with self._cond:
                 heapq.heappush(self._heap, it)

@@ -5,6 +5,7 @@
     GatewayError
     ├── ConfigError            the configuration cannot be used: names file, key path, problem
     ├── SpoolError             the spool cannot take or give an entry (disk full, permissions)
+    ├── RecordError            a spool record (routing, retry state, reason) cannot be read
     ├── InstanceError          this instance cannot be processed: quarantine it with the reason
     │   └── ProtectionError    a protection method failed on it (fail closed)
     └── DeliveryError          a forward attempt did not deliver
@@ -26,6 +27,7 @@ __all__ = [
     "PartnerRefused",
     "PartnerUnavailable",
     "ProtectionError",
+    "RecordError",
     "SpoolError",
 ]
 
@@ -61,6 +63,10 @@ class SpoolError(GatewayError):
     def __init__(self, message: str, *, out_of_space: bool = False) -> None:
         super().__init__(message)
         self.out_of_space = out_of_space
+
+
+class RecordError(GatewayError):
+    """A JSON record of the spool is corrupt, or from a release newer than this one."""
 
 
 class InstanceError(GatewayError):
