@@ -10,8 +10,11 @@ Commands (a contract other tools and users rely on)::
     dicom-gateway train-surrogate --data PATH --arch NAME --out FILE [--task ...]
     dicom-gateway protect-dataset --method unlearnable --data PATH --out DIR
 
-Errors are one line on stderr and a non-zero exit code (2: configuration, 1: anything else);
-set ``DICOM_GATEWAY_DEBUG=1`` to see a traceback instead.
+Errors are one line on stderr and a non-zero exit code (2: configuration, 1: anything else).
+This is the boundary: a :class:`~dicom_gateway.errors.GatewayError` (every failure the gateway
+raises on purpose, its message written for the user) or an ``OSError`` is printed as it is;
+anything else is a bug, reported as an internal error. Set ``DICOM_GATEWAY_DEBUG=1`` to see a
+traceback instead.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConfigError, GatewayError
+from .errors import ConfigError, DatasetError, DependencyError, GatewayError
 
 __all__ = ["main"]
 
@@ -50,6 +53,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         gateway.stop()
         raise GatewayError(f"cannot start: {exc.strerror or exc}") from None
+    except GatewayError:
+        gateway.stop()
+        raise
 
     def _term(signum: int, frame: object) -> None:
         logging.getLogger(__name__).info("signal %d: stopping", signum)
@@ -66,6 +72,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from .config import load_config
 
     config = load_config(args.file)
+    if config.protection.device == "cuda":  # only this machine can answer that one
+        from .protect.device import configure_for
+
+        configure_for(config)
     print(f"{args.file}: OK: {len(config.partners)} partner(s), {len(config.routes)} route(s), "
           f"{len(config.profiles)} profile(s), no_route={config.no_route.action}")
     return 0
@@ -154,11 +164,8 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         raise ConfigError(args.config, "profiles", f"no profile named {args.profile!r}")
     if args.partner and args.partner not in config.partners:
         raise ConfigError(args.config, "partners", f"no partner named {args.partner!r}")
-    try:
-        written, problems = protect_files(config, args.profile, [Path(p) for p in args.inputs],
-                                          Path(args.out), partner=args.partner)
-    except ValueError as exc:
-        raise GatewayError(str(exc)) from None
+    written, problems = protect_files(config, args.profile, [Path(p) for p in args.inputs],
+                                      Path(args.out), partner=args.partner)
     for problem in problems:
         print(f"dicom-gateway: not protected: {problem}", file=sys.stderr)
     print(f"{written} instance(s) protected with profile {args.profile!r} into {args.out}; "
@@ -171,7 +178,8 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
         from .protect.surrogate import SEGMENTATION_ARCHITECTURES, load_surrogate
         from .protect.train import train_surrogate
     except ImportError as exc:
-        raise GatewayError(f"train-surrogate needs torch ({exc}); run scripts/setup.sh") from None
+        raise DependencyError(f"train-surrogate needs torch ({exc}); run scripts/setup.sh"
+                              ) from None
     arch = args.arch or ("unet-small" if args.task == "segmentation" else "cnn-small")
     task = "segmentation" if arch in SEGMENTATION_ARCHITECTURES else "classification"
     if args.task and args.task != task:
@@ -182,8 +190,8 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     try:
         info = train_surrogate(data, arch, Path(args.out), epochs=args.epochs, seed=args.seed,
                                mask_suffix=args.mask_suffix)
-    except (ValueError, KeyError) as exc:
-        raise GatewayError(f"{data}: cannot train on it: {exc}") from None
+    except DatasetError as exc:
+        raise DatasetError(f"{data}: cannot train on it: {exc}") from None
     sha = load_surrogate(Path(args.out)).sha256
     score = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in info.metrics.items())
     print(f"{args.out}: {info.arch} {info.input_size[0]}x{info.input_size[1]}x{info.channels}, "
@@ -195,7 +203,8 @@ def _cmd_protect_dataset(args: argparse.Namespace) -> int:
     try:
         from .protect.dataset_job import DatasetJob, protect_dataset
     except ImportError as exc:
-        raise GatewayError(f"protect-dataset needs torch ({exc}); run scripts/setup.sh") from None
+        raise DependencyError(f"protect-dataset needs torch ({exc}); run scripts/setup.sh"
+                              ) from None
     data = Path(args.data)
     if not data.exists():
         raise GatewayError(f"{data}: no such file or folder")
@@ -208,8 +217,8 @@ def _cmd_protect_dataset(args: argparse.Namespace) -> int:
                      seed=args.seed)
     try:
         report = protect_dataset(job)
-    except (ValueError, KeyError) as exc:
-        raise GatewayError(f"{data}: cannot protect it: {exc}") from None
+    except DatasetError as exc:
+        raise DatasetError(f"{data}: cannot protect it: {exc}") from None
     loss = report["surrogate_final_loss"]
     print(f"{report['images']} {report['task']} images made unlearnable into {report['written']}: "
           f"PSNR {report['psnr_db']:.2f} dB, {report['rounds']} min-min rounds"
@@ -429,6 +438,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except GatewayError as exc:
         print(f"dicom-gateway: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file or socket the user named: errno text and the path
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"dicom-gateway: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

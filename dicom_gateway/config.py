@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, KeyFileError
 from .route import Matcher, Route, parse_matcher, tag_from_key
 
 __all__ = [
@@ -427,7 +427,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
 
 
 def _seal(root: _Reader, gateway_ae: str, base: Path) -> SealConfig:
-    from .seal.keys import KeyError_, load_gateway_keys
+    from .seal.keys import load_gateway_keys
 
     r = root.child("seal").mapping(["signing_key", "uid_secret", "gateway_id", "uid_root"])
     signing = str(base / r.get("signing_key", str))
@@ -438,7 +438,7 @@ def _seal(root: _Reader, gateway_ae: str, base: Path) -> SealConfig:
         "characters (digits and dots)")
     try:
         load_gateway_keys(Path(signing), Path(secret))
-    except KeyError_ as exc:
+    except KeyFileError as exc:
         raise r.error(str(exc), "signing_key" if signing in str(exc) else "uid_secret") from None
     return SealConfig(signing, secret, r.get("gateway_id", str, gateway_ae), root_uid)
 
@@ -447,7 +447,7 @@ def _check_sealing(root: _Reader, seal: SealConfig | None, partners: Mapping[str
                    profiles: Mapping[str, ProfileConfig], routes: Sequence[Route],
                    no_route: NoRoute) -> None:
     """Every partner that receives protected pixels gets them sealed: it needs a key."""
-    from .seal.keys import KeyError_, load_partner_key
+    from .seal.keys import load_partner_key
 
     pairs = [(f"routes[{i}]", p, r.profile) for i, r in enumerate(routes) for p in r.to]
     if no_route.partner and no_route.profile:
@@ -466,7 +466,7 @@ def _check_sealing(root: _Reader, seal: SealConfig | None, partners: Mapping[str
                 "from 'dicom-gateway keys partner'", "key")
         try:
             load_partner_key(Path(str(partners[name].key)))
-        except KeyError_ as exc:
+        except KeyFileError as exc:
             raise root.child("partners").child(index).error(str(exc), "key") from None
 
 

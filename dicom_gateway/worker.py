@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import SealError
 from .metrics import Metrics
 from .protect import Outcome, ProtectionStage
 from .records import RoutingRecord, SetAsideReason
@@ -130,7 +131,7 @@ class StudyWorker:
         started = time.perf_counter()
         try:
             if self._sealer is None or not self._sealer.has_partner(partner):
-                raise RuntimeError(f"no seal key for partner {partner!r}")
+                raise SealError("no_key", f"no seal key for partner {partner!r}")
             sealed = self._sealer.seal(partner, entry.path, outcome.output, outcome.residual,
                                        method, dict(outcome.parameters))
         except Exception as exc:  # never let protected pixels leave unsealed: quarantine

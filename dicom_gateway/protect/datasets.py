@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DatasetError
+
 __all__ = ["ImageSet", "load_images", "load_npz_split"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -52,6 +54,8 @@ class ImageSet:
 def load_npz_split(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images as float ``(N, C, H, W)`` in [0, 1] and labels as int64 ``(N,)``."""
     with np.load(path) as data:
+        if f"{split}_images" not in data or f"{split}_labels" not in data:
+            raise DatasetError(f"{path}: no split {split!r} ({split}_images, {split}_labels)")
         images = data[f"{split}_images"]
         labels = data[f"{split}_labels"].reshape(-1)
     if images.ndim == 3:
@@ -82,17 +86,17 @@ def load_images(path: Path, split: str = "train", size: tuple[int, int] | None =
         images = [p for p in files if not p.stem.endswith(mask_suffix)
                   and not any(p.stem.startswith(o + "_") for o in stems if o != p.stem)]
         return _load_pairs(images, lambda p: _find(path, p.stem + mask_suffix), size)
-    raise ValueError(f"{path}: expected an .npz, an .h5 or a folder of images")
+    raise DatasetError(f"{path}: expected an .npz, an .h5 or a folder of images")
 
 
 def _load_h5(path: Path) -> ImageSet:
     try:
         import h5py
     except ImportError:
-        raise ValueError(f"{path}: reading HDF5 needs h5py (pip install h5py)") from None
+        raise DatasetError(f"{path}: reading HDF5 needs h5py (pip install h5py)") from None
     with h5py.File(path, "r") as f:
         if "images" not in f or "labels" not in f:
-            raise ValueError(f"{path}: expected HDF5 datasets 'images' and 'labels'")
+            raise DatasetError(f"{path}: expected HDF5 datasets 'images' and 'labels'")
         x = torch.from_numpy(np.asarray(f["images"], dtype=np.float32))
         m = torch.from_numpy((np.asarray(f["labels"]) > 0.5).astype(np.float32))
     if x.ndim == 3:
@@ -110,7 +114,7 @@ def _find(folder: Path, stem: str) -> Path:
     for p in _images_in(folder):
         if p.stem == stem:
             return p
-    raise ValueError(f"{folder}: no mask named {stem}.* ")
+    raise DatasetError(f"{folder}: no mask named {stem}.* ")
 
 
 def _read(path: Path, size: tuple[int, int] | None, mode: str | None = None) -> np.ndarray:
@@ -128,7 +132,7 @@ def _read(path: Path, size: tuple[int, int] | None, mode: str | None = None) -> 
 
 def _load_pairs(images: list[Path], mask_of: object, size: tuple[int, int] | None) -> ImageSet:
     if not images:
-        raise ValueError("no images found")
+        raise DatasetError("no images found")
     first = _read(images[0], size)
     size = size or (first.shape[1], first.shape[2])
     xs = [_read(p, size) for p in images]
@@ -141,7 +145,7 @@ def _load_pairs(images: list[Path], mask_of: object, size: tuple[int, int] | Non
 def _load_classes(subdirs: list[Path], size: tuple[int, int] | None) -> ImageSet:
     files = [(p, label) for label, d in enumerate(subdirs) for p in sorted(_images_in(d))]
     if not files:
-        raise ValueError("no images found in the class folders")
+        raise DatasetError("no images found in the class folders")
     first = _read(files[0][0], size)
     size = size or (first.shape[1], first.shape[2])
     x = torch.from_numpy(np.stack([_read(p, size) for p, _ in files])).float() / 255.0

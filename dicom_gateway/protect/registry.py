@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import DependencyError
 from .method import ProtectionMethod
 from .none import NoneMethod
 
@@ -29,7 +30,7 @@ def _resolve(method: str) -> tuple[_Factory, _Validator]:
         try:
             impl = getattr(importlib.import_module(module, __package__), cls)
         except ImportError as exc:
-            raise RuntimeError(f"method {method!r} needs torch (scripts/setup.sh installs it): "
+            raise DependencyError(f"method {method!r} needs torch (scripts/setup.sh installs it): "
                                f"{exc}") from None
         _METHODS[method] = (impl, impl.validate)
     return _METHODS[method]
@@ -48,7 +49,7 @@ def validate_options(method: str, options: Mapping[str, Any]) -> tuple[str, str]
     """Return ``(key, problem)`` for the first invalid setting, or ``None``."""
     try:
         return _resolve(method)[1](options)
-    except RuntimeError as exc:
+    except DependencyError as exc:
         return "method", str(exc)
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DatasetError
 from .datasets import ImageSet, load_images, load_npz_split
 from .surrogate import SEGMENTATION_ARCHITECTURES, SurrogateInfo, build_model, save_surrogate
 
@@ -130,7 +131,7 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
     train, val = _splits(data, seed, mask_suffix)
     segmentation = arch in SEGMENTATION_ARCHITECTURES
     if segmentation != (train.task == "segmentation"):
-        raise ValueError(f"architecture {arch} is for {'segmentation' if segmentation else 'classification'}"
+        raise DatasetError(f"architecture {arch} is for {'segmentation' if segmentation else 'classification'}"
                          f" but {data} holds {train.task} data")
     x = train.images
     classes = train.classes or tuple(str(c) for c in range(int(max(
