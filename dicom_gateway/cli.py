@@ -313,8 +313,13 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             continue
         original.save_as(out / f"{original.SOPInstanceUID}.dcm", enforce_file_format=True)
         done += 1
-    print(f"{done} instance(s) restored into {out} (pixels checked against the signed original "
-          f"digest); {bad} failed")
+    if public is not None:
+        checked = (f"signature checked with gateway key {public[1]}, pixels checked against "
+                   "the signed original digest")
+    else:
+        checked = ("signature NOT checked (--no-verify): the pixels match the digest in the "
+                   "manifest, but nothing shows that the gateway wrote that manifest")
+    print(f"{done} instance(s) restored into {out}: {checked}; {bad} failed")
     return 1 if bad else 0
 
 
@@ -410,7 +415,12 @@ def _parser() -> argparse.ArgumentParser:
 
     rs = sub.add_parser("restore", help="restore the originals from sealed files (partner tool)")
     rs.add_argument("--key", required=True, help="the partner's private key (NAME.key)")
-    rs.add_argument("--gateway-key", help="also verify the signature with gateway-signing.pub")
+    signature = rs.add_mutually_exclusive_group(required=True)
+    signature.add_argument("--gateway-key",
+                           help="the gateway's gateway-signing.pub: each signature is checked")
+    signature.add_argument("--no-verify", action="store_true",
+                           help="restore without checking signatures (anyone can make a seal "
+                                "for your public key)")
     rs.add_argument("--out", required=True)
     rs.add_argument("inputs", nargs="+", help="files or folders")
     rs.set_defaults(func=_cmd_restore)

@@ -248,7 +248,8 @@ def test_wrong_key_and_tampering_give_distinct_errors(tmp_path: Path, keys: Path
     init_gateway_keys(stranger)
     beta = keys / "partners" / "beta.key"
     out = tmp_path / "out"
-    done = _cli("restore", "--key", str(beta), str(sealed_path), "--out", str(out))
+    done = _cli("restore", "--key", str(beta), "--no-verify", str(sealed_path), "--out",
+                str(out))
     assert done.returncode == 1 and "(wrong_key)" in done.stderr
     assert not list(out.glob("*.dcm"))  # no plaintext written
     done = _cli("verify", "--gateway-key", str(stranger / "gateway-signing.pub"),
@@ -263,6 +264,28 @@ def test_wrong_key_and_tampering_give_distinct_errors(tmp_path: Path, keys: Path
     with pytest.raises(SealError) as err:
         verify(plain, _public(keys))
     assert err.value.reason == "no_seal"
+
+
+def test_restore_checks_the_signature_or_says_plainly_it_did_not(
+        tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_gateway.cli import main
+
+    _sealed_ct(tmp_path, keys)
+    key = str(keys / "partners" / "acme.key")
+    with pytest.raises(SystemExit) as usage:  # neither --gateway-key nor --no-verify
+        main(["restore", "--key", key, str(tmp_path / "s.dcm"), "--out", str(tmp_path / "a")])
+    assert usage.value.code == 2
+    assert "--gateway-key" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(["restore", "--key", key, "--no-verify", str(tmp_path / "s.dcm"),
+                 "--out", str(tmp_path / "b")]) == 0
+    said = capsys.readouterr().out
+    assert "1 instance(s) restored" in said and "signature NOT checked (--no-verify)" in said
+    assert "signed" not in said
+    assert main(["restore", "--key", key, "--gateway-key",
+                 str(keys / "gateway" / "gateway-signing.pub"), str(tmp_path / "s.dcm"),
+                 "--out", str(tmp_path / "c")]) == 0
+    said = capsys.readouterr().out
+    assert f"signature checked with gateway key {_public(keys)[1]}" in said
 
 
 def test_key_files_are_private_and_the_gateway_refuses_open_ones(tmp_path: Path) -> None:
