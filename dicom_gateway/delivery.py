@@ -249,11 +249,13 @@ class PartnerQueue:
                     charged.append(heapq.heappop(self._heap))
         if exc.scope == "partner":
             self._metrics.partner_up.labels(partner=self.partner.name).set(0)
+        given_up = 0
         for it in charged:
             it.attempts += 1
             if it.attempts >= self._retry.max_attempts:
                 self._give_up(it, exc.reason, f"{exc} (after {it.attempts} attempts)", exc.status,
                               it.attempts)
+                given_up += 1
                 continue
             delay = backoff_seconds(self._retry, it.attempts)
             it.due = now + delay
@@ -263,5 +265,7 @@ class PartnerQueue:
             with self._cond:
                 heapq.heappush(self._heap, it)
                 self._cond.notify()
-        _log.warning("forward to %s failed (%s): %s; %d entr%s rescheduled", self.partner.name,
-                     exc.reason, exc, len(charged), "y" if len(charged) == 1 else "ies")
+        rescheduled = len(charged) - given_up
+        _log.warning("forward to %s failed (%s): %s; %d entr%s rescheduled%s", self.partner.name,
+                     exc.reason, exc, rescheduled, "y" if rescheduled == 1 else "ies",
+                     f", {given_up} given up (failed/)" if given_up else "")
