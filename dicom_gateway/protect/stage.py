@@ -53,9 +53,10 @@ class ProtectionStage:
                                else "")
                 outcomes = ([self._alone(method, profile.method, p) for p in paths]
                             if len(paths) > 1 else [self._failed(profile.method, paths[0], exc)])
-        elapsed = time.perf_counter() - started
-        self._metrics.protect_seconds.labels(method=profile.method).observe(
-            elapsed / max(len(paths), 1))
+        per_instance = (time.perf_counter() - started) / max(len(paths), 1)
+        histogram = self._metrics.protect_seconds.labels(method=profile.method)
+        for _ in paths:  # one observation per instance: _count counts instances, _sum the time
+            histogram.observe(per_instance)
         return outcomes
 
     @staticmethod
