@@ -118,14 +118,21 @@ def _translate(exc: OSError, what: str) -> SpoolError:
 
 
 class Spool:
-    """All moves between spool states; the only module that touches ``spool_dir``."""
+    """All moves between spool states; the only module that touches ``spool_dir``.
+
+    The spool holds patient data in clear: ``spool_dir`` is created 0700 (an existing one is left
+    as it is) and the state directories are made 0700 (also those of an earlier release); files
+    are written 0600.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()
         try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
             for state in _STATES:
-                (root / state).mkdir(parents=True, exist_ok=True)
+                (root / state).mkdir(mode=0o700, exist_ok=True)
+                os.chmod(root / state, 0o700)
         except OSError as exc:
             raise _translate(exc, f"create its directories under {root}") from None
         self._pool: list[Path] = []

@@ -96,3 +96,14 @@ def test_quarantine_keeps_routing_and_requeues_to_inbox(tmp_path: Path) -> None:
     assert [e.sop_key for e in entries] == ["1.2.3.4.5"]
     assert entries[0].path.read_bytes() == b"DICM-bytes-1.2.3.4.5"
     assert not list(spool.entries("quarantine"))
+
+
+def test_the_spool_is_private_to_the_gateway(tmp_path: Path) -> None:
+    Spool(tmp_path / "spool")  # what `serve` does first with gateway.spool_dir
+    assert (tmp_path / "spool").stat().st_mode & 0o777 == 0o700
+    for state in ("tmp", "inbox", "work", "outbox", "failed", "quarantine"):
+        assert (tmp_path / "spool" / state).stat().st_mode & 0o777 == 0o700, state
+    (tmp_path / "old" / "inbox").mkdir(parents=True, mode=0o755)  # as an earlier release left it
+    os.chmod(tmp_path / "old" / "inbox", 0o755)
+    Spool(tmp_path / "old")
+    assert (tmp_path / "old" / "inbox").stat().st_mode & 0o777 == 0o700
