@@ -343,6 +343,56 @@ def test_derived_uids_are_stable_per_partner(tmp_path: Path, keys: Path) -> None
     assert a1.ContributingEquipmentSequence[-1].Manufacturer == "dicom-gateway"
 
 
+@pytest.mark.parametrize("method", ["adversarial_perturbation", "adversarial_watermark"])
+def test_a_segmentation_on_a_protecting_route_is_sealed_unchanged(tmp_path: Path,
+                                                                  method: str) -> None:
+    from importlib.resources import files
+
+    from peers import RecordingSCP
+    from pydicom.data import get_testdata_file
+
+    seg_file = get_testdata_file("liver_1frame.dcm")  # a real 1-bit BINARY SEG (DCMTK-made)
+    assert seg_file is not None
+    original = pydicom.dcmread(seg_file)
+    assert original.BitsAllocated == 1
+    surrogate = str(files("dicom_gateway").joinpath("defaults", "pneumonia-cnn-small.pt"))
+    with RecordingSCP(store_dir=tmp_path / "received") as scp:
+        raw = base_config(tmp_path / "spool", [partner("recorder", scp.port)],
+                          [{"name": "all", "match": {}, "to": ["recorder"], "profile": "p"}])
+        raw["profiles"]["p"] = {"method": method, "surrogates": [surrogate]}
+        with_seal(raw, tmp_path / "keys")
+        with running_gateway(raw) as gw:
+            assert send(gw.receiver.port or 0, [original]) == [0]
+            assert scp.wait_for_count(1, timeout=60) == 1
+    assert not list((tmp_path / "spool" / "quarantine").rglob("*.dcm"))
+    secret = uid_secret(tmp_path / "keys")
+
+    def derived(uid: str) -> str:
+        return derive_uid(secret, "recorder", uid)
+
+    sent = pydicom.dcmread(next((tmp_path / "received").glob("*.dcm")))
+    assert sent.SOPInstanceUID == derived(original.SOPInstanceUID)
+    assert sent.StudyInstanceUID == derived(original.StudyInstanceUID)
+    source = sent.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0] \
+        .SourceImageSequence[0]  # the SEG points at the protected image the partner gets
+    assert source.ReferencedSOPInstanceUID == derived(
+        original.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+        .SourceImageSequence[0].ReferencedSOPInstanceUID)
+    assert source.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # standard: kept
+    assert sent.PixelData == original.PixelData  # the labels, bit for bit
+    assert "BurnedInAnnotation" not in sent or sent.BurnedInAnnotation == original.get(
+        "BurnedInAnnotation")
+    assert "unchanged" in sent.ContributingEquipmentSequence[-1].ContributionDescription
+    public = load_signing_public(tmp_path / "keys" / "gateway" / "gateway-signing.pub")
+    manifest = verify(sent, public).manifest
+    assert manifest["method"] == method
+    assert manifest["parameters"] == {"pixels": "unchanged", "reason": "segmentation"}
+    back = restore(sent, load_partner_key(tmp_path / "keys" / "partners" / "recorder.key"),
+                   public)
+    assert back.SOPInstanceUID == original.SOPInstanceUID
+    assert back.PixelData == original.PixelData
+
+
 def test_sealed_through_orthanc_still_verify_and_restore(tmp_path: Path, orthanc: OrthancPeer,
                                                          surrogates: dict[str, Path]) -> None:
     files = copy_ct_series(tmp_path / "ct")[:3]
