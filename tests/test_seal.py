@@ -302,9 +302,9 @@ def test_key_files_are_private_and_the_gateway_refuses_open_ones(tmp_path: Path)
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     again = _cli("keys", "init", "--out", str(tmp_path / "gw"))
     assert again.returncode == 1 and "never overwritten" in again.stderr
-    raw = base_config(tmp_path / "spool", [partner("p", 11112, key=str(
-        tmp_path / "partners" / "p-x25519.pub"))],
-        [{"name": "r", "match": {}, "to": ["p"], "profile": "mark"}])
+    raw = base_config(tmp_path / "spool", [partner("p-x25519", 11112, key=str(
+        tmp_path / "partners" / "p-x25519.pub"))],  # its own key: the names agree
+        [{"name": "r", "match": {}, "to": ["p-x25519"], "profile": "mark"}])
     raw["profiles"]["mark"] = {"method": "adversarial_perturbation",
                                "surrogates": [str(Path(__file__).parents[1] / "dicom_gateway" /
                                                   "defaults" / "pneumonia-cnn-small.pt")]}
