@@ -28,10 +28,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ConfigError, DatasetError, DependencyError, GatewayError
+
+if TYPE_CHECKING:
+    from .spool import Entry
 
 __all__ = ["main"]
 
@@ -106,7 +109,7 @@ def _cmd_spool_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _why(entry: Any) -> tuple[object, str, str]:
+def _why(entry: Entry) -> tuple[int | str, str, str]:
     """(tries, reason, message) of a spool entry, from its reason file or its retry state."""
     why = entry.set_aside_reason()
     if why is not None:

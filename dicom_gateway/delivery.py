@@ -12,8 +12,8 @@ down partner costs one probe per worker per hold period, not one connection per 
 
 A partner that takes fewer parallel associations than ``associations`` (a default DCMTK
 ``storescp`` serves one at a time and leaves the next request unanswered) is not down: when an
-association is rejected or aborted while another worker of the same partner holds one open,
-that worker stands aside for :data:`FEWER_ASSOCIATIONS_SECONDS` and its entry goes back to the
+association is rejected or aborted while another worker of the same partner holds one open
+(or is opening one), that worker stands aside for :data:`FEWER_ASSOCIATIONS_SECONDS` and its entry goes back to the
 queue at once, without an attempt charged or the partner held; after that it tries again.
 """
 

@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+
 from pydicom.dataset import Dataset
 
 from .errors import RecordError, SpoolError
