@@ -10,9 +10,12 @@ Commands (a contract other tools and users rely on)::
     dicom-gateway train-surrogate --data PATH --arch NAME --out FILE [--task ...]
     dicom-gateway protect-dataset --method unlearnable --data PATH --out DIR
 
-Errors are one line on stderr and a non-zero exit code (2: configuration, 1: anything else);
-set ``DICOM_GATEWAY_DEBUG=1`` to see a traceback instead. ``verify`` and ``restore`` also exit 3
-when nothing is invalid but some instance is not sealed (:mod:`.seal.command`).
+Errors are one line on stderr and a non-zero exit code (2: configuration, 1: anything else).
+This is the boundary: a :class:`~dicom_gateway.errors.GatewayError` (every failure the gateway
+raises on purpose, its message written for the user) or an ``OSError`` is printed as it is;
+anything else is a bug, reported as an internal error. Set ``DICOM_GATEWAY_DEBUG=1`` to see a
+traceback instead. ``verify`` and ``restore`` also exit 3 when nothing is invalid but
+some instance is not sealed (:mod:`.seal.command`).
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import ConfigError, GatewayError
+from .errors import ConfigError, DatasetError, DependencyError, GatewayError
+
+if TYPE_CHECKING:
+    from .spool import Entry
 
 __all__ = ["main"]
 
@@ -49,6 +56,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         gateway.stop()
         raise GatewayError(f"cannot start: {exc.strerror or exc}") from None
+    except GatewayError:
+        gateway.stop()
+        raise
 
     def _term(signum: int, frame: object) -> None:
         logging.getLogger(__name__).info("signal %d: stopping", signum)
@@ -65,6 +75,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from .config import load_config
 
     config = load_config(args.file)
+    if config.protection.device == "cuda":  # only this machine can answer that one
+        from .protect.device import configure_for
+
+        configure_for(config)
     print(f"{args.file}: OK: {len(config.partners)} partner(s), {len(config.routes)} route(s), "
           f"{len(config.profiles)} profile(s), no_route={config.no_route.action}")
     return 0
@@ -86,16 +100,22 @@ def _cmd_spool_list(args: argparse.Namespace) -> int:
     print(f"{'STATE':<11} {'PARTNER/STUDY':<24} {'AGE_S':>8} {'TRIES':>5}  NAME  REASON")
     for state in states:
         for group, entry in spool.entries(state, args.partner):
-            info = entry.read_json(".reason.json") or entry.read_json(".state.json")
+            tries, reason, message = _why(entry)
             age = now - entry.path.stat().st_mtime if entry.path.exists() else 0.0
-            tries = info.get("attempts", "")
-            reason = info.get("reason", "")
-            message = info.get("message", info.get("last_error", ""))
             print(f"{state:<11} {group[:24]:<24} {age:>8.0f} {tries!s:>5}  {entry.name}  "
                   f"{reason}{': ' + message if message else ''}")
             total += 1
     print(f"{total} entr{'y' if total == 1 else 'ies'}")
     return 0
+
+
+def _why(entry: Entry) -> tuple[int | str, str, str]:
+    """(tries, reason, message) of a spool entry, from its reason file or its retry state."""
+    why = entry.set_aside_reason()
+    if why is not None:
+        return "" if why.attempts is None else why.attempts, why.reason, why.message
+    state = entry.retry_state()
+    return (state.attempts or "", state.reason, state.last_error)
 
 
 def _selected(spool, args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -147,11 +167,8 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         raise ConfigError(args.config, "profiles", f"no profile named {args.profile!r}")
     if args.partner and args.partner not in config.partners:
         raise ConfigError(args.config, "partners", f"no partner named {args.partner!r}")
-    try:
-        written, problems = protect_files(config, args.profile, [Path(p) for p in args.inputs],
-                                          Path(args.out), partner=args.partner)
-    except ValueError as exc:
-        raise GatewayError(str(exc)) from None
+    written, problems = protect_files(config, args.profile, [Path(p) for p in args.inputs],
+                                      Path(args.out), partner=args.partner)
     for problem in problems:
         print(f"dicom-gateway: not protected: {problem}", file=sys.stderr)
     print(f"{written} instance(s) protected with profile {args.profile!r} into {args.out}; "
@@ -164,7 +181,8 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
         from .protect.surrogate import SEGMENTATION_ARCHITECTURES, load_surrogate
         from .protect.train import train_surrogate
     except ImportError as exc:
-        raise GatewayError(f"train-surrogate needs torch ({exc}); run scripts/setup.sh") from None
+        raise DependencyError(f"train-surrogate needs torch ({exc}); run scripts/setup.sh"
+                              ) from None
     arch = args.arch or ("unet-small" if args.task == "segmentation" else "auto")
     task = "segmentation" if arch in SEGMENTATION_ARCHITECTURES else "classification"
     if args.task and args.task != task:
@@ -187,8 +205,8 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
                                mask_suffix=args.mask_suffix, adversarial_epsilon=adversarial,
                                augment=args.augment, init=Path(args.init) if args.init else None,
                                max_images=args.max_images)
-    except (ValueError, KeyError) as exc:
-        raise GatewayError(f"{data}: cannot train on it: {exc}") from None
+    except DatasetError as exc:
+        raise DatasetError(f"{data}: cannot train on it: {exc}") from None
     sha = load_surrogate(Path(args.out)).sha256
     score = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in info.metrics.items())
     print(f"{args.out}: {info.arch} {info.input_size[0]}x{info.input_size[1]}x{info.channels}, "
@@ -214,7 +232,8 @@ def _cmd_protect_dataset(args: argparse.Namespace) -> int:
     try:
         from .protect.dataset_job import DatasetJob, protect_dataset
     except ImportError as exc:
-        raise GatewayError(f"protect-dataset needs torch ({exc}); run scripts/setup.sh") from None
+        raise DependencyError(f"protect-dataset needs torch ({exc}); run scripts/setup.sh"
+                              ) from None
     data = Path(args.data)
     if not data.exists():
         raise GatewayError(f"{data}: no such file or folder")
@@ -226,8 +245,8 @@ def _cmd_protect_dataset(args: argparse.Namespace) -> int:
                      mask_suffix=args.mask_suffix, seed=args.seed, **given)
     try:
         report = protect_dataset(job)
-    except (ValueError, KeyError) as exc:
-        raise GatewayError(f"{data}: cannot protect it: {exc}") from None
+    except DatasetError as exc:
+        raise DatasetError(f"{data}: cannot protect it: {exc}") from None
     loss = report["surrogate_final_loss"]
     print(f"{report['images']} {report['task']} images made unlearnable into {report['written']}: "
           f"PSNR {report['psnr_db']:.2f} dB, {report['rounds']} min-min rounds"
@@ -370,7 +389,12 @@ def _parser() -> argparse.ArgumentParser:
 
     rs = sub.add_parser("restore", help="restore the originals from sealed files (partner tool)")
     rs.add_argument("--key", required=True, help="the partner's private key (NAME.key)")
-    rs.add_argument("--gateway-key", help="also verify the signature with gateway-signing.pub")
+    signature = rs.add_mutually_exclusive_group(required=True)
+    signature.add_argument("--gateway-key",
+                           help="the gateway's gateway-signing.pub: each signature is checked")
+    signature.add_argument("--no-verify", action="store_true",
+                           help="restore without checking signatures (anyone can make a seal "
+                                "for your public key)")
     rs.add_argument("--out", required=True)
     rs.add_argument("inputs", nargs="+", help="files or folders")
     rs.set_defaults(func=_cmd_restore)
@@ -398,6 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except GatewayError as exc:
         print(f"dicom-gateway: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file or socket the user named: errno text and the path
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"dicom-gateway: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, KeyFileError
 from .route import Matcher, Route, parse_matcher, tag_from_key
 
 __all__ = [
@@ -430,7 +430,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
 
 
 def _seal(root: _Reader, gateway_ae: str, base: Path) -> SealConfig:
-    from .seal.keys import KeyError_, load_gateway_keys
+    from .seal.keys import load_gateway_keys
 
     r = root.child("seal").mapping(["signing_key", "uid_secret", "gateway_id", "uid_root"])
     signing = str(base / r.get("signing_key", str))
@@ -441,7 +441,7 @@ def _seal(root: _Reader, gateway_ae: str, base: Path) -> SealConfig:
         "characters (digits and dots)")
     try:
         load_gateway_keys(Path(signing), Path(secret))
-    except KeyError_ as exc:
+    except KeyFileError as exc:
         raise r.error(str(exc), "signing_key" if signing in str(exc) else "uid_secret") from None
     return SealConfig(signing, secret, r.get("gateway_id", str, gateway_ae), root_uid)
 
@@ -449,9 +449,24 @@ def _seal(root: _Reader, gateway_ae: str, base: Path) -> SealConfig:
 def _check_sealing(root: _Reader, seal: SealConfig | None, partners: Mapping[str, PartnerConfig],
                    profiles: Mapping[str, ProfileConfig], routes: Sequence[Route],
                    no_route: NoRoute) -> None:
-    """Every partner that receives protected pixels gets them sealed: it needs a key."""
-    from .seal.keys import KeyError_, load_partner_key
+    """Every partner that receives protected pixels gets them sealed: it needs a key. Every key
+    given must be that partner's own: the name written into it by ``keys partner --name`` is the
+    one its derived UIDs and manifests use, so a key of another partner is refused."""
+    from .seal.keys import load_partner_key
 
+    for index, (name, partner) in enumerate(partners.items()):
+        if partner.key is None:
+            continue
+        entry = root.child("partners").child(index)
+        try:
+            key = load_partner_key(Path(partner.key))
+        except KeyFileError as exc:
+            raise entry.error(str(exc), "key") from None
+        if key.name != name:
+            raise entry.error(f"{partner.key} is the key of partner {key.name!r}, not of "
+                              f"{name!r}: the name inside the key (from 'keys partner --name') "
+                              "derives the partner's UIDs and is signed into its manifests; "
+                              f"use {name!r}'s own key", "key")
     pairs = [(f"routes[{i}]", p, r.profile) for i, r in enumerate(routes) for p in r.to]
     if no_route.partner and no_route.profile:
         pairs.append(("no_route", no_route.partner, no_route.profile))
@@ -462,15 +477,10 @@ def _check_sealing(root: _Reader, seal: SealConfig | None, partners: Mapping[str
             raise root.error(f"{where} sends profile {profile!r} (protected pixels) to {name!r}: "
                              "protected output is always sealed; add a 'seal' section "
                              "(files from 'dicom-gateway keys init')", "seal")
-        index = list(partners).index(name)
         if partners[name].key is None:
-            raise root.child("partners").child(index).error(
+            raise root.child("partners").child(list(partners).index(name)).error(
                 f"partner receives protected pixels ({where}): needs 'key', its public key file "
                 "from 'dicom-gateway keys partner'", "key")
-        try:
-            load_partner_key(Path(str(partners[name].key)))
-        except KeyError_ as exc:
-            raise root.child("partners").child(index).error(str(exc), "key") from None
 
 
 def _no_route(root: _Reader, partners: Mapping[str, PartnerConfig],

@@ -9,6 +9,12 @@ partner itself is unreachable (``scope == "partner"``), the whole partner is hel
 kind of growing delay and every entry that was due at that moment is charged one attempt: a
 down partner costs one probe per worker per hold period, not one connection per queued entry
 (no retry storm). After ``max_attempts`` an entry moves to ``failed/`` with the reason.
+
+A partner that takes fewer parallel associations than ``associations`` (a default DCMTK
+``storescp`` serves one at a time and leaves the next request unanswered) is not down: when an
+association is rejected or aborted while another worker of the same partner holds one open
+(or is opening one), that worker stands aside for :data:`FEWER_ASSOCIATIONS_SECONDS` and its entry goes back to the
+queue at once, without an attempt charged or the partner held; after that it tries again.
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ from .config import PartnerConfig, RetryConfig
 from .errors import PartnerRefused, PartnerUnavailable
 from .forward import PartnerLink
 from .metrics import ForwardMetrics
+from .records import RetryState, SetAsideReason
 from .spool import Entry, Spool
 
-__all__ = ["PartnerQueue", "backoff_seconds"]
+__all__ = ["FEWER_ASSOCIATIONS_SECONDS", "PartnerQueue", "backoff_seconds"]
 
 _log = logging.getLogger(__name__)
 _seq = itertools.count()
+FEWER_ASSOCIATIONS_SECONDS = 600.0  # how long a worker stands aside after a refused association
+_REFUSED_ASSOCIATION = frozenset({"association_rejected", "association_aborted"})
 
 
 def backoff_seconds(retry: RetryConfig, attempts: int, rand: Callable[[], float] = random.random) -> float:
@@ -62,6 +71,8 @@ class PartnerQueue:
         self._known: dict[str, _Item] = {}  # queued or in flight, by entry name
         self._held_until = 0.0
         self._partner_failures = 0
+        self._links: list[PartnerLink] = []
+        self._aside_until: dict[int, float] = {}  # worker -> end of its stand-aside (monotonic)
         self._stopping = False
         self._threads: list[threading.Thread] = []
         m = metrics
@@ -74,12 +85,12 @@ class PartnerQueue:
     # -- queueing ---------------------------------------------------------------------------
     def add(self, entry: Entry) -> None:
         """Queue a committed outbox entry (idempotent by name)."""
-        state = entry.read_json(".state.json")
+        state = entry.retry_state()
         with self._cond:
             if entry.name in self._known:
                 return
-            delay = max(0.0, float(state.get("not_before", 0)) - time.time())
-            item = _Item(time.monotonic() + delay, next(_seq), entry, int(state.get("attempts", 0)))
+            delay = max(0.0, state.not_before - time.time())
+            item = _Item(time.monotonic() + delay, next(_seq), entry, state.attempts)
             try:
                 item.since = entry.path.stat().st_mtime
             except FileNotFoundError:
@@ -98,17 +109,19 @@ class PartnerQueue:
             oldest = min((i.since for i in self._known.values()), default=None)
         return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
-    def _next(self, on_idle: Callable[[], None] = lambda: None) -> _Item | None:
-        """Block until an entry is due and the partner is not held; None when stopping.
-        ``on_idle`` runs (outside the lock) about once a second while nothing is due."""
+    def _next(self, worker: int, on_idle: Callable[[], None] = lambda: None) -> _Item | None:
+        """Block until an entry is due, the partner is not held and ``worker`` does not stand
+        aside; None when stopping. ``on_idle`` runs (outside the lock) about once a second while
+        nothing is due."""
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
-                if self._heap and now >= self._held_until and self._heap[0].due <= now:
+                free = max(self._held_until, self._aside_until.get(worker, 0.0))
+                if self._heap and now >= free and self._heap[0].due <= now:
                     return heapq.heappop(self._heap)
                 wait = 1.0
                 if self._heap:
-                    wait = max(self._heap[0].due, self._held_until) - now
+                    wait = max(self._heap[0].due, free) - now
                 if not self._cond.wait(timeout=min(max(wait, 0.005), 1.0)):
                     self._cond.release()
                     try:
@@ -121,7 +134,9 @@ class PartnerQueue:
     def start(self) -> None:
         self.rescan()
         for i in range(self.partner.associations):
-            t = threading.Thread(target=self._work, name=f"forward-{self.partner.name}-{i}", daemon=True)
+            self._links.append(PartnerLink(self.partner))
+            t = threading.Thread(target=self._work, args=(i,),
+                                 name=f"forward-{self.partner.name}-{i}", daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -136,18 +151,19 @@ class PartnerQueue:
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads)
 
-    def _work(self) -> None:
-        link = PartnerLink(self.partner)
+    def _work(self, worker: int) -> None:
+        link = self._links[worker]
         try:
             while True:
-                item = self._next(on_idle=link.release_if_idle)
+                item = self._next(worker, on_idle=link.release_if_idle)
                 if item is None:
                     return
-                self._attempt(link, item)
+                self._attempt(worker, item)
         finally:
             link.close()
 
-    def _attempt(self, link: PartnerLink, item: _Item) -> None:
+    def _attempt(self, worker: int, item: _Item) -> None:
+        link = self._links[worker]
         name = self.partner.name
         self._metrics.forward_attempts.labels(partner=name).inc()
         started = time.perf_counter()
@@ -159,7 +175,10 @@ class PartnerQueue:
         except PartnerRefused as exc:
             self._give_up(item, exc.reason, str(exc), exc.status, item.attempts + 1)
         except PartnerUnavailable as exc:
-            self._failed(item, exc)
+            if self._too_many(worker, exc):
+                self._stand_aside(worker, item, exc)
+            else:
+                self._failed(item, exc)
         except Exception as exc:  # a bug must not kill the worker; treat as a failed attempt
             _log.exception("unexpected error forwarding %s to %s", item.entry.name, name)
             self._failed(item, PartnerUnavailable("internal_error", repr(exc), scope="instance"))
@@ -182,13 +201,41 @@ class PartnerQueue:
                  attempts: int) -> None:
         self._forget(item)
         try:
-            self._spool.dead_letter(item.entry, self.partner.name, {
-                "reason": reason, "message": message, "attempts": attempts,
-                "status": status, "partner": self.partner.name})
+            self._spool.dead_letter(item.entry, self.partner.name, SetAsideReason(
+                reason, message, partner=self.partner.name, attempts=attempts, status=status))
         except FileNotFoundError:
             return
         self._metrics.dead_letters.labels(partner=self.partner.name, reason=reason).inc()
         _log.error("gave up on %s for %s: %s", item.entry.name, self.partner.name, message)
+
+    def _too_many(self, worker: int, exc: PartnerUnavailable) -> bool:
+        """The partner refused this worker's association while another worker of ours holds
+        one (or has a request out): it takes fewer in parallel than configured, it is not down.
+        The last worker not standing aside is never taken out: its failures hold the partner."""
+        if exc.reason not in _REFUSED_ASSOCIATION:
+            return False
+        now = time.monotonic()
+        with self._cond:
+            others = [link for i, link in enumerate(self._links)
+                      if i != worker and self._aside_until.get(i, 0.0) <= now]
+        return any(link.connected or link.associating for link in others)
+
+    def _stand_aside(self, worker: int, item: _Item, exc: PartnerUnavailable) -> None:
+        """Take ``worker`` out for a while and give its entry straight back (not charged)."""
+        now = time.monotonic()
+        with self._cond:
+            self._aside_until[worker] = now + FEWER_ASSOCIATIONS_SECONDS
+            working = sum(1 for i in range(len(self._links))
+                          if self._aside_until.get(i, 0.0) <= now)
+            item.due = now
+            heapq.heappush(self._heap, item)
+            self._cond.notify_all()
+        self._metrics.forward_retries.labels(partner=self.partner.name,
+                                             reason="association_limit").inc()
+        _log.warning("%s refused a parallel association (%s) while another is open: using %d of "
+                     "%d association(s) for %.0f s; %s goes back to the queue, not charged",
+                     self.partner.name, exc.reason, working, self.partner.associations,
+                     FEWER_ASSOCIATIONS_SECONDS, item.entry.name)
 
     def _failed(self, item: _Item, exc: PartnerUnavailable) -> None:
         """Charge the attempt (and, if the partner is down, every due entry) and reschedule."""
@@ -202,20 +249,23 @@ class PartnerQueue:
                     charged.append(heapq.heappop(self._heap))
         if exc.scope == "partner":
             self._metrics.partner_up.labels(partner=self.partner.name).set(0)
+        given_up = 0
         for it in charged:
             it.attempts += 1
             if it.attempts >= self._retry.max_attempts:
                 self._give_up(it, exc.reason, f"{exc} (after {it.attempts} attempts)", exc.status,
                               it.attempts)
+                given_up += 1
                 continue
             delay = backoff_seconds(self._retry, it.attempts)
             it.due = now + delay
-            self._spool.record_attempt(it.entry, {
-                "attempts": it.attempts, "last_error": str(exc), "reason": exc.reason,
-                "not_before": time.time() + delay})
+            self._spool.record_attempt(it.entry, RetryState(
+                it.attempts, str(exc), exc.reason, time.time() + delay))
             self._metrics.forward_retries.labels(partner=self.partner.name, reason=exc.reason).inc()
             with self._cond:
                 heapq.heappush(self._heap, it)
                 self._cond.notify()
-        _log.warning("forward to %s failed (%s): %s; %d entr%s rescheduled", self.partner.name,
-                     exc.reason, exc, len(charged), "y" if len(charged) == 1 else "ies")
+        rescheduled = len(charged) - given_up
+        _log.warning("forward to %s failed (%s): %s; %d entr%s rescheduled%s", self.partner.name,
+                     exc.reason, exc, rescheduled, "y" if rescheduled == 1 else "ies",
+                     f", {given_up} given up (failed/)" if given_up else "")

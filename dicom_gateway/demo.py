@@ -22,6 +22,7 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_context, evt
 
 from .config import parse_config
+from .errors import GatewayError
 from .gateway import Gateway
 
 __all__ = ["run_demo"]
@@ -158,7 +159,7 @@ def _send(paths: list[Path], port: int, called: str) -> int:
     contexts = [build_context(c, sorted(ts)) for c, ts in classes.items()]
     assoc = ae.associate("127.0.0.1", port, ae_title=called, contexts=contexts)
     if not assoc.is_established:
-        raise RuntimeError("the gateway refused the demo association")
+        raise GatewayError("the gateway refused the demo association")
     acked = 0
     try:
         for p in paths:

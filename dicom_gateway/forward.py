@@ -65,6 +65,7 @@ class PartnerLink:
         self._assoc: Any = None
         self._wanted: dict[str, set[str]] = {}
         self._last_used = 0.0
+        self.associating = False  # an association request is out (read by other workers)
 
     def send(self, path: Path) -> str:
         """C-STORE the file at ``path``; return ``"success"`` or ``"warning"``."""
@@ -97,6 +98,12 @@ class PartnerLink:
         if kind == "refused":
             raise PartnerRefused("refused", f"status 0x{status:04X} {comment}", status=int(status))
         return kind
+
+    @property
+    def connected(self) -> bool:
+        """An association is established (read by the partner's other workers)."""
+        assoc = self._assoc
+        return assoc is not None and bool(assoc.is_established)
 
     def release_if_idle(self) -> None:
         if self._assoc is not None and time.monotonic() - self._last_used > self._partner.idle_release_seconds:
@@ -155,11 +162,14 @@ class PartnerLink:
             contexts.extend(wanted)
         p = self._partner
         connected: list[bool] = []  # pynetdicom reports a refused TCP connect as an abort
+        self.associating = True
         try:
             assoc = self._ae.associate(p.host, p.port, ae_title=p.ae_title, contexts=contexts,
                                        evt_handlers=[(evt.EVT_CONN_OPEN, lambda e: connected.append(True))])
         except Exception as exc:  # socket errors surface here on some pynetdicom paths
             raise PartnerUnavailable("connection_failed", str(exc)) from None
+        finally:
+            self.associating = False
         if not assoc.is_established:
             reason = "connection_failed" if not connected else (
                 "association_rejected" if assoc.is_rejected else "association_aborted")

@@ -23,7 +23,7 @@ from .endpoint import OpsEndpoint
 from .forwarder import ForwarderProcess
 from .metrics import Metrics, SnapshotCollector
 from .protect import ProtectionStage
-from .protect.device import configure as configure_device
+from .protect.device import configure_for as configure_device
 from .receive import Receiver
 from .route import Router
 from .seal.service import SealService
@@ -66,14 +66,11 @@ class Gateway:
         self.forwarders[partner].add(entry)
 
     def start(self) -> None:
+        device = configure_device(self.config)  # first: a missing device touches nothing
+        self.metrics.protection_device.labels(device=device).set(1)
         counts = self.spool.recover()
         _log.info("spool recovered at %s: %s", self.spool.root, counts)
         self.spool.start_pool()
-        if any(p.method != "none" for p in self.config.profiles.values()):
-            device = configure_device(self.config.protection.device, self.config.protection.threads)
-        else:  # pass-through only: no need to load torch
-            device = "cpu"
-        self.metrics.protection_device.labels(device=device).set(1)
         for forwarder in self.forwarders.values():
             forwarder.start()
         self.assembler.start()

@@ -63,7 +63,8 @@ class Metrics:
             "studies_released", "Studies (or late parts of studies) released for processing",
             namespace=_NS, registry=r)
         self.protect_seconds = Histogram(
-            "protect_duration_seconds", "Protection time per instance, by method",
+            "protect_duration_seconds", "Protection time per instance, by method (a series "
+            "batch's time shared equally by its instances, one observation each)",
             ["method"], namespace=_NS, registry=r, buckets=_STAGE_BUCKETS)
         self.protect_batch_size = Histogram(
             "protect_batch_size", "Instances per protection call (one series of a study for "

@@ -24,16 +24,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless
 
-from .errors import InstanceError
+from .errors import PixelError
 
 __all__ = ["PixelError", "Pixels", "pixel_digest", "read_pixels", "write_pixels"]
 
 _NATIVE_OUTPUTS = (ExplicitVRLittleEndian, RLELossless)
 _PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL")
-
-
-class PixelError(InstanceError):
-    """The instance's pixel data cannot be handled losslessly; ``reason`` says why."""
 
 
 @dataclass(frozen=True)

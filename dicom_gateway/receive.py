@@ -26,6 +26,7 @@ from .config import Config
 from .errors import SpoolError
 from .logsafe import quiet_pynetdicom
 from .metrics import Metrics
+from .records import RoutingRecord
 from .route import Destination, Router
 from .spool import Spool, safe_key
 
@@ -239,13 +240,12 @@ class Receiver:
             return "discarded", "", 0
         self._check_pixels(has_pixels, destinations)
 
-        record = {"calling_ae": calling, "called_ae": called, "study": study, "series": series,
-                  "destinations": [d.__dict__ for d in destinations]}
+        record = RoutingRecord(calling, called, study, series, tuple(destinations))
         header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
         try:
             with stream.getbuffer() as body:  # the received bytes, written without a copy
                 size = len(header) + len(body)
-                self._spool.store_incoming(study, sop, [header, body], record)
+                self._spool.store_incoming(sop, [header, body], record)
         except SpoolError as exc:
             _log.error("spool refused sop=%s: %s", sop, exc)
             label = "out_of_resources" if exc.out_of_space else "error"

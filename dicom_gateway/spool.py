@@ -10,6 +10,8 @@ Layout under ``spool_dir`` (see ``docs/decisions/0002-spool-layout.md``)::
     failed/<partner>/<name>.dcm            gave up delivering (+ .reason.json)
     quarantine/<partner>/<name>.dcm        could not be protected (+ .reason.json)
 
+The JSON files are typed, versioned records (:mod:`.records`).
+
 Every file is written to ``tmp/``, fsync'd, then renamed into place, and the directory is
 fsync'd (CPython ``mailbox.Maildir`` does the same); nothing changes a file after that, so the
 same file may be hard-linked into several outboxes. The routing record (calling/called AE,
@@ -22,22 +24,24 @@ from __future__ import annotations
 
 import errno
 import itertools
-import json
+import logging
 import os
 import re
 import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from pydicom.dataset import Dataset
 
-from .errors import SpoolError
+from .errors import RecordError, SpoolError
+from .records import RetryState, RoutingRecord, SetAsideReason
 
 __all__ = ["Entry", "Spool", "safe_key"]
+
+_log = logging.getLogger(__name__)
 
 _STATES = ("tmp", "inbox", "work", "outbox", "failed", "quarantine")
 _UID_RE = re.compile(r"^[0-9][0-9.]{0,63}$")
@@ -54,10 +58,10 @@ def safe_key(uid: str) -> str:
     return "h" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:40]
 
 
-def _record_key(record: dict[str, Any]) -> tuple[str, bytes]:
+def _record_key(record: RoutingRecord) -> tuple[str, bytes]:
     import hashlib
 
-    data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    data = record.to_json().encode()
     return hashlib.sha256(data).hexdigest()[:16], data
 
 
@@ -84,12 +88,21 @@ class Entry:
     def sidecar(self, suffix: str) -> Path:
         return self.path.with_name(f"{self.name}{suffix}")
 
-    def read_json(self, suffix: str) -> dict[str, Any]:
+    def retry_state(self) -> RetryState:
+        """The outbox entry's retry state (a fresh one if it has none or it is unreadable:
+        losing a retry counter only means more retries)."""
         try:
-            data = json.loads(self.sidecar(suffix).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+            return RetryState.from_json(self.sidecar(".state.json").read_bytes())
+        except (OSError, RecordError):
+            return RetryState()
+
+    def set_aside_reason(self) -> SetAsideReason | None:
+        """Why a failed/ or quarantine/ entry is there (None if the file is missing or
+        unreadable)."""
+        try:
+            return SetAsideReason.from_json(self.sidecar(".reason.json").read_bytes())
+        except (OSError, RecordError):
+            return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -106,14 +119,21 @@ def _translate(exc: OSError, what: str) -> SpoolError:
 
 
 class Spool:
-    """All moves between spool states; the only module that touches ``spool_dir``."""
+    """All moves between spool states; the only module that touches ``spool_dir``.
+
+    The spool holds patient data in clear: ``spool_dir`` is created 0700 (an existing one is left
+    as it is) and the state directories are made 0700 (also those of an earlier release); files
+    are written 0600.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()
         try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
             for state in _STATES:
-                (root / state).mkdir(parents=True, exist_ok=True)
+                (root / state).mkdir(mode=0o700, exist_ok=True)
+                os.chmod(root / state, 0o700)
         except OSError as exc:
             raise _translate(exc, f"create its directories under {root}") from None
         self._pool: list[Path] = []
@@ -196,13 +216,13 @@ class Spool:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
 
-    def store_incoming(self, study: str, sop: str, parts: Sequence[bytes | memoryview],
-                       record: dict[str, Any]) -> Entry:
+    def store_incoming(self, sop: str, parts: Sequence[bytes | memoryview],
+                       record: RoutingRecord) -> Entry:
         """Commit a received instance (``parts`` concatenated) and its routing record to
-        ``inbox/``; returns only once both are durable."""
+        ``inbox/<record.study>/``; returns only once both are durable."""
         key, data = _record_key(record)
         dcm_tmp = self._write_tmp(parts)
-        study_dir = self.root / "inbox" / safe_key(study)
+        study_dir = self.root / "inbox" / safe_key(record.study)
         entry = Entry(study_dir / f"{safe_key(sop)}~{key}.dcm")
         try:
             with self._lock:  # against remove_empty_study deleting the record meanwhile
@@ -216,13 +236,15 @@ class Spool:
             raise _translate(exc, "store an instance") from None
         return entry
 
-    def record(self, entry: Entry) -> dict[str, Any]:
-        """The routing record of an inbox/work entry ({} if it is missing)."""
+    def record(self, entry: Entry) -> RoutingRecord | None:
+        """The routing record of an inbox/work entry (None if it is missing or unreadable)."""
         try:
-            data = json.loads(entry.record_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+            return RoutingRecord.from_json(entry.record_path.read_bytes())
+        except OSError:
+            return None
+        except RecordError as exc:
+            _log.error("%s: %s", entry.record_path, exc)
+            return None
 
     # -- assembly --------------------------------------------------------------------------
     def inbox_studies(self) -> list[str]:
@@ -303,10 +325,10 @@ class Spool:
     def outbox_entries(self, partner: str) -> list[Entry]:
         return self._entries(self.root / "outbox" / partner)
 
-    def record_attempt(self, entry: Entry, state: dict[str, Any]) -> None:
+    def record_attempt(self, entry: Entry, state: RetryState) -> None:
         """Persist the retry state of an outbox entry (attempts survive a restart)."""
         try:
-            tmp = self._write_tmp([json.dumps(state, sort_keys=True).encode()], ".json")
+            tmp = self._write_tmp([state.to_json().encode()], ".json")
             os.replace(tmp, entry.sidecar(".state.json"))
         except (OSError, SpoolError):
             pass  # losing a retry counter only means more retries; never block delivery on it
@@ -316,22 +338,22 @@ class Spool:
         entry.path.unlink(missing_ok=True)
 
     # -- dead ends ------------------------------------------------------------------------
-    def dead_letter(self, entry: Entry, partner: str, reason: dict[str, Any]) -> Entry:
+    def dead_letter(self, entry: Entry, partner: str, reason: SetAsideReason) -> Entry:
         """Move an outbox entry to ``failed/<partner>/`` with a reason file."""
         return self._set_aside("failed", partner, entry, reason, move=True)
 
-    def quarantine(self, entry: Entry, partner: str, reason: dict[str, Any]) -> Entry:
-        """Keep a copy of a work entry in ``quarantine/<partner>/`` with a reason file."""
-        return self._set_aside("quarantine", partner, entry, reason, move=False)
+    def quarantine(self, entry: Entry, partner: str, reason: SetAsideReason) -> Entry:
+        """Keep a copy of a work entry in ``quarantine/<partner>/`` with a reason file that
+        carries its routing record."""
+        return self._set_aside("quarantine", partner, entry,
+                               replace(reason, record=self.record(entry)), move=False)
 
-    def _set_aside(self, state: str, partner: str, entry: Entry, reason: dict[str, Any],
+    def _set_aside(self, state: str, partner: str, entry: Entry, reason: SetAsideReason,
                    move: bool) -> Entry:
         dest = Entry(self.root / state / partner / entry.path.name)
         dest.path.parent.mkdir(parents=True, exist_ok=True)
-        reason = {**reason, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if state == "quarantine":
-            reason["record"] = self.record(entry)
-        tmp = self._write_tmp([json.dumps(reason, indent=2, sort_keys=True).encode()], ".json")
+        reason = replace(reason, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        tmp = self._write_tmp([reason.to_json().encode()], ".json")
         os.replace(tmp, dest.sidecar(".reason.json"))
         if move:
             os.replace(entry.path, dest.path)
@@ -368,10 +390,9 @@ class Spool:
                     counts["orphans_removed"] += 1
             for entry in entries:
                 if not entry.record_path.exists():
-                    self._set_aside("quarantine", "_inbox", entry, {
-                        "reason": "missing_route_record",
-                        "message": "routing record missing; re-send or requeue by hand"},
-                        move=False)
+                    self._set_aside("quarantine", "_inbox", entry, SetAsideReason(
+                        "missing_route_record",
+                        "routing record missing; re-send or requeue by hand"), move=False)
                     entry.path.unlink()
             self.remove_empty_study(study_dir.name)
             _fsync_dir(self.root / "inbox")
@@ -387,17 +408,14 @@ class Spool:
 
     def requeue(self, state: str, entry: Entry, partner: str) -> None:
         """Operator retry: a failed entry goes back to its outbox, a quarantined one to inbox."""
-        reason = entry.read_json(".reason.json")
         if state == "failed":
             self.commit_outbox(partner, entry.name, entry.path)
         else:
-            record = reason.get("record") or {}
-            if not record.get("study"):
+            reason = entry.set_aside_reason()
+            if reason is None or reason.record is None:
                 raise SpoolError(f"{entry.path}: no routing record, cannot requeue")
-            record["destinations"] = [d for d in record.get("destinations", [])
-                                      if d.get("partner") == partner] or record["destinations"]
             with open(entry.path, "rb") as f:  # re-stored like a new arrival (one copy)
-                self.store_incoming(record["study"], entry.sop_key, [f.read()], record)
+                self.store_incoming(entry.sop_key, [f.read()], reason.record.only(partner))
             entry.path.unlink()
         entry.sidecar(".reason.json").unlink(missing_ok=True)
 

@@ -15,10 +15,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from .errors import SealError
 from .metrics import Metrics
 from .protect import Outcome, ProtectionStage
+from .records import RoutingRecord, SetAsideReason
 from .seal.service import SealService
 from .spool import Entry, Spool
 
@@ -57,21 +58,21 @@ class StudyWorker:
         # series -> profile -> [(entry, partners)]
         batches: dict[str, dict[str, list[tuple[Entry, list[str]]]]] = defaultdict(
             lambda: defaultdict(list))
-        records: dict[Path, dict[str, Any]] = {}  # one read per shared routing record
+        records: dict[Path, RoutingRecord | None] = {}  # one read per shared routing record
         for entry in claimed:
             if entry.record_path not in records:
                 records[entry.record_path] = self._spool.record(entry)
             record = records[entry.record_path]
-            if not record.get("destinations"):  # never drop silently: keep it with the reason
-                self._spool.quarantine(entry, "_inbox", {
-                    "reason": "missing_route_record", "message": "no routing record beside it"})
+            if record is None or not record.destinations:  # never drop silently: keep it
+                self._spool.quarantine(entry, "_inbox", SetAsideReason(
+                    "missing_route_record", "no readable routing record beside it"))
                 self._metrics.quarantined.labels(partner="_inbox", reason="missing_route_record").inc()
                 continue
             by_profile: dict[str, list[str]] = defaultdict(list)
-            for d in record["destinations"]:
-                by_profile[d["profile"]].append(d["partner"])
+            for d in record.destinations:
+                by_profile[d.profile].append(d.partner)
             for profile, names in by_profile.items():
-                batches[str(record.get("series", ""))][profile].append((entry, names))
+                batches[record.series][profile].append((entry, names))
         touched: set[str] = set()
         for by_profile in batches.values():  # series by series: one batch per (series, profile)
             for profile, items in by_profile.items():
@@ -101,9 +102,8 @@ class StudyWorker:
                 output = entry.path
             else:
                 for partner in partners:
-                    self._spool.quarantine(entry, partner, {
-                        "reason": outcome.error.reason, "message": str(outcome.error),
-                        "profile": profile})
+                    self._spool.quarantine(entry, partner, SetAsideReason(
+                        outcome.error.reason, str(outcome.error), profile=profile))
                     self._metrics.quarantined.labels(partner=partner,
                                                      reason=outcome.error.reason).inc()
                 _log.warning("quarantined sop=%s for %s: %s", entry.name, ",".join(partners),
@@ -113,7 +113,7 @@ class StudyWorker:
         method = self._stage.profile(profile).method
         if method != "none" and outcome.error is None:  # protected: sealed per partner
             for partner in partners:
-                self._seal_for(study, entry, partner, method, outcome)
+                self._seal_for(study, entry, partner, profile, outcome)
             return
         staged = self._spool.stage_output(output)
         try:
@@ -124,18 +124,19 @@ class StudyWorker:
         finally:
             staged.unlink(missing_ok=True)
 
-    def _seal_for(self, study: str, entry: Entry, partner: str, method: str,
+    def _seal_for(self, study: str, entry: Entry, partner: str, profile: str,
                   outcome: Outcome) -> None:
         assert outcome.output is not None
+        method = self._stage.profile(profile).method
         started = time.perf_counter()
         try:
             if self._sealer is None or not self._sealer.has_partner(partner):
-                raise RuntimeError(f"no seal key for partner {partner!r}")
+                raise SealError("no_key", f"no seal key for partner {partner!r}")
             sealed = self._sealer.seal(partner, entry.path, outcome.output, outcome.residual,
                                        method, dict(outcome.parameters))
         except Exception as exc:  # never let protected pixels leave unsealed: quarantine
-            self._spool.quarantine(entry, partner, {
-                "reason": "seal_failed", "message": f"{type(exc).__name__}: {exc}"})
+            self._spool.quarantine(entry, partner, SetAsideReason(
+                "seal_failed", f"{type(exc).__name__}: {exc}", profile=profile))
             self._metrics.quarantined.labels(partner=partner, reason="seal_failed").inc()
             _log.warning("quarantined sop=%s for %s: seal failed: %s", entry.name, partner,
                          type(exc).__name__)

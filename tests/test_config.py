@@ -102,3 +102,28 @@ def test_protection_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(raw, "x.yaml")
     assert info.value.path == "profiles.inv.surrogates" and "not found" in info.value.problem
+
+
+def test_a_partner_key_that_names_another_partner_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_gateway.seal.keys import init_gateway_keys, new_partner_key
+
+    init_gateway_keys(tmp_path / "keys")
+    new_partner_key("acme", tmp_path / "keys")  # the file names carry the partner name too,
+    new_partner_key("uni-x", tmp_path / "keys")  # but the check reads the name inside the key
+    (tmp_path / "keys" / "acme.pub").rename(tmp_path / "keys" / "partner-a.pub")
+    raw = _raw()
+    raw["seal"] = {"signing_key": str(tmp_path / "keys" / "gateway-signing.key"),
+                   "uid_secret": str(tmp_path / "keys" / "uid-secret.key")}
+    raw["partners"][0]["key"] = str(tmp_path / "keys" / "partner-a.pub")
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert raw["partners"][0]["name"] == "uni-x"
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{path}: partners[0].key: {tmp_path / 'keys' / 'partner-a.pub'} is the key of " \
+           "partner 'acme', not of 'uni-x'" in err
+    raw["partners"][0]["key"] = str(tmp_path / "keys" / "uni-x.pub")  # its own key: accepted
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["check-config", str(path)]) == 0

@@ -394,3 +394,23 @@ def test_links_into_operations_resolve() -> None:
     for path in sources:
         for target in re.findall(r"operations\.md#([a-z0-9-]+)", path.read_text("utf-8", "replace")):
             assert target in headings, f"{path.relative_to(ROOT)} links to a missing #{target}"
+
+
+def test_the_requeue_table_says_what_spool_retry_says(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`spool retry` tells when a running gateway picks the entries up; the runbook's Requeue
+    table must name the same settings for each state (and need no restart)."""
+    from dicom_gateway.cli import main
+
+    config = tmp_path / "gw.yaml"
+    raw = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    raw["gateway"]["spool_dir"] = str(tmp_path / "spool")
+    config.write_text(yaml.safe_dump(raw))
+    text = OPERATIONS_DOC.read_text("utf-8")
+    table = text[text.index("\n## Requeue\n"):text.index("\n## Key rotation\n")]
+    for state in ("failed", "quarantine"):
+        assert main(["spool", "retry", "--config", str(config), "--state", state]) == 0
+        settings = set(re.findall(r"gateway\.[a-z_]+", capsys.readouterr().out))
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{state}/"))
+        assert settings and all(f"`{s}`" in row for s in settings), (state, settings, row)
+        assert "restart" not in row.replace("no restart", ""), row

@@ -70,3 +70,23 @@ def test_counters_equal_what_happened(tmp_path: Path, recording_scp: RecordingSC
         lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                               text=True)
         assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_protect_duration_is_observed_once_per_instance(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dicom_gateway.config import ProfileConfig
+    from dicom_gateway.metrics import Metrics
+    from dicom_gateway.protect import Outcome, ProtectionStage, registry
+
+    def copy_method(options: object) -> object:
+        return lambda paths: [Outcome(source=p, output=p) for p in paths]
+
+    monkeypatch.setitem(registry._METHODS, "zz_copy", (copy_method, lambda options: None))
+    metrics = Metrics()
+    stage = ProtectionStage({"p": ProfileConfig("p", "zz_copy", False, "quarantine", {})},
+                            metrics)
+    batch = [tmp_path / f"{i}.dcm" for i in range(3)]  # one series batch of three instances
+    assert len(stage.protect("p", batch)) == 3
+    count = metrics.registry.get_sample_value("dicom_gateway_protect_duration_seconds_count",
+                                              {"method": "zz_copy"})
+    assert count == 3  # the metric reads per instance, as docs/metrics.md says

@@ -101,7 +101,7 @@ def test_dashboard_and_alerts_query_only_exported_metrics_and_labels(
     # registered for this test only (monkeypatch removes it after)
     monkeypatch.setitem(registry._METHODS, "ops_marking", (_Marking, lambda options: None))
     # the stand-in method needs no torch: keep the gateway from loading it to pick a device
-    monkeypatch.setattr("dicom_gateway.gateway.configure_device", lambda device, threads: "cpu")
+    monkeypatch.setattr("dicom_gateway.gateway.configure_device", lambda config: "cpu")
     down = {"initial_seconds": 0.1, "max_seconds": 0.2, "max_attempts": 2}
     raw = base_config(tmp_path / "spool", [
         partner("recorder", recording_scp.port), partner("offline", free_port(), retry=down)], [

@@ -8,8 +8,14 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from gwutil import base_config, metric, partner, running_gateway, sample, scrape, send, wait_metric
-from peers import RecordingSCP
+from peers import RecordingSCP, free_port
+
+from dicom_gateway.config import PartnerConfig, RetryConfig
+from dicom_gateway.delivery import PartnerQueue
+from dicom_gateway.metrics import ForwardMetrics
+from dicom_gateway.spool import Spool
 
 ALL = [{"name": "all", "match": {}, "to": ["recorder"], "profile": "passthrough"}]
 
@@ -114,3 +120,25 @@ def test_warning_is_done_failure_is_given_up_out_of_resources_is_retried(tmp_pat
             assert scp.attempts >= 2  # out of resources: tried again
             scp.status = 0x0000
             assert scp.wait_for_count(1, timeout=20) == 1
+
+
+def test_the_failure_log_line_counts_given_up_entries_apart(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(tmp_path / "spool")
+    outbox = spool.root / "outbox" / "p"
+    outbox.mkdir(parents=True)
+    ds = sample()
+    ds.save_as(outbox / "study_sop.dcm", enforce_file_format=True)
+    config = PartnerConfig("p", "NOBODY", "127.0.0.1", free_port(), "GW", associations=1,
+                           retry=RetryConfig(max_attempts=1))  # the first failure gives up
+    queue = PartnerQueue(config, spool, ForwardMetrics())
+    queue.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (spool.root / "failed" / "p").is_dir():
+            time.sleep(0.05)
+    finally:
+        queue.stop()
+    assert [e.name for _, e in spool.entries("failed")] == ["study_sop"]
+    line = next(r.getMessage() for r in caplog.records if "forward to p failed" in r.getMessage())
+    assert line.endswith("; 0 entries rescheduled, 1 given up (failed/)"), line

@@ -248,7 +248,8 @@ def test_wrong_key_and_tampering_give_distinct_errors(tmp_path: Path, keys: Path
     init_gateway_keys(stranger)
     beta = keys / "partners" / "beta.key"
     out = tmp_path / "out"
-    done = _cli("restore", "--key", str(beta), str(sealed_path), "--out", str(out))
+    done = _cli("restore", "--key", str(beta), "--no-verify", str(sealed_path), "--out",
+                str(out))
     assert done.returncode == 1 and "(wrong_key)" in done.stderr
     assert not list(out.glob("*.dcm"))  # no plaintext written
     done = _cli("verify", "--gateway-key", str(stranger / "gateway-signing.pub"),
@@ -265,6 +266,28 @@ def test_wrong_key_and_tampering_give_distinct_errors(tmp_path: Path, keys: Path
     assert err.value.reason == "no_seal"
 
 
+def test_restore_checks_the_signature_or_says_plainly_it_did_not(
+        tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_gateway.cli import main
+
+    _sealed_ct(tmp_path, keys)
+    key = str(keys / "partners" / "acme.key")
+    with pytest.raises(SystemExit) as usage:  # neither --gateway-key nor --no-verify
+        main(["restore", "--key", key, str(tmp_path / "s.dcm"), "--out", str(tmp_path / "a")])
+    assert usage.value.code == 2
+    assert "--gateway-key" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(["restore", "--key", key, "--no-verify", str(tmp_path / "s.dcm"),
+                 "--out", str(tmp_path / "b")]) == 0
+    said = capsys.readouterr().out
+    assert "1 instance(s) restored" in said and "signature NOT checked (--no-verify)" in said
+    assert "signed" not in said
+    assert main(["restore", "--key", key, "--gateway-key",
+                 str(keys / "gateway" / "gateway-signing.pub"), str(tmp_path / "s.dcm"),
+                 "--out", str(tmp_path / "c")]) == 0
+    said = capsys.readouterr().out
+    assert f"signature checked with gateway key {_public(keys)[1]}" in said
+
+
 def test_key_files_are_private_and_the_gateway_refuses_open_ones(tmp_path: Path) -> None:
     done = _cli("keys", "init", "--out", str(tmp_path / "gw"))
     assert done.returncode == 0, done.stderr
@@ -279,9 +302,9 @@ def test_key_files_are_private_and_the_gateway_refuses_open_ones(tmp_path: Path)
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     again = _cli("keys", "init", "--out", str(tmp_path / "gw"))
     assert again.returncode == 1 and "never overwritten" in again.stderr
-    raw = base_config(tmp_path / "spool", [partner("p", 11112, key=str(
-        tmp_path / "partners" / "p-x25519.pub"))],
-        [{"name": "r", "match": {}, "to": ["p"], "profile": "mark"}])
+    raw = base_config(tmp_path / "spool", [partner("p-x25519", 11112, key=str(
+        tmp_path / "partners" / "p-x25519.pub"))],  # its own key: the names agree
+        [{"name": "r", "match": {}, "to": ["p-x25519"], "profile": "mark"}])
     raw["profiles"]["mark"] = {"method": "adversarial_perturbation",
                                "surrogates": [str(Path(__file__).parents[1] / "dicom_gateway" /
                                                   "defaults" / "pneumonia-cnn-small.pt")]}
@@ -318,6 +341,56 @@ def test_derived_uids_are_stable_per_partner(tmp_path: Path, keys: Path) -> None
     assert a1.SOPClassUID == original.SOPClassUID  # standard UIDs are kept
     assert a1.ImageType[0] == "DERIVED"
     assert a1.ContributingEquipmentSequence[-1].Manufacturer == "dicom-gateway"
+
+
+@pytest.mark.parametrize("method", ["adversarial_perturbation", "adversarial_watermark"])
+def test_a_segmentation_on_a_protecting_route_is_sealed_unchanged(tmp_path: Path,
+                                                                  method: str) -> None:
+    from importlib.resources import files
+
+    from peers import RecordingSCP
+    from pydicom.data import get_testdata_file
+
+    seg_file = get_testdata_file("liver_1frame.dcm")  # a real 1-bit BINARY SEG (DCMTK-made)
+    assert seg_file is not None
+    original = pydicom.dcmread(seg_file)
+    assert original.BitsAllocated == 1
+    surrogate = str(files("dicom_gateway").joinpath("defaults", "pneumonia-cnn-small.pt"))
+    with RecordingSCP(store_dir=tmp_path / "received") as scp:
+        raw = base_config(tmp_path / "spool", [partner("recorder", scp.port)],
+                          [{"name": "all", "match": {}, "to": ["recorder"], "profile": "p"}])
+        raw["profiles"]["p"] = {"method": method, "surrogates": [surrogate]}
+        with_seal(raw, tmp_path / "keys")
+        with running_gateway(raw) as gw:
+            assert send(gw.receiver.port or 0, [original]) == [0]
+            assert scp.wait_for_count(1, timeout=60) == 1
+    assert not list((tmp_path / "spool" / "quarantine").rglob("*.dcm"))
+    secret = uid_secret(tmp_path / "keys")
+
+    def derived(uid: str) -> str:
+        return derive_uid(secret, "recorder", uid)
+
+    sent = pydicom.dcmread(next((tmp_path / "received").glob("*.dcm")))
+    assert sent.SOPInstanceUID == derived(original.SOPInstanceUID)
+    assert sent.StudyInstanceUID == derived(original.StudyInstanceUID)
+    source = sent.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0] \
+        .SourceImageSequence[0]  # the SEG points at the protected image the partner gets
+    assert source.ReferencedSOPInstanceUID == derived(
+        original.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+        .SourceImageSequence[0].ReferencedSOPInstanceUID)
+    assert source.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # standard: kept
+    assert sent.PixelData == original.PixelData  # the labels, bit for bit
+    assert "BurnedInAnnotation" not in sent or sent.BurnedInAnnotation == original.get(
+        "BurnedInAnnotation")
+    assert "unchanged" in sent.ContributingEquipmentSequence[-1].ContributionDescription
+    public = load_signing_public(tmp_path / "keys" / "gateway" / "gateway-signing.pub")
+    manifest = verify(sent, public).manifest
+    assert manifest["method"] == method
+    assert manifest["parameters"] == {"pixels": "unchanged", "reason": "segmentation"}
+    back = restore(sent, load_partner_key(tmp_path / "keys" / "partners" / "recorder.key"),
+                   public)
+    assert back.SOPInstanceUID == original.SOPInstanceUID
+    assert back.PixelData == original.PixelData
 
 
 def test_sealed_through_orthanc_still_verify_and_restore(tmp_path: Path, orthanc: OrthancPeer,

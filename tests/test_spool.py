@@ -6,14 +6,16 @@ import json
 import os
 from pathlib import Path
 
+from dicom_gateway.records import RoutingRecord, SetAsideReason
+from dicom_gateway.route import Destination
 from dicom_gateway.spool import Entry, Spool, safe_key
 
-RECORD = {"study": "1.2.3", "series": "1.2.3.4", "calling_ae": "A", "called_ae": "GW",
-          "destinations": [{"partner": "p1", "profile": "none", "route": "r"}]}
+RECORD = RoutingRecord(calling_ae="A", called_ae="GW", study="1.2.3", series="1.2.3.4",
+                       destinations=(Destination("p1", "none", "r"),))
 
 
 def _store(spool: Spool, sop: str = "1.2.3.4.5") -> Entry:
-    return spool.store_incoming("1.2.3", sop, [b"DICM-", b"bytes-" + sop.encode()], RECORD)
+    return spool.store_incoming(sop, [b"DICM-", b"bytes-" + sop.encode()], RECORD)
 
 
 def test_store_commits_dcm_and_shared_record(tmp_path: Path) -> None:
@@ -51,7 +53,7 @@ def test_recovery_removes_partial_writes(tmp_path: Path) -> None:
     (tmp_path / "tmp" / "123-half.dcm").write_bytes(b"half")
     study = tmp_path / "inbox" / "1.2.3"
     study.mkdir(parents=True)
-    (study / "abcd.route.json").write_text(json.dumps(RECORD))  # record committed, no instance
+    (study / "abcd.route.json").write_text(RECORD.to_json())  # record committed, no instance
     counts = spool.recover()
     assert counts == {"tmp_removed": 1, "work_requeued": 0, "orphans_removed": 1}
     assert not study.exists()
@@ -75,8 +77,8 @@ def test_outbox_link_dead_letter_and_requeue(tmp_path: Path) -> None:
     out = spool.commit_outbox("p1", "1.2.3_1.2.3.4.5", spool.stage_output(work.path))
     assert os.stat(out.path).st_ino == os.stat(work.path).st_ino  # hard link, no copy
     spool.finish_work(work)
-    failed = spool.dead_letter(out, "p1", {"reason": "refused", "message": "status 0xC000"})
-    assert failed.read_json(".reason.json")["reason"] == "refused"
+    failed = spool.dead_letter(out, "p1", SetAsideReason("refused", "status 0xC000"))
+    assert failed.set_aside_reason().reason == "refused"
     assert [e.name for _, e in spool.entries("failed")] == ["1.2.3_1.2.3.4.5"]
     spool.requeue("failed", failed, "p1")
     assert [e.name for e in spool.outbox_entries("p1")] == ["1.2.3_1.2.3.4.5"]
@@ -86,11 +88,22 @@ def test_outbox_link_dead_letter_and_requeue(tmp_path: Path) -> None:
 def test_quarantine_keeps_routing_and_requeues_to_inbox(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     work = spool.claim([_store(spool)])[0]
-    q = spool.quarantine(work, "p1", {"reason": "method_error", "message": "boom"})
+    q = spool.quarantine(work, "p1", SetAsideReason("method_error", "boom"))
     spool.finish_work(work)
-    assert q.read_json(".reason.json")["record"]["study"] == "1.2.3"
+    assert q.set_aside_reason().record.study == "1.2.3"
     spool.requeue("quarantine", q, "p1")
     entries = spool.inbox_entries("1.2.3")
     assert [e.sop_key for e in entries] == ["1.2.3.4.5"]
     assert entries[0].path.read_bytes() == b"DICM-bytes-1.2.3.4.5"
     assert not list(spool.entries("quarantine"))
+
+
+def test_the_spool_is_private_to_the_gateway(tmp_path: Path) -> None:
+    Spool(tmp_path / "spool")  # what `serve` does first with gateway.spool_dir
+    assert (tmp_path / "spool").stat().st_mode & 0o777 == 0o700
+    for state in ("tmp", "inbox", "work", "outbox", "failed", "quarantine"):
+        assert (tmp_path / "spool" / state).stat().st_mode & 0o777 == 0o700, state
+    (tmp_path / "old" / "inbox").mkdir(parents=True, mode=0o755)  # as an earlier release left it
+    os.chmod(tmp_path / "old" / "inbox", 0o755)
+    Spool(tmp_path / "old")
+    assert (tmp_path / "old" / "inbox").stat().st_mode & 0o777 == 0o700

@@ -52,6 +52,7 @@ def test_train_surrogate_reads_image_folders(tmp_path: Path) -> None:
 
 
 def test_torchscript_model_with_description(tmp_path: Path) -> None:
+    from dicom_gateway.errors import SurrogateError
     from dicom_gateway.protect.surrogate import load_surrogate
 
     body = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
@@ -68,7 +69,7 @@ def test_torchscript_model_with_description(tmp_path: Path) -> None:
     assert len(s.sha256) == 64
     bare = tmp_path / "bare.pt"
     torch.jit.save(scripted, str(bare))
-    with pytest.raises(ValueError, match="without a description"):
+    with pytest.raises(SurrogateError, match="without a description"):
         load_surrogate(bare)
     (tmp_path / "bare.json").write_text(json.dumps({**description, "mean": [0.5], "std": [0.2]}))
     assert load_surrogate(bare).info.mean == (0.5,)

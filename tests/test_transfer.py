@@ -133,7 +133,9 @@ def test_a_surrogate_from_another_view_is_refused(tmp_path: Path,
     blob = torch.load(surrogates["pneumonia"], weights_only=True)
     blob["info"]["view"] = "per-image-min-max"
     torch.save(blob, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="input view 'per-image-min-max'"):
+    from dicom_gateway.errors import SurrogateError
+
+    with pytest.raises(SurrogateError, match="input view .per-image-min-max."):
         load_surrogate(tmp_path / "other.pt")
 
 

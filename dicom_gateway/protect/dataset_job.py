@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DatasetError
 from .datasets import ImageSet, load_images
 from .surrogate import SEGMENTATION_ARCHITECTURES, SurrogateInfo, build_model, load_surrogate
 from .unlearnable import error_minimizing_noise, psnr, segmentation_budget, shortcut_pattern
@@ -53,11 +54,11 @@ def _model(job: DatasetJob, data: ImageSet) -> tuple[torch.nn.Module, str]:
     if job.surrogate is not None:
         s = load_surrogate(job.surrogate)
         if (s.info.task == "segmentation") != (data.task == "segmentation"):
-            raise ValueError(f"{job.surrogate} is a {s.info.task} model, the data is {data.task}")
+            raise DatasetError(f"{job.surrogate} is a {s.info.task} model, the data is {data.task}")
         return s.model, s.sha256
     arch = job.arch or ("unet-small" if data.task == "segmentation" else "cnn-small")
     if (arch in SEGMENTATION_ARCHITECTURES) != (data.task == "segmentation"):
-        raise ValueError(f"architecture {arch} does not fit {data.task} data")
+        raise DatasetError(f"architecture {arch} does not fit {data.task} data")
     x = data.images
     classes = data.classes or tuple(str(c) for c in range(int(data.labels.max()) + 1))  # type: ignore[union-attr]
     info = SurrogateInfo(arch, data.task, (x.shape[2], x.shape[3]), x.shape[1], classes,

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DatasetError
+
 __all__ = ["ImageSet", "load_images", "load_npz_split", "load_split_tree", "stratified_split"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -56,6 +58,8 @@ class ImageSet:
 def load_npz_split(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images as float ``(N, C, H, W)`` in [0, 1] and labels as int64 ``(N,)``."""
     with np.load(path) as data:
+        if f"{split}_images" not in data or f"{split}_labels" not in data:
+            raise DatasetError(f"{path}: no split {split!r} ({split}_images, {split}_labels)")
         images = data[f"{split}_images"]
         labels = data[f"{split}_labels"].reshape(-1)
     if images.ndim == 3:
@@ -75,7 +79,7 @@ def load_images(path: Path, split: str = "train", size: tuple[int, int] | None =
     if path.suffix == ".tar" or (path.is_dir() and _split_dirs(path)):
         splits = load_split_tree(path)
         if split not in splits:
-            raise ValueError(f"{path}: no {split!r} split (found {', '.join(sorted(splits))})")
+            raise DatasetError(f"{path}: no {split!r} split (found {', '.join(sorted(splits))})")
         return splits[split]
     if path.is_dir():
         if (path / "images").is_dir() and (path / "masks").is_dir():
@@ -91,7 +95,7 @@ def load_images(path: Path, split: str = "train", size: tuple[int, int] | None =
         images = [p for p in files if not p.stem.endswith(mask_suffix)
                   and not any(p.stem.startswith(o + "_") for o in stems if o != p.stem)]
         return _load_pairs(images, lambda p: _find(path, p.stem + mask_suffix), size)
-    raise ValueError(f"{path}: expected an .npz, an .h5 or a folder of images")
+    raise DatasetError(f"{path}: expected an .npz, an .h5 or a folder of images")
 
 
 def _load_h5(path: Path) -> ImageSet:
@@ -99,7 +103,7 @@ def _load_h5(path: Path) -> ImageSet:
 
     with h5py.File(path, "r") as f:
         if "images" not in f or "labels" not in f:
-            raise ValueError(f"{path}: expected HDF5 datasets 'images' and 'labels'")
+            raise DatasetError(f"{path}: expected HDF5 datasets 'images' and 'labels'")
         x = torch.from_numpy(np.asarray(f["images"], dtype=np.float32))
         m = torch.from_numpy((np.asarray(f["labels"]) > 0.5).astype(np.float32))
     if x.ndim == 3:
@@ -117,7 +121,7 @@ def _find(folder: Path, stem: str) -> Path:
     for p in _images_in(folder):
         if p.stem == stem:
             return p
-    raise ValueError(f"{folder}: no mask named {stem}.* ")
+    raise DatasetError(f"{folder}: no mask named {stem}.* ")
 
 
 def _read(path: Path, size: tuple[int, int] | None, mode: str | None = None) -> np.ndarray:
@@ -135,7 +139,7 @@ def _read(path: Path, size: tuple[int, int] | None, mode: str | None = None) -> 
 
 def _load_pairs(images: list[Path], mask_of: object, size: tuple[int, int] | None) -> ImageSet:
     if not images:
-        raise ValueError("no images found")
+        raise DatasetError("no images found")
     first = _read(images[0], size)
     size = size or (first.shape[1], first.shape[2])
     xs = [_read(p, size) for p in images]
@@ -148,7 +152,7 @@ def _load_pairs(images: list[Path], mask_of: object, size: tuple[int, int] | Non
 def _load_classes(subdirs: list[Path], size: tuple[int, int] | None) -> ImageSet:
     files = [(p, label) for label, d in enumerate(subdirs) for p in sorted(_images_in(d))]
     if not files:
-        raise ValueError("no images found in the class folders")
+        raise DatasetError("no images found in the class folders")
     first = _read(files[0][0], size)
     size = size or (first.shape[1], first.shape[2])
     x = torch.from_numpy(np.stack([_read(p, size) for p, _ in files])).float() / 255.0
@@ -200,7 +204,7 @@ def load_split_tree(path: Path) -> dict[str, ImageSet]:
 
     members = _tree_members(path)
     if not members:
-        raise ValueError(f"{path}: no images in a {{train,test}}/<class>/ layout")
+        raise DatasetError(f"{path}: no images in a {{train,test}}/<class>/ layout")
     classes = tuple(sorted({c for _, c, _ in members}))
     seen: set[bytes] = set()
     arrays: dict[str, list[np.ndarray]] = {}

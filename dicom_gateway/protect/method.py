@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
-from ..errors import ProtectionError
+from ..errors import ProtectionError, SurrogateError
 
 __all__ = ["EPSILON_FORMS", "Outcome", "ProtectionMethod", "check_common_options",
            "parse_epsilon"]
@@ -103,4 +103,21 @@ def check_common_options(options: Mapping[str, Any], defaults: Mapping[str, Any]
     for p in paths:
         if not Path(p).is_file():
             return "surrogates", f"surrogate file not found: {p}"
+        problem = _unusable(Path(p))
+        if problem:
+            return "surrogates", problem
+    return None
+
+
+def _unusable(path: Path) -> str | None:
+    """Why the surrogate file at ``path`` cannot be loaded, or None (also without torch: the
+    registry reports that for the method)."""
+    try:
+        from .surrogate import load_surrogate
+    except ImportError:
+        return None
+    try:
+        load_surrogate(path)
+    except SurrogateError as exc:
+        return str(exc)
     return None

@@ -18,6 +18,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from ..config import Config
+from ..errors import ConfigError, GatewayError
 from ..metrics import Metrics
 from ..progress import Progress
 from .stage import ProtectionStage
@@ -40,12 +41,20 @@ def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Pat
     sealer = None
     if method != "none":
         from ..seal.service import SealService
+        from .device import configure_for
 
-        if partner is None or config.seal is None or not config.partners[partner].key:
-            raise ValueError(f"profile {profile!r} changes pixels, and protected output is always "
-                             "sealed: give --partner NAME of a partner with a 'key', and a "
-                             "'seal' section in the configuration")
+        why = f"profile {profile!r} changes pixels, and protected output is always sealed"
+        if partner is None:
+            raise GatewayError(f"{why}: give --partner NAME of a partner with a 'key'")
+        if config.seal is None:
+            raise ConfigError(config.source, "seal", f"{why}: add a 'seal' section")
+        if not config.partners[partner].key:
+            index = list(config.partners).index(partner)
+            raise ConfigError(config.source, f"partners[{index}].key", f"{why}: partner "
+                              f"{partner!r} needs its public key file")
         sealer = SealService(config)
+        configure_for(config)
+
     problems: list[str] = []
     series: dict[str, list[Path]] = defaultdict(list)
     for path in _dicom_files(inputs):

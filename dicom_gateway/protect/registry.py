@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import DependencyError
 from .method import ProtectionMethod
 from .none import NoneMethod
 
@@ -34,8 +35,8 @@ def _resolve(method: str) -> tuple[_Factory, _Validator]:
         except ModuleNotFoundError as exc:
             if (exc.name or "").partition(".")[0] not in _PROTECT_EXTRA:
                 raise  # a bug in the method's own imports, not a missing extra
-            raise RuntimeError(f"method {method!r} needs {exc.name}, which this install lacks: "
-                               f"pip install 'dicom-gateway[protect]'") from None
+            raise DependencyError(f"method {method!r} needs {exc.name}, which this install "
+                                  f"lacks: pip install 'dicom-gateway[protect]'") from None
         _METHODS[method] = (impl, impl.validate)
     return _METHODS[method]
 
@@ -53,7 +54,7 @@ def validate_options(method: str, options: Mapping[str, Any]) -> tuple[str, str]
     """Return ``(key, problem)`` for the first invalid setting, or ``None``."""
     try:
         return _resolve(method)[1](options)
-    except RuntimeError as exc:
+    except DependencyError as exc:
         return "method", str(exc)
 
 

@@ -1,4 +1,11 @@
-"""The protection stage: runs a profile's method over a series batch and times it."""
+"""The protection stage: runs a profile's method over a series batch and times it.
+
+A DICOM Segmentation (PS3.3 A.51) is not an image to protect: its frames are labels (1-bit for
+BINARY) that say where the images show something. On a route that protects, a SEG never reaches
+the method; it leaves with its pixels unchanged, and the seal still derives its UIDs (so its
+references follow the protected images) and says so in the manifest: the parameters are
+:data:`SEGMENTATION_UNCHANGED`.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +15,20 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pydicom import dcmread
+
 from ..config import ProfileConfig
 from ..errors import ProtectionError
 from ..metrics import Metrics
 from ..progress import ReportProgress
+from .masks import SEGMENTATION_STORAGE
 from .method import Outcome, ProtectionMethod
 from .registry import create_method
 
-__all__ = ["ProtectionStage"]
+__all__ = ["SEGMENTATION_UNCHANGED", "ProtectionStage"]
 
 _log = logging.getLogger(__name__)
+SEGMENTATION_UNCHANGED = {"pixels": "unchanged", "reason": "segmentation"}
 
 
 class ProtectionStage:
@@ -35,11 +46,24 @@ class ProtectionStage:
                 progress: ReportProgress | None = None) -> list[Outcome]:
         """Protect one series batch with the named profile; never raises for bad data.
 
-        If the method raises on the batch, each instance is tried alone, so one instance that
-        trips a method bug is quarantined (``method_error``) without its whole series.
+        Segmentations pass with their pixels unchanged (see the module docstring). If the
+        method raises on the batch, each instance is tried alone, so one instance that trips a
+        method bug is quarantined (``method_error``) without its whole series.
         ``progress`` is advanced by exactly ``len(paths)`` instances in all: as the method
         reports them if it takes ``progress`` (a long series shows its progress), the rest when
         the batch is done."""
+        if self._profiles[profile_name].method == "none":
+            return self._protect(profile_name, paths, progress)
+        passed = {p: Outcome(source=p, output=p, parameters=dict(SEGMENTATION_UNCHANGED))
+                  for p in paths if _is_segmentation(p)}
+        if passed and progress is not None:
+            progress(float(len(passed)))
+        rest = [p for p in paths if p not in passed]
+        protected = iter(self._protect(profile_name, rest, progress) if rest else [])
+        return [passed[p] if p in passed else next(protected) for p in paths]
+
+    def _protect(self, profile_name: str, paths: Sequence[Path],
+                 progress: ReportProgress | None = None) -> list[Outcome]:
         profile = self._profiles[profile_name]
         started = time.perf_counter()
         batch = _BatchProgress(progress, len(paths))
@@ -61,9 +85,10 @@ class ProtectionStage:
                 outcomes = ([self._alone(method, profile.method, p) for p in paths]
                             if len(paths) > 1 else [self._failed(profile.method, paths[0], exc)])
         batch.finish()
-        elapsed = time.perf_counter() - started
-        self._metrics.protect_seconds.labels(method=profile.method).observe(
-            elapsed / max(len(paths), 1))
+        per_instance = (time.perf_counter() - started) / max(len(paths), 1)
+        histogram = self._metrics.protect_seconds.labels(method=profile.method)
+        for _ in paths:  # one observation per instance: _count counts instances, _sum the time
+            histogram.observe(per_instance)
         return outcomes
 
     @staticmethod
@@ -116,3 +141,12 @@ class _BatchProgress:
 
     def finish(self) -> None:
         self(self._left)
+
+
+def _is_segmentation(path: Path) -> bool:
+    """Whether the file is a Segmentation instance (an unreadable one is left to the method)."""
+    try:
+        head = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:  # noqa: BLE001 - the method reports what is wrong with the file
+        return False
+    return str(head.get("SOPClassUID", "")) == SEGMENTATION_STORAGE

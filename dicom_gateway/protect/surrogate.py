@@ -10,6 +10,8 @@ shape ``(N, C, H, W)`` at their input size; normalization is part of the model.
 from __future__ import annotations
 
 import hashlib
+import pickle
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,12 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import SurrogateError
 from .view import VIEW
 
 __all__ = ["ARCHITECTURES", "SEGMENTATION_ARCHITECTURES", "Surrogate", "SurrogateInfo", "build_model", "load_surrogate",
            "save_surrogate"]
 
 FORMAT = "dicom-gateway-surrogate/1"
+# what torch and the description raise for a file that is not a usable surrogate
+_UNUSABLE = (OSError, EOFError, pickle.UnpicklingError, RuntimeError, KeyError, TypeError,
+             ValueError, AttributeError)
 
 
 @dataclass(frozen=True)
@@ -142,26 +148,40 @@ def save_surrogate(model: nn.Module, info: SurrogateInfo, path: Path) -> str:
 
 def load_surrogate(path: Path, device: str = "cpu") -> Surrogate:
     """Load a surrogate file written by :func:`save_surrogate`, or a user's TorchScript model
-    (see :func:`_load_torchscript`), in eval mode on ``device``."""
-    data = path.read_bytes()
-    if data[:2] == b"PK" and _is_torchscript(path):
-        return _load_torchscript(path, data, device)
-    blob: Any = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a dicom-gateway surrogate file ({FORMAT}) "
-                         "nor a TorchScript model")
-    info = _info(blob["info"])
-    _check_view(path, info)
-    model = build_model(info)
-    model.load_state_dict(blob["state_dict"])
+    (see :func:`_load_torchscript`), in eval mode on ``device``; raise
+    :class:`~dicom_gateway.errors.SurrogateError` naming the file if it is neither."""
+    try:
+        data = path.read_bytes()
+        if data[:2] == b"PK" and _is_torchscript(path):
+            return _load_torchscript(path, data, device)
+        with warnings.catch_warnings():  # torch warns about an odd pickle before failing on it
+            warnings.simplefilter("ignore")
+            blob: Any = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+            raise SurrogateError(f"{path}: not a dicom-gateway surrogate file ({FORMAT}) "
+                                 "nor a TorchScript model")
+        info = _info(blob["info"])
+        _check_view(path, info)
+        model = build_model(info)
+        model.load_state_dict(blob["state_dict"])
+    except _UNUSABLE as exc:
+        raise SurrogateError(f"{path}: not a usable surrogate file ({_why(exc)})") from None
     model.to(device).eval()
     return Surrogate(model, info, hashlib.sha256(data).hexdigest())
 
 
 def _check_view(path: Path, info: SurrogateInfo) -> None:
     if info.view != VIEW:
-        raise ValueError(f"{path}: trained in the input view {info.view!r}, but the gateway "
-                         f"feeds surrogates {VIEW!r} (retrain it with train-surrogate)")
+        raise SurrogateError(f"{path}: trained in the input view {info.view!r}, but the gateway "
+                             f"feeds surrogates {VIEW!r} (retrain it with train-surrogate)")
+
+
+def _why(exc: BaseException) -> str:
+    """One short line for the user (torch's own messages run over many lines)."""
+    if isinstance(exc, (pickle.UnpicklingError, EOFError)):
+        return "not a file torch.save wrote, or truncated or corrupt"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:160]}" if first else type(exc).__name__
 
 
 def _info(raw_info: dict[str, Any]) -> SurrogateInfo:
@@ -196,12 +216,12 @@ def _load_torchscript(path: Path, data: bytes, device: str) -> Surrogate:
     if not text and sidecar.is_file():
         text = sidecar.read_text()
     if not text:
-        raise ValueError(f"{path}: TorchScript model without a description: add "
+        raise SurrogateError(f"{path}: TorchScript model without a description: add "
                          f"'dicom-gateway.json' as an extra file or write {sidecar.name}")
     raw = json.loads(text)
     missing = {"task", "input_size", "channels", "classes"} - set(raw)
     if missing:
-        raise ValueError(f"{path}: description lacks {', '.join(sorted(missing))}")
+        raise SurrogateError(f"{path}: description lacks {', '.join(sorted(missing))}")
     channels = int(raw["channels"])
     raw.setdefault("mean", [0.0] * channels)
     raw.setdefault("std", [1.0] * channels)

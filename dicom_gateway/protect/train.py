@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DatasetError
 from .datasets import ImageSet, load_images, load_npz_split, load_split_tree, stratified_split
 from .surrogate import (
     SEGMENTATION_ARCHITECTURES,
@@ -221,7 +222,7 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
                 "cnn-small" if min(train.images.shape[2:]) < 64 else "resnet10")
     segmentation = arch in SEGMENTATION_ARCHITECTURES
     if segmentation != (train.task == "segmentation"):
-        raise ValueError(f"architecture {arch} is for {'segmentation' if segmentation else 'classification'}"
+        raise DatasetError(f"architecture {arch} is for {'segmentation' if segmentation else 'classification'}"
                          f" but {data} holds {train.task} data")
     x = train.images
     classes = train.classes or tuple(str(c) for c in range(int(max(
@@ -234,17 +235,17 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
     if augment == "auto":
         augment = "affine" if min(info.input_size) >= 64 else "light"
     if augment not in ("light", "affine"):
-        raise ValueError(f"unknown augmentation {augment!r} (known: light, affine, auto)")
+        raise DatasetError(f"unknown augmentation {augment!r} (known: light, affine, auto)")
     if adversarial_epsilon is None:
         adversarial_epsilon = 0.0 if segmentation else SLIGHTLY_ROBUST
     if adversarial_epsilon and segmentation:
-        raise ValueError("adversarial training is for classification surrogates")
+        raise DatasetError("adversarial training is for classification surrogates")
     model = build_model(info)
     if init is not None:
         start = load_surrogate(init)
         if (start.info.arch, start.info.input_size, start.info.channels, start.info.classes) != (
                 info.arch, info.input_size, info.channels, info.classes):
-            raise ValueError(f"--init {init}: a {start.info.arch} "
+            raise DatasetError(f"--init {init}: a {start.info.arch} "
                              f"{start.info.input_size[0]}x{start.info.input_size[1]}x"
                              f"{start.info.channels} surrogate with classes "
                              f"{list(start.info.classes)}; this training needs {info.arch} "

@@ -189,5 +189,11 @@ def run_restore(key_file: str, gateway_key: str | None, inputs: Sequence[str], o
     for _, original in _checked(files, lambda ds: restore(ds, key, public), tally,
                                 _print_not_restored):
         original.save_as(out / f"{original.SOPInstanceUID}.dcm", enforce_file_format=True)
-    print(f"restore: {tally.summary('restored', 'failed')}; written to {out}")
+    if public is not None:
+        checked = (f"signature checked with gateway key {public[1]}, pixels checked against "
+                   "the signed original digest")
+    else:
+        checked = ("signature NOT checked (--no-verify): the pixels match the digest in the "
+                   "manifest, but nothing shows that the gateway wrote that manifest")
+    print(f"restore: {tally.summary('restored', 'failed')}; written to {out}; {checked}")
     return tally.exit_status()

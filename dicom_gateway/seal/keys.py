@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 from cryptography.hazmat.primitives.hpke import (
@@ -31,12 +32,11 @@ from cryptography.hazmat.primitives.hpke import (
     Suite,
 )
 
-from ..errors import GatewayError
+from ..errors import KeyFileError
 
 __all__ = [
     "SUITES",
     "GatewayKeys",
-    "KeyError_",
     "PartnerKey",
     "init_gateway_keys",
     "key_id",
@@ -52,10 +52,6 @@ _PARTNER_FORMAT = "dicom-gateway-partner-key/1"
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 
 
-class KeyError_(GatewayError):
-    """A key file is missing, malformed or too open."""
-
-
 def key_id(public_raw: bytes) -> str:
     return hashlib.sha256(public_raw).hexdigest()[:16]
 
@@ -63,7 +59,7 @@ def key_id(public_raw: bytes) -> str:
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
-        raise KeyError_(f"{path}: exists; keys are never overwritten (rotation adds a new key)")
+        raise KeyFileError(f"{path}: exists; keys are never overwritten (rotation adds a new key)")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -75,11 +71,14 @@ def read_private(path: Path) -> bytes:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise KeyError_(f"{path}: private key file not found") from None
+        raise KeyFileError(f"{path}: private key file not found") from None
     if mode & (stat.S_IROTH | stat.S_IWOTH):
-        raise KeyError_(f"{path}: private key is readable by other users "
-                        f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
-    return path.read_bytes()
+        raise KeyFileError(f"{path}: private key is readable by other users "
+                           f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read the private key: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -103,25 +102,28 @@ def init_gateway_keys(out: Path) -> GatewayKeys:
 
 
 def load_gateway_keys(signing_key: Path, uid_secret: Path) -> GatewayKeys:
-    signing = serialization.load_pem_private_key(read_private(signing_key), None)
+    try:
+        signing = serialization.load_pem_private_key(read_private(signing_key), None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"{signing_key}: not a PEM private key ({exc})") from None
     if not isinstance(signing, ed25519.Ed25519PrivateKey):
-        raise KeyError_(f"{signing_key}: not an Ed25519 private key")
+        raise KeyFileError(f"{signing_key}: not an Ed25519 private key")
     try:
         secret = bytes.fromhex(read_private(uid_secret).decode().strip())
     except ValueError:
-        raise KeyError_(f"{uid_secret}: not a hex secret") from None
+        raise KeyFileError(f"{uid_secret}: not a hex secret") from None
     if len(secret) < 16:
-        raise KeyError_(f"{uid_secret}: secret shorter than 16 bytes")
+        raise KeyFileError(f"{uid_secret}: secret shorter than 16 bytes")
     return GatewayKeys(signing, key_id(signing.public_key().public_bytes(*_RAW)), secret)
 
 
 def load_signing_public(path: Path) -> tuple[ed25519.Ed25519PublicKey, str]:
     try:
         public = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise KeyError_(f"{path}: not a readable public key ({exc})") from None
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"{path}: not a readable public key ({exc})") from None
     if not isinstance(public, ed25519.Ed25519PublicKey):
-        raise KeyError_(f"{path}: not an Ed25519 public key")
+        raise KeyFileError(f"{path}: not an Ed25519 public key")
     return public, key_id(public.public_bytes(*_RAW))
 
 
@@ -143,7 +145,7 @@ class PartnerKey:
 
 def new_partner_key(name: str, out: Path, suite: str = "x25519") -> PartnerKey:
     if suite not in SUITES:
-        raise KeyError_(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
+        raise KeyFileError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
     if suite == "x25519":
         x = x25519.X25519PrivateKey.generate()
         private_raw = x.private_bytes_raw()
@@ -172,23 +174,28 @@ def load_partner_key(path: Path) -> PartnerKey:
             raise ValueError("not a dicom-gateway partner key")
         public_raw = base64.b64decode(doc["public"])
         private_raw = base64.b64decode(doc["private"]) if private_file else None
-    except KeyError_:
+    except KeyFileError:
         raise
     except (OSError, ValueError, KeyError) as exc:
-        raise KeyError_(f"{path}: not a partner key file ({exc})") from None
-    suite = doc["suite"]
-    if suite == "x25519":
-        public: Any = x25519.X25519PublicKey.from_public_bytes(public_raw)
-        private: Any = (x25519.X25519PrivateKey.from_private_bytes(private_raw)
-                        if private_raw else None)
-    else:
-        public = MLKEM768X25519PublicKey(
-            mlkem.MLKEM768PublicKey.from_public_bytes(public_raw[:-32]),
-            x25519.X25519PublicKey.from_public_bytes(public_raw[-32:]))
-        private = (MLKEM768X25519PrivateKey(
-            mlkem.MLKEM768PrivateKey.from_seed_bytes(private_raw[:-32]),
-            x25519.X25519PrivateKey.from_private_bytes(private_raw[-32:]))
-            if private_raw else None)
+        raise KeyFileError(f"{path}: not a partner key file ({exc})") from None
+    try:
+        public, private = _hpke_keys(doc["suite"], public_raw, private_raw)
+    except ValueError as exc:
+        raise KeyFileError(f"{path}: the key in it is malformed ({exc})") from None
     if key_id(public_raw) != doc.get("key_id"):
-        raise KeyError_(f"{path}: key id does not match the key")
-    return PartnerKey(str(doc["name"]), suite, doc["key_id"], public, private)
+        raise KeyFileError(f"{path}: key id does not match the key")
+    return PartnerKey(str(doc["name"]), doc["suite"], doc["key_id"], public, private)
+
+
+def _hpke_keys(suite: str, public_raw: bytes, private_raw: bytes | None) -> tuple[Any, Any]:
+    if suite == "x25519":
+        return (x25519.X25519PublicKey.from_public_bytes(public_raw),
+                x25519.X25519PrivateKey.from_private_bytes(private_raw) if private_raw else None)
+    public = MLKEM768X25519PublicKey(
+        mlkem.MLKEM768PublicKey.from_public_bytes(public_raw[:-32]),
+        x25519.X25519PublicKey.from_public_bytes(public_raw[-32:]))
+    private = (MLKEM768X25519PrivateKey(
+        mlkem.MLKEM768PrivateKey.from_seed_bytes(private_raw[:-32]),
+        x25519.X25519PrivateKey.from_private_bytes(private_raw[-32:]))
+        if private_raw else None)
+    return public, private

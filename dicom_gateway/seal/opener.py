@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydicom.dataset import Dataset
 
-from ..errors import GatewayError
+from ..errors import SealError
 from ..pixels import PixelError, Pixels, pixel_digest, read_pixels, write_pixels
 from .block import read_block, remove_block, unpack_payload
 from .keys import PartnerKey
@@ -37,12 +37,6 @@ from .sealer import HPKE_INFO, SEAL_FORMAT
 from .uids import map_uids
 
 __all__ = ["SealError", "Verified", "restore", "verify"]
-
-
-class SealError(GatewayError):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass

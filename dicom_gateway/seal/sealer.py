@@ -35,12 +35,14 @@ PIXEL_MODULE = frozenset({
     "LossyImageCompressionMethod"})
 
 
-def _equipment(method: str) -> Dataset:
+def _equipment(method: str, changed: bool) -> Dataset:
     item = Dataset()
     item.Manufacturer = "dicom-gateway"
     item.SoftwareVersions = __version__
     item.ContributionDateTime = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    item.ContributionDescription = f"pixels protected ({method}); sealed for restoration"
+    item.ContributionDescription = (f"pixels protected ({method}); sealed for restoration"
+                                    if changed else f"pixels unchanged; UIDs derived ({method} "
+                                    "route); sealed for restoration")
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator = "109103", "DCM"
     code.CodeMeaning = "Modifying Equipment"
@@ -71,8 +73,10 @@ def seal(original: Dataset, protected: Dataset, residual: np.ndarray | None, met
     """The sealed instance for ``partner`` (``protected`` is not modified).
 
     ``residual`` ``None`` means the pixels were not changed (e.g. a SEG passed through a
-    protecting profile); an instance without decodable pixels gets ``null`` pixel digests.
+    protecting profile: no BurnedInAnnotation then, and the contributing equipment says so); an
+    instance without decodable pixels gets ``null`` pixel digests.
     """
+    changed = residual is not None
     out = copy.deepcopy(protected)
     kept: Pixels | None = None
     try:
@@ -98,10 +102,10 @@ def seal(original: Dataset, protected: Dataset, residual: np.ndarray | None, met
     uids = remap_uids(out, gateway.uid_secret, partner.name, uid_root)
     image_type = list(out.get("ImageType") or ["DERIVED", "PRIMARY"])
     out.ImageType = ["DERIVED", *image_type[1:]] if image_type else ["DERIVED"]
-    if visible:
+    if visible and changed:
         out.BurnedInAnnotation = "YES"
     equipment = list(out.get("ContributingEquipmentSequence") or [])
-    out.ContributingEquipmentSequence = Sequence([*equipment, _equipment(method)])
+    out.ContributingEquipmentSequence = Sequence([*equipment, _equipment(method, changed)])
     attributes = _changed(original, out)
     for derived in list(attributes):  # UIDs come back through the UID map instead
         elem = original.get(int(derived, 16))

@@ -9,6 +9,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from ..config import Config
+from ..errors import ConfigError
 from .keys import GatewayKeys, PartnerKey, load_gateway_keys, load_partner_key
 from .sealer import seal
 
@@ -22,7 +23,8 @@ class SealService:
 
     def __init__(self, config: Config) -> None:
         if config.seal is None:
-            raise ValueError("no 'seal' section in the configuration")
+            raise ConfigError(config.source, "seal", "no 'seal' section: protected output is "
+                              "always sealed (files from 'dicom-gateway keys init')")
         self._config = config.seal
         self._gateway: GatewayKeys = load_gateway_keys(Path(config.seal.signing_key),
                                                        Path(config.seal.uid_secret))
