@@ -103,7 +103,7 @@ def test_partner_and_config_commands_never_import_torch(base_env: Path, tmp_path
     assert out.count(": VALID issuer GW") == 2
     out = _ok(_cli("restore", "--key", str(keys / "partners" / "acme.key"), "--gateway-key",
                    public, str(received), "--out", str(tmp_path / "originals")))
-    assert out.startswith("2 instance(s) restored")
+    assert out.startswith("restore: 2 instance(s): 2 restored")
     for uid, digest in digests.items():
         back = pydicom.dcmread(tmp_path / "originals" / f"{uid}.dcm")
         assert pixel_digest(read_pixels(back).values) == digest

@@ -4,6 +4,8 @@ happened (0 all valid, 1 something invalid or nothing checked, 3 some instance n
 
 from __future__ import annotations
 
+import re
+
 import shutil
 from pathlib import Path
 
@@ -102,8 +104,12 @@ def test_a_good_folder_ends_with_the_summary_and_exit_0(folders: Path, tmp_path:
     assert lines[-1] == "verify: 2 instance(s): 2 valid, 0 invalid, 0 not sealed"
     assert main(_restore(folders, "good", tmp_path / "out")) == 0
     out, err = capsys.readouterr()
-    assert err == "" and _lines(out)[-1] == ("restore: 2 instance(s): 2 restored, 0 failed, "
-                                             f"0 not sealed; written to {tmp_path / 'out'}")
+    assert err == ""
+    assert re.fullmatch(re.escape("restore: 2 instance(s): 2 restored, 0 failed, 0 not sealed; "
+                                  f"written to {tmp_path / 'out'}; signature checked with gateway "
+                                  "key ") + r"[0-9a-f]{16}" + re.escape(
+                                      ", pixels checked against the signed original digest"),
+                        _lines(out)[-1])
     assert len(list((tmp_path / "out").glob("*.dcm"))) == 2
 
 
