@@ -42,6 +42,12 @@ def test_list_retry_purge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
             assert main(["spool", "retry", "--config", str(cfg), "--partner", "recorder"]) == 0
             assert "requeued 2 entries" in capsys.readouterr().out
             assert scp.wait_for_count(2, timeout=20) == 2  # the running gateway rescans
+            # the partner counts an instance on receipt: stop it only once its answers came
+            # back (the outbox is empty), or a lost answer is retried against a stopped partner
+            outbox = tmp_path / "spool" / "outbox" / "recorder"
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and list(outbox.glob("*.dcm")):
+                time.sleep(0.05)
         finally:
             scp.stop()
     assert not list(failed_dir.glob("*.dcm"))
