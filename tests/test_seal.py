@@ -279,7 +279,7 @@ def test_restore_checks_the_signature_or_says_plainly_it_did_not(
     assert main(["restore", "--key", key, "--no-verify", str(tmp_path / "s.dcm"),
                  "--out", str(tmp_path / "b")]) == 0
     said = capsys.readouterr().out
-    assert "1 instance(s) restored" in said and "signature NOT checked (--no-verify)" in said
+    assert "restore: 1 instance(s): 1 restored" in said and "signature NOT checked (--no-verify)" in said
     assert "signed" not in said
     assert main(["restore", "--key", key, "--gateway-key",
                  str(keys / "gateway" / "gateway-signing.pub"), str(tmp_path / "s.dcm"),
