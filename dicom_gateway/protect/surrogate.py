@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import SurrogateError
-from .view import VIEW
+from .declared_view import VIEW
 
 __all__ = ["ARCHITECTURES", "SEGMENTATION_ARCHITECTURES", "Surrogate", "SurrogateInfo", "build_model", "load_surrogate",
            "save_surrogate"]

@@ -23,12 +23,10 @@ import numpy as np
 from pydicom import dcmread
 
 from ..pixels import PixelError, Pixels, read_pixels, write_pixels
+from .declared_view import VIEW
 from .method import Outcome, failed
 
 __all__ = ["VIEW", "View", "finish", "prepare"]
-
-# the intensity view of this module, as surrogate files declare it (SurrogateInfo.view)
-VIEW = "window-else-stored-range"
 
 
 @dataclass
