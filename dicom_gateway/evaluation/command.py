@@ -107,6 +107,13 @@ def _options(text: str, where: str) -> dict[str, Any]:
     return out
 
 
+def _print_targets(targets: list[dict[str, Any]]) -> None:
+    """One line per target: met or MISSED, the measured figure and its bound."""
+    for t in targets:
+        print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']} "
+              f"(bound {t.get('direction', '<=')} {t['bound']})")
+
+
 def _run_transfer(args: argparse.Namespace) -> int:
     from .transfer import DEFAULT_ABLATION, TransferStudy, run_transfer
 
@@ -140,9 +147,7 @@ def _run_transfer(args: argparse.Namespace) -> int:
     for row in results["frontier"]:
         print(f"  {row['epsilon_255']:g}/255: PSNR {row['psnr_db']} dB, black-box retained "
               f"skill {row['protected']['black_box_retained_skill']}")
-    for t in results["targets"]:
-        print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']} "
-              f"(bound <= {t['bound']})")
+    _print_targets(results["targets"])
     return 0
 
 
@@ -176,7 +181,5 @@ def run_command(args: argparse.Namespace) -> int:
     met = sum(t["met"] for t in results["targets"])
     print(f"{results['dataset']['name']}: report in {ev.out / 'report.md'} "
           f"({met}/{len(results['targets'])} targets met, {results['wall_seconds']:.0f} s)")
-    for t in results["targets"]:
-        print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']} "
-              f"(bound {t['direction']} {t['bound']})")
+    _print_targets(results["targets"])
     return 0
