@@ -10,138 +10,33 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import ConfigError, KeyFileError
+from .protect.options import NoneOptions, OptionError
+from .protect.registry import method_names, parse_options
 from .route import Matcher, Route, parse_matcher, tag_from_key
+from .seal.keys import load_gateway_keys, load_partner_key
+from .settings import (
+    Config,
+    GatewayConfig,
+    ListenConfig,
+    MetricsConfig,
+    NoRoute,
+    PartnerConfig,
+    ProfileConfig,
+    ProtectionConfig,
+    RetryConfig,
+    SealConfig,
+)
 
-__all__ = [
-    "Config",
-    "GatewayConfig",
-    "ListenConfig",
-    "MetricsConfig",
-    "NoRoute",
-    "PartnerConfig",
-    "ProfileConfig",
-    "ProtectionConfig",
-    "RetryConfig",
-    "load_config",
-    "parse_config",
-]
+__all__ = ["load_config", "parse_config"]
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 §6.2: AE, no backslash, <= 16
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-
-
-@dataclass(frozen=True)
-class ListenConfig:
-    host: str
-    port: int
-
-
-@dataclass(frozen=True)
-class RetryConfig:
-    """Exponential backoff with jitter, bounded (dcm4chee's default: 30 s doubling to 10 min)."""
-
-    initial_seconds: float = 30.0
-    multiplier: float = 2.0
-    max_seconds: float = 600.0
-    max_attempts: int = 10
-    jitter: float = 0.2
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    ae_title: str
-    listen: ListenConfig
-    allowed_callers: tuple[str, ...]
-    spool_dir: Path
-    max_associations: int = 10
-    study_stable_seconds: float = 30.0
-    max_pdu_bytes: int = 0
-    acse_timeout_seconds: float = 30.0
-    dimse_timeout_seconds: float = 60.0
-    network_timeout_seconds: float = 60.0
-    rescan_seconds: float = 5.0
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    enabled: bool
-    listen: ListenConfig
-
-
-@dataclass(frozen=True)
-class PartnerConfig:
-    name: str
-    ae_title: str
-    host: str
-    port: int
-    calling_ae_title: str
-    associations: int = 2
-    max_pdu_bytes: int = 0
-    connect_timeout_seconds: float = 5.0
-    acse_timeout_seconds: float = 10.0
-    dimse_timeout_seconds: float = 10.0
-    idle_release_seconds: float = 10.0
-    retry: RetryConfig = field(default_factory=RetryConfig)
-    key: str | None = None  # the partner's public key file (``keys partner``) for the seal
-
-
-@dataclass(frozen=True)
-class ProfileConfig:
-    """A protection profile: a method and its settings, chosen by routes."""
-
-    name: str
-    method: str
-    require_pixel_data: bool
-    on_unprotectable: str  # "quarantine" (default, fail closed) or "forward"
-    options: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class NoRoute:
-    """What to do with an instance no route matches: reject, discard, or send to a partner."""
-
-    action: str  # "reject" | "discard" | "forward"
-    partner: str | None = None
-    profile: str | None = None
-
-
-@dataclass(frozen=True)
-class ProtectionConfig:
-    """Where protection runs: ``device`` auto|cpu|cuda, ``threads`` for torch on the CPU."""
-
-    device: str = "auto"
-    threads: int = 0
-
-
-@dataclass(frozen=True)
-class SealConfig:
-    """The gateway identity that seals protected output (files from ``keys init``)."""
-
-    signing_key: str
-    uid_secret: str
-    gateway_id: str
-    uid_root: str = "2.25"
-
-
-@dataclass(frozen=True)
-class Config:
-    source: str
-    gateway: GatewayConfig
-    metrics: MetricsConfig
-    profiles: Mapping[str, ProfileConfig]
-    partners: Mapping[str, PartnerConfig]
-    routes: tuple[Route, ...]
-    no_route: NoRoute
-    log_level: str = "INFO"
-    protection: ProtectionConfig = field(default_factory=ProtectionConfig)
-    seal: SealConfig | None = None
 
 
 class _Reader:
@@ -221,12 +116,19 @@ def _ae(value: str) -> str | None:
 
 
 def _name(value: str) -> str | None:
-    return None if _NAME_RE.match(value) else "must match [a-z0-9][a-z0-9_.-]* (used in paths and metric labels)"
+    return None if _NAME_RE.match(value) else ("must match [a-z0-9][a-z0-9_.-]* (used in paths "
+                                               "and metric labels)")
+
+
+def _known(what: str, names: Mapping[str, Any]) -> Any:
+    """A check that the value names one of ``names`` (a partner or a profile)."""
+    return lambda v: None if v in names else f"unknown {what} {v!r}"
 
 
 def _listen(r: _Reader, default_host: str, default_port: int) -> ListenConfig:
     r.mapping(["host", "port"])
-    return ListenConfig(r.get("host", str, default_host), r.get("port", int, default_port, check=_port))
+    return ListenConfig(r.get("host", str, default_host),
+                        r.get("port", int, default_port, check=_port))
 
 
 def _retry(r: _Reader, base: RetryConfig) -> RetryConfig:
@@ -251,7 +153,8 @@ def _gateway(r: _Reader, base_dir: Path) -> GatewayConfig:
                "dimse_timeout_seconds", "network_timeout_seconds", "rescan_seconds"])
     callers_r = r.child("allowed_callers")
     if not r.has("allowed_callers"):
-        raise r.error("required key is missing (list the AE titles allowed to send)", "allowed_callers")
+        raise r.error("required key is missing (list the AE titles allowed to send)",
+                      "allowed_callers")
     callers = tuple(c.get_scalar(str, _ae) for c in _scalars(callers_r))
     if not callers:
         raise callers_r.error("must list at least one calling AE title")
@@ -307,27 +210,19 @@ def _partner(r: _Reader, gateway_ae: str, retry: RetryConfig, base_dir: Path) ->
 
 
 def _profile(name: str, r: _Reader, base_dir: Path) -> ProfileConfig:
-    from .protect import method_names, validate_options
-    from .protect.method import parse_epsilon
-
+    """A profile: ``method``, the two keys every profile has, and the method's own settings,
+    which the method parses (:func:`~.protect.registry.parse_options`; its paths relative to
+    the configuration file)."""
     if not isinstance(r.data, Mapping):
         raise r.error("expected a mapping with at least 'method'")
-    files = r.data.get("surrogates")
-    if isinstance(files, list):  # model and logo files are relative to the configuration file
-        r.data = {**r.data, "surrogates": [str(base_dir / f) if isinstance(f, str) else f
-                                           for f in files]}
-    if isinstance(r.data.get("logo"), str):
-        r.data = {**r.data, "logo": str(base_dir / r.data["logo"])}
     method = r.get("method", str, check=lambda m: None if m in method_names()
                    else f"unknown method {m!r} (available: {', '.join(method_names())})")
     common = {"method", "require_pixel_data", "on_unprotectable"}
-    options = {k: v for k, v in r.data.items() if k not in common}
-    problem = validate_options(method, options)
-    if problem:
-        key, text = problem
-        raise r.error(text, key)
-    if "epsilon" in options:  # "8/255" or a fraction: the methods get the fraction
-        options["epsilon"] = parse_epsilon(options["epsilon"])
+    try:
+        options = parse_options(method, {k: v for k, v in r.data.items() if k not in common},
+                                base_dir)
+    except OptionError as exc:
+        raise r.error(exc.problem, exc.key) from None
     return ProfileConfig(
         name=name,
         method=method,
@@ -368,7 +263,7 @@ def _route(r: _Reader, partners: Mapping[str, PartnerConfig],
                for s in _scalars(to_r))
     if not to:
         raise to_r.error("must name at least one partner")
-    profile = r.get("profile", str, check=lambda p: None if p in profiles else f"unknown profile {p!r}")
+    profile = r.get("profile", str, check=_known("profile", profiles))
     return Route(name=name, matchers=tuple(matchers), to=to, profile=profile,
                  stop=r.get("stop", bool, False))
 
@@ -388,10 +283,12 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
          "no_route", "log_level", "seal"])
     gateway = _gateway(root.child("gateway"), base)
     mr = root.child("metrics").mapping(["enabled", "listen"])
-    metrics = MetricsConfig(mr.get("enabled", bool, True), _listen(mr.child("listen"), "127.0.0.1", 9108))
+    metrics = MetricsConfig(mr.get("enabled", bool, True),
+                            _listen(mr.child("listen"), "127.0.0.1", 9108))
     retry = _retry(root.child("retry"), RetryConfig())
 
-    profiles: dict[str, ProfileConfig] = {"none": ProfileConfig("none", "none", False, "quarantine", {})}
+    profiles: dict[str, ProfileConfig] = {"none": ProfileConfig("none", "none", False, "quarantine",
+                                                               NoneOptions())}
     pr = root.child("profiles")
     if pr.has_data():
         if not isinstance(pr.data, Mapping):
@@ -430,8 +327,6 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
 
 
 def _seal(root: _Reader, gateway_ae: str, base: Path) -> SealConfig:
-    from .seal.keys import load_gateway_keys
-
     r = root.child("seal").mapping(["signing_key", "uid_secret", "gateway_id", "uid_root"])
     signing = str(base / r.get("signing_key", str))
     secret = str(base / r.get("uid_secret", str))
@@ -452,8 +347,6 @@ def _check_sealing(root: _Reader, seal: SealConfig | None, partners: Mapping[str
     """Every partner that receives protected pixels gets them sealed: it needs a key. Every key
     given must be that partner's own: the name written into it by ``keys partner --name`` is the
     one its derived UIDs and manifests use, so a key of another partner is refused."""
-    from .seal.keys import load_partner_key
-
     for index, (name, partner) in enumerate(partners.items()):
         if partner.key is None:
             continue
@@ -493,8 +386,8 @@ def _no_route(root: _Reader, partners: Mapping[str, PartnerConfig],
         return NoRoute(str(value))
     if isinstance(value, Mapping):
         r.mapping(["partner", "profile"])
-        partner = r.get("partner", str, check=lambda p: None if p in partners else f"unknown partner {p!r}")
-        profile = r.get("profile", str, check=lambda p: None if p in profiles else f"unknown profile {p!r}")
+        partner = r.get("partner", str, check=_known("partner", partners))
+        profile = r.get("profile", str, check=_known("profile", profiles))
         return NoRoute("forward", partner, profile)
     raise r.error("must be 'reject', 'discard' or {partner: NAME, profile: NAME}")
 
@@ -512,5 +405,6 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(source, "", f"invalid YAML: {where}{getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(source, "", f"invalid YAML: {where}{problem}") from None
     return parse_config(data, source, p.resolve().parent)

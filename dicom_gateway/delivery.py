@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .config import PartnerConfig, RetryConfig
+from .settings import PartnerConfig, RetryConfig
 from .errors import PartnerRefused, PartnerUnavailable
 from .forward import PartnerLink
 from .metrics import ForwardMetrics

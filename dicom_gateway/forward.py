@@ -24,7 +24,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context, evt
 
-from .config import PartnerConfig
+from .settings import PartnerConfig
 from .errors import PartnerRefused, PartnerUnavailable
 from .logsafe import quiet_pynetdicom
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
-from .config import PartnerConfig
+from .settings import PartnerConfig
 from .metrics import ForwardMetrics
 from .spool import Entry, Spool
 

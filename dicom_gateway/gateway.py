@@ -18,12 +18,11 @@ import logging
 import os
 import threading
 
-from .config import Config
+from .settings import Config
 from .endpoint import OpsEndpoint
 from .forwarder import ForwarderProcess
 from .metrics import Metrics, SnapshotCollector
-from .protect import ProtectionStage
-from .protect.device import configure_for as configure_device
+from .stage import ProtectionStage, configure_device
 from .receive import Receiver
 from .route import Router
 from .seal.service import SealService

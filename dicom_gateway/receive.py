@@ -22,7 +22,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, e
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import Verification
 
-from .config import Config
+from .settings import Config
 from .errors import SpoolError
 from .logsafe import quiet_pynetdicom
 from .metrics import Metrics

@@ -18,10 +18,11 @@ from pathlib import Path
 
 from .errors import SealError
 from .metrics import Metrics
-from .protect import Outcome, ProtectionStage
+from .protect import Outcome, StudyContext
 from .records import RoutingRecord, SetAsideReason
 from .seal.service import SealService
 from .spool import Entry, Spool
+from .stage import ProtectionStage, study_context
 
 __all__ = ["StudyWorker"]
 
@@ -66,19 +67,24 @@ class StudyWorker:
             if record is None or not record.destinations:  # never drop silently: keep it
                 self._spool.quarantine(entry, "_inbox", SetAsideReason(
                     "missing_route_record", "no readable routing record beside it"))
-                self._metrics.quarantined.labels(partner="_inbox", reason="missing_route_record").inc()
+                self._metrics.quarantined.labels(partner="_inbox",
+                                                 reason="missing_route_record").inc()
                 continue
-            by_profile: dict[str, list[str]] = defaultdict(list)
+            partners_of: dict[str, list[str]] = defaultdict(list)
             for d in record.destinations:
-                by_profile[d.profile].append(d.partner)
-            for profile, names in by_profile.items():
+                partners_of[d.profile].append(d.partner)
+            for profile, names in partners_of.items():
                 batches[record.series][profile].append((entry, names))
         touched: set[str] = set()
+        context: StudyContext | None = None  # read once, when a profile protects pixels
         for by_profile in batches.values():  # series by series: one batch per (series, profile)
             for profile, items in by_profile.items():
-                self._metrics.protect_batch_size.labels(
-                    method=self._stage.profile(profile).method).observe(len(items))
-                outcomes = self._stage.protect(profile, [e.path for e, _ in items])
+                method = self._stage.profile(profile).method
+                self._metrics.protect_batch_size.labels(method=method).observe(len(items))
+                if context is None and method != "none":
+                    context = study_context(e.path for e in claimed)
+                outcomes = self._stage.protect(profile, [e.path for e, _ in items],
+                                               study=context)
                 for (entry, partners), outcome in zip(items, outcomes, strict=True):
                     self._hand_on(study, entry, partners, profile, outcome)
                     touched.update(partners)

@@ -18,8 +18,9 @@ import yaml
 from peers import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from dicom_gateway.config import Config, parse_config
+from dicom_gateway.config import parse_config
 from dicom_gateway.gateway import Gateway
+from dicom_gateway.settings import Config
 
 __all__ = ["GatewayProcess", "base_config", "metric", "partner", "running_gateway", "sample",
            "sample_series", "scrape", "send", "uid_secret", "wait_metric", "with_seal"]
@@ -82,18 +83,21 @@ class GatewayProcess:
 
     def __init__(self, raw: dict[str, Any], workdir: Path) -> None:
         self.raw = raw
-        self.port = raw["gateway"]["listen"]["port"] = raw["gateway"]["listen"]["port"] or free_port()
-        self.metrics_port = raw["metrics"]["listen"]["port"] = raw["metrics"]["listen"]["port"] or free_port()
+        self.port = raw["gateway"]["listen"]["port"] = (
+            raw["gateway"]["listen"]["port"] or free_port())
+        self.metrics_port = raw["metrics"]["listen"]["port"] = (
+            raw["metrics"]["listen"]["port"] or free_port())
         self.config_path = workdir / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(raw))
         self.log_path = workdir / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dicom_gateway.cli", "serve", "--config", str(self.config_path)],
-            stdout=log, stderr=log)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dicom_gateway.cli", "serve", "--config",
+                 str(self.config_path)],
+                stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -213,3 +217,14 @@ def with_seal(raw: dict[str, Any], keys: Path) -> dict[str, Any]:
 
 def uid_secret(keys: Path) -> bytes:
     return bytes.fromhex((keys / "gateway" / "uid-secret.key").read_text().strip())
+
+
+def option_problem(method: str, options: dict[str, Any]) -> str | None:
+    """The key a method's options parsing refuses in ``options``, or None when accepted."""
+    from dicom_gateway.protect import OptionError, parse_options
+
+    try:
+        parse_options(method, options)
+    except OptionError as exc:
+        return exc.key
+    return None

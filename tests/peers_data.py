@@ -12,15 +12,15 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 __all__ = [
-    "build_segmentation",
-    "fundus_dicom",
-    "medmnist_npz",
-    "msd_lung_h5",
     "CT_SERIES_SUBDIR",
     "DATA_ENV",
     "MULTISERIES_SOURCES",
     "build_multiseries_study",
+    "build_segmentation",
     "copy_ct_series",
+    "fundus_dicom",
+    "medmnist_npz",
+    "msd_lung_h5",
     "require_shared_data",
     "shared_data_dir",
 ]
@@ -148,7 +148,8 @@ def medmnist_npz(name: str) -> Path:
 def msd_lung_h5(split: str) -> Path:
     """An MSD lung patch file (``val`` or ``test``) from the shared data, or skip."""
     base = shared_data_dir()
-    path = (base / "segmentation" / "msd_lung_2mm_patches" / f"{split}_patches.h5") if base else None
+    path = ((base / "segmentation" / "msd_lung_2mm_patches" / f"{split}_patches.h5")
+            if base else None)
     if path is None or not path.is_file():
         pytest.skip(f"shared MSD lung patches absent: expected "
                     f".../shared/data/segmentation/msd_lung_2mm_patches/{split}_patches.h5")
@@ -179,13 +180,15 @@ def build_segmentation(images: list[Path], rois: dict[int, tuple[int, int, int]]
                 "AccessionNumber", "FrameOfReferenceUID"):
         if key in first:
             setattr(ds, key, first.get(key))
-    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "SEG", generate_uid(), 99, 1
+    ds.Modality, ds.SeriesInstanceUID = "SEG", generate_uid()
+    ds.SeriesNumber, ds.InstanceNumber = 99, 1
     ds.SegmentationType, ds.ContentLabel = "BINARY", "ROI"
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = rows, cols, 1, 1, 0
     ds.PixelRepresentation, ds.LossyImageCompression = 0, "00"
     segment = Dataset()
-    segment.SegmentNumber, segment.SegmentLabel, segment.SegmentAlgorithmType = 1, "lesion", "MANUAL"
+    segment.SegmentNumber, segment.SegmentLabel = 1, "lesion"
+    segment.SegmentAlgorithmType = "MANUAL"
     ds.SegmentSequence = Sequence([segment])
     frames, groups = [], []
     for index, (r, c, radius) in sorted(rois.items()):

@@ -105,7 +105,8 @@ class DcmtkStoreSCP:
     written as received), ``-pm`` also accepts unknown SOP classes, ``-dhl``
     skips reverse DNS.  Files are named ``<SOP class abbrev.>.<SOPInstanceUID>``
     (e.g. ``CT.1.2...``), so a duplicate overwrites.  Not ``+B`` (bit preserving):
-    it writes while receiving, so a half-written file could be counted.  ``fork=True`` serves parallel associations.
+    it writes while receiving, so a half-written file could be counted.  ``fork=True`` serves
+    parallel associations.
     storescp binds all interfaces, so :func:`require_private_netns` applies.
     """
 

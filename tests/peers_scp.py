@@ -135,7 +135,7 @@ class RecordingSCP:
             ds.file_meta = event.file_meta
             try:
                 digest = pixel_sha256_of(ds)
-            except Exception:  # noqa: BLE001 - undecodable pixels must not change the status
+            except Exception:
                 digest = None
         if self.store_dir is not None:
             (self.store_dir / f"{sop_uid}.dcm").write_bytes(event.encoded_dataset())

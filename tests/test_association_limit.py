@@ -12,9 +12,9 @@ import pytest
 from gwutil import sample
 from peers import DcmtkStoreSCP
 
-from dicom_gateway.config import PartnerConfig, RetryConfig
 from dicom_gateway.delivery import PartnerQueue
 from dicom_gateway.metrics import ForwardMetrics
+from dicom_gateway.settings import PartnerConfig, RetryConfig
 from dicom_gateway.spool import Spool
 
 N = 8

@@ -28,6 +28,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicom_gateway.protect import Outcome, registry
 from dicom_gateway.protect.method import failed
+from dicom_gateway.protect.options import NoneOptions
 from dicom_gateway.seal.uids import derive_uid
 
 ALL = [{"name": "all", "match": {}, "to": ["recorder"], "profile": "passthrough"}]
@@ -137,7 +138,7 @@ def _with_test_method(tmp_path: Path, recording_scp: RecordingSCP,
                       monkeypatch: pytest.MonkeyPatch, name: str, method: type) -> dict:
     """A sealed gateway config routing everything through ``method`` (registered for this
     test only: other tests enumerate the methods a profile can name)."""
-    monkeypatch.setitem(registry._METHODS, name, (method, lambda options: None))
+    monkeypatch.setitem(registry._METHODS, name, (method, NoneOptions))
     raw = base_config(tmp_path / "spool", [partner("recorder", recording_scp.port)],
                       [{"name": "all", "match": {}, "to": ["recorder"], "profile": "p"}])
     raw["profiles"]["p"] = {"method": name}

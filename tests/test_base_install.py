@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from gwutil import GatewayProcess, base_config, partner, send, sample
+from gwutil import GatewayProcess, base_config, partner, sample, send
 from peers import RecordingSCP
 from pydicom.data import get_testdata_file
 from test_seal import _protect

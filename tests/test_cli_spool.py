@@ -14,6 +14,7 @@ from peers import RecordingSCP
 from dicom_gateway.cli import main
 from dicom_gateway.protect import Outcome, registry
 from dicom_gateway.protect.method import failed
+from dicom_gateway.protect.options import NoneOptions
 
 
 def test_list_retry_purge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -75,7 +76,7 @@ def test_quarantine_retry_is_picked_up_by_the_running_gateway(
     flag = tmp_path / "refuse"
     flag.touch()
     monkeypatch.setattr(_RefusingUntilFixed, "flag", flag, raising=False)
-    monkeypatch.setitem(registry._METHODS, "refusing", (_RefusingUntilFixed, lambda o: None))
+    monkeypatch.setitem(registry._METHODS, "refusing", (_RefusingUntilFixed, NoneOptions))
     scp = RecordingSCP()
     scp.start()
     try:

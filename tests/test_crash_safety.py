@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
-from pynetdicom import AE, build_context
-
 from gwutil import GatewayProcess, base_config, partner
 from peers import RecordingSCP, copy_ct_series
+from pydicom.uid import generate_uid
+from pynetdicom import AE, build_context
 
 N = 200
 
@@ -26,7 +25,8 @@ class Sender:
         self.port, self.files = port, files
         self.acked: set[str] = set()
         self.lock = threading.Lock()
-        self.sop = {f: str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+        self.sop = {f: str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+                    for f in files}
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dicom_gateway.config import RetryConfig
 from dicom_gateway.delivery import backoff_seconds
 from dicom_gateway.forward import classify_status
+from dicom_gateway.settings import RetryConfig
 
 
 def test_backoff_doubles_to_the_cap_with_bounded_jitter() -> None:

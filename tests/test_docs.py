@@ -4,7 +4,7 @@ The accepted configuration keys are derived from the parser itself, never from a
 here: :func:`config_keys` parses real configurations while recording every key path that
 ``config._Reader`` consults (``mapping`` names the allowed keys of a section, ``get``/``has``/
 ``child`` read one), and asks every protection method which profile keys it accepts through
-``protect.validate_options``. A static walk of ``config.py`` makes sure no key literal escaped
+``protect.parse_options``. A static walk of ``config.py`` makes sure no key literal escaped
 that parse (a section the test configurations do not reach). ``docs/configuration.md`` must
 define each key in a table row whose first cell is the key in backticks, and define no other.
 """
@@ -85,14 +85,19 @@ def consulted_keys(configs: list[dict[str, Any]]) -> set[str]:
 
 
 def method_options() -> dict[str, set[str]]:
-    """Profile keys each protection method accepts, from its own validation: an unknown key is
-    answered with the allowed ones (``check_common_options``) or 'takes no settings'."""
-    from dicom_gateway.protect import method_names, validate_options
+    """Profile keys each protection method accepts, from its own parsing: an unknown key is
+    answered with the allowed ones or 'takes no settings'."""
+    from dicom_gateway.protect import method_names, parse_options
+    from dicom_gateway.protect.options import OptionError
 
     probe = "\0probe"
     options: dict[str, set[str]] = {}
     for method in method_names():
-        key, message = validate_options(method, {probe: 0}) or ("", "accepted any key")
+        try:
+            parse_options(method, {probe: 0})
+            key, message = "", "accepted any key"
+        except OptionError as exc:
+            key, message = exc.key, exc.problem
         assert key == probe, f"method {method!r} does not reject unknown profile keys: {message}"
         if "takes no settings" in message:
             options[method] = set()
@@ -235,11 +240,17 @@ def test_a_key_added_to_the_parser_is_derived(monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_a_new_method_option_is_derived(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dicom_gateway.protect import registry
-    from dicom_gateway.protect.method import check_common_options
+    from dataclasses import dataclass
 
-    monkeypatch.setitem(registry._METHODS, "zz_method", (
-        lambda options: None, lambda options: check_common_options(options, {"zz_strength": 1})))
+    from dicom_gateway.protect import registry
+    from dicom_gateway.protect.options import Options, option
+
+    @dataclass(frozen=True)
+    class ZzOptions(Options):
+        surrogates: tuple[str, ...] = option(required="a list")
+        zz_strength: int = option(1)
+
+    monkeypatch.setitem(registry._METHODS, "zz_method", (lambda options: None, ZzOptions))
     assert method_options()["zz_method"] == {"surrogates", "zz_strength"}
 
 
@@ -368,7 +379,8 @@ def test_metric_names_in_operations_and_security_docs_exist() -> None:
     known = metric_names()
     for doc in ("operations.md", "security.md", "architecture.md", "partners.md"):
         for name in set(re.findall(r"dicom_gateway_[a-z_]+[a-z]", (DOCS / doc).read_text("utf-8"))):
-            assert name in known, f"docs/{doc} names metric {name}, which the gateway does not export"
+            assert name in known, (f"docs/{doc} names metric {name}, "
+                                   "which the gateway does not export")
 
 
 def anchor(heading: str) -> str:
@@ -392,7 +404,8 @@ def test_links_into_operations_resolve() -> None:
                 if line.startswith("#")}
     sources = [*_doc_files(), *(p for p in (ROOT / "deploy").rglob("*") if p.is_file())]
     for path in sources:
-        for target in re.findall(r"operations\.md#([a-z0-9-]+)", path.read_text("utf-8", "replace")):
+        text = path.read_text("utf-8", "replace")
+        for target in re.findall(r"operations\.md#([a-z0-9-]+)", text):
             assert target in headings, f"{path.relative_to(ROOT)} links to a missing #{target}"
 
 

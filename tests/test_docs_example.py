@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -71,17 +70,10 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def method_defaults(method: str) -> dict[str, Any]:
-    """A method's profile defaults, where its module keeps them: a ``DEFAULTS`` or
-    ``_DEFAULTS`` mapping on the class or the module."""
-    from dicom_gateway.protect import registry
+    """A method's profile defaults, from its options class (the one place they are kept)."""
+    from dicom_gateway.protect import options_class
 
-    factory = registry._resolve(method)[0]
-    for owner in (factory, sys.modules[factory.__module__]):
-        for name in ("DEFAULTS", "_DEFAULTS"):
-            found = getattr(owner, name, None)
-            if isinstance(found, Mapping):
-                return dict(found)
-    raise AssertionError(f"method {method!r}: no DEFAULTS mapping to check the example against")
+    return options_class(method).defaults()
 
 
 def _example_profiles() -> dict[str, Any]:

@@ -1,11 +1,11 @@
-"""Acceptance (a): DCMTK storescu -> gateway -> a real Orthanc, pixel data identical (method none)."""
+"""Acceptance (a): DCMTK storescu -> gateway -> a real Orthanc, pixel data identical
+(method none)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pydicom
-
 from gwutil import base_config, partner, running_gateway
 from peers import dcmtk_storescu, pixel_sha256_of
 from peers_orthanc import OrthancPeer

@@ -82,15 +82,15 @@ def test_numbers_are_computed(tiny_run: tuple[Path, Path, dict]) -> None:
     perturbation's PSNR follows from its budget: 8/255 sign steps cannot exceed 8 levels."""
     import torch
 
-    from dicom_gateway.evaluation.data import load_dataset
-    from dicom_gateway.evaluation.harness import _cap
-    from dicom_gateway.evaluation.victims import build
-    from dicom_gateway.protect.train import accuracy
+    from dicom_gateway.lab.evaluation.data import load_dataset
+    from dicom_gateway.lab.evaluation.scoring import cap
+    from dicom_gateway.lab.evaluation.victims import build
+    from dicom_gateway.lab.train import accuracy
 
     data, out, results = tiny_run
     splits = load_dataset("pneumoniamnist", data)
-    train = _cap(splits.train, 96, 0)
-    test = _cap(splits.test, 32, 0)
+    train = cap(splits.train, 96, 0)
+    test = cap(splits.test, 32, 0)
     cache = out / "report" / "cache"
     for arch in ("cnn-small", "plain-cnn", "mobilenetv3-small"):
         files = [p for p in cache.glob(f"{arch}-*.pt")]

@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from gwutil import base_config, metric, partner, running_gateway, sample, scrape, send, wait_metric
 from peers import RecordingSCP
 
@@ -43,9 +42,11 @@ def test_counters_equal_what_happened(tmp_path: Path, recording_scp: RecordingSC
     del no_pixels
     assert health == b"ok\n" and ready == b"ok\n"
     m = lambda name, **labels: metric(samples, name, **labels)  # noqa: E731
-    assert m("dicom_gateway_received_instances_total", calling_ae="HOSPITAL_PACS", status="stored") == 3
+    assert m("dicom_gateway_received_instances_total", calling_ae="HOSPITAL_PACS",
+             status="stored") == 3
     assert m("dicom_gateway_received_instances_total", calling_ae="MODALITY", status="stored") == 2
-    assert m("dicom_gateway_received_instances_total", calling_ae="HOSPITAL_PACS", status="no_route") == 1
+    assert m("dicom_gateway_received_instances_total", calling_ae="HOSPITAL_PACS",
+             status="no_route") == 1
     assert m("dicom_gateway_associations_total", result="accepted") == 3
     assert m("dicom_gateway_associations_total", result="rejected") == 1
     assert m("dicom_gateway_associations_active") == 0
@@ -74,14 +75,16 @@ def test_counters_equal_what_happened(tmp_path: Path, recording_scp: RecordingSC
 
 def test_protect_duration_is_observed_once_per_instance(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from dicom_gateway.config import ProfileConfig
     from dicom_gateway.metrics import Metrics
-    from dicom_gateway.protect import Outcome, ProtectionStage, registry
+    from dicom_gateway.protect import Outcome, registry
+    from dicom_gateway.protect.options import NoneOptions
+    from dicom_gateway.settings import ProfileConfig
+    from dicom_gateway.stage import ProtectionStage
 
     def copy_method(options: object) -> object:
         return lambda paths: [Outcome(source=p, output=p) for p in paths]
 
-    monkeypatch.setitem(registry._METHODS, "zz_copy", (copy_method, lambda options: None))
+    monkeypatch.setitem(registry._METHODS, "zz_copy", (copy_method, NoneOptions))
     metrics = Metrics()
     stage = ProtectionStage({"p": ProfileConfig("p", "zz_copy", False, "quarantine", {})},
                             metrics)

@@ -97,9 +97,10 @@ class _Marking:
 def test_dashboard_and_alerts_query_only_exported_metrics_and_labels(
         tmp_path: Path, recording_scp: RecordingSCP, monkeypatch: pytest.MonkeyPatch) -> None:
     from dicom_gateway.protect import registry
+    from dicom_gateway.protect.options import NoneOptions
 
     # registered for this test only (monkeypatch removes it after)
-    monkeypatch.setitem(registry._METHODS, "ops_marking", (_Marking, lambda options: None))
+    monkeypatch.setitem(registry._METHODS, "ops_marking", (_Marking, NoneOptions))
     # the stand-in method needs no torch: keep the gateway from loading it to pick a device
     monkeypatch.setattr("dicom_gateway.gateway.configure_device", lambda config: "cpu")
     down = {"initial_seconds": 0.1, "max_seconds": 0.2, "max_attempts": 2}
@@ -250,7 +251,7 @@ def _dropped(a: Any, b: Any, path: str) -> Iterator[str]:
         if not isinstance(b, list) or len(a) != len(b):
             yield path
         else:
-            for i, (x, y) in enumerate(zip(a, b)):
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
                 yield from _dropped(x, y, f"{path}[{i}]")
 
 
@@ -272,7 +273,7 @@ def test_kubernetes_manifests_validate_against_the_api_schemas(tmp_path: Path) -
         (tmp_path / "rendered.yaml").write_text(done.stdout)
         docs += k8s_documents([tmp_path / "rendered.yaml"])
     versions = ["1.30.0", kv.latest_version()]
-    for name, doc in docs:
+    for _name, doc in docs:
         if doc["kind"] == "ServiceMonitor":  # a CRD: no schema offline; checked below
             continue
         for version in versions:

@@ -5,7 +5,6 @@ happened (0 all valid, 1 something invalid or nothing checked, 3 some instance n
 from __future__ import annotations
 
 import re
-
 import shutil
 from pathlib import Path
 

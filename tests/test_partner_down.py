@@ -12,9 +12,9 @@ import pytest
 from gwutil import base_config, metric, partner, running_gateway, sample, scrape, send, wait_metric
 from peers import RecordingSCP, free_port
 
-from dicom_gateway.config import PartnerConfig, RetryConfig
 from dicom_gateway.delivery import PartnerQueue
 from dicom_gateway.metrics import ForwardMetrics
+from dicom_gateway.settings import PartnerConfig, RetryConfig
 from dicom_gateway.spool import Spool
 
 ALL = [{"name": "all", "match": {}, "to": ["recorder"], "profile": "passthrough"}]

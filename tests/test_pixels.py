@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from gwutil import send
+from peers_orthanc import OrthancPeer
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from dicom_gateway.pixels import PixelError, pixel_digest, read_pixels, write_pixels
-from gwutil import send
-from peers_orthanc import OrthancPeer
 
 FORMATS = {  # file: what it covers
     "CT_small.dcm": "16-bit signed MONOCHROME2, explicit LE",

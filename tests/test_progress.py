@@ -16,6 +16,7 @@ from gwutil import base_config, partner, sample_series, with_seal
 
 from dicom_gateway.cli import main
 from dicom_gateway.protect import Outcome, registry
+from dicom_gateway.protect.options import NoneOptions
 
 BUNDLED = Path(__file__).parents[1] / "dicom_gateway" / "defaults" / "pneumonia-cnn-small.pt"
 
@@ -84,7 +85,7 @@ def test_offline_protect_moves_the_bar_inside_a_series(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]
                                                        ) -> None:
-    monkeypatch.setitem(registry._METHODS, "one_at_a_time", (_OneAtATime, lambda options: None))
+    monkeypatch.setitem(registry._METHODS, "one_at_a_time", (_OneAtATime, NoneOptions))
     sample_series(tmp_path / "ct", 3)
     raw = with_seal(base_config(tmp_path / "spool", [partner("acme", 11112)], []),
                     tmp_path / "keys")
@@ -103,9 +104,9 @@ def test_offline_protect_moves_the_bar_inside_a_series(tmp_path: Path,
 def test_the_stage_reports_a_batch_exactly_once(tmp_path: Path) -> None:
     """Over- and under-reporting methods, and methods that do not report at all, each
     advance the bar by exactly their batch."""
-    from dicom_gateway.config import ProfileConfig
     from dicom_gateway.metrics import Metrics
-    from dicom_gateway.protect import ProtectionStage
+    from dicom_gateway.settings import ProfileConfig
+    from dicom_gateway.stage import ProtectionStage
 
     def method(amounts: list[float] | None) -> type:
         class Reporting:
@@ -129,7 +130,7 @@ def test_the_stage_reports_a_batch_exactly_once(tmp_path: Path) -> None:
     paths = [tmp_path / f"{i}.dcm" for i in range(3)]
     for amounts in (None, [], [0.5, 0.5], [2, 2, 2], [-1, 1]):
         with pytest.MonkeyPatch.context() as patch:
-            patch.setitem(registry._METHODS, "m", (method(amounts), lambda options: None))
+            patch.setitem(registry._METHODS, "m", (method(amounts), NoneOptions))
             stage = ProtectionStage({"p": ProfileConfig("p", "m", False, "quarantine", {})},
                                     Metrics())
             heard: list[float] = []

@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from gwutil import base_config, partner, running_gateway, uid_secret, with_seal
+from gwutil import base_config, option_problem, partner, running_gateway, uid_secret, with_seal
 from peers import RecordingSCP, copy_ct_series
 from peers import medmnist_npz as _npz
 
@@ -34,11 +34,10 @@ def test_surrogate_file_is_self_describing(surrogates: dict[str, Path]) -> None:
                                         ("diversity", 1.5), ("batch", True)])
 def test_out_of_range_settings_are_named(surrogates: dict[str, Path], key: str,
                                          value: object) -> None:
-    from dicom_gateway.protect.perturbation import AdversarialPerturbation
 
     options = {"surrogates": [str(surrogates["retina"])]}
-    assert AdversarialPerturbation.validate(options) is None
-    assert AdversarialPerturbation.validate({**options, key: value})[0] == key
+    assert option_problem("adversarial_perturbation", options) is None
+    assert option_problem("adversarial_perturbation", {**options, key: value}) == key
 
 
 # Issue 3 asks <= 5 % white-box at 8/255. PneumoniaMNIST mostly meets it (1.5-3.2 % over three
@@ -54,9 +53,9 @@ _PERTURBATION_CEILING = {"retina": 0.30, "pneumonia": 0.10}
                                        ("pneumonia", "pneumoniamnist_balanced.npz")])
 def test_white_box_accuracy_drops_at_8_of_255(surrogates: dict[str, Path], key: str,
                                               name: str) -> None:
+    from dicom_gateway.lab.train import accuracy, load_npz_split
     from dicom_gateway.protect.perturbation import attack
     from dicom_gateway.protect.surrogate import load_surrogate
-    from dicom_gateway.protect.train import accuracy, load_npz_split
 
     s = load_surrogate(surrogates[key])
     x, y = load_npz_split(_npz(name), "test")

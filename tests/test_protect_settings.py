@@ -53,7 +53,7 @@ def _mask_folders(root: Path) -> Path:
                                             ("0.0314", 0.0314), (0.0314, 0.0314),
                                             (8 / 255, 8 / 255), ("0.25", 0.25)])
 def test_epsilon_is_a_fraction_or_n_over_255(text: Any, fraction: float) -> None:
-    from dicom_gateway.protect.method import parse_epsilon
+    from dicom_gateway.protect.options import parse_epsilon
 
     assert parse_epsilon(text) == pytest.approx(fraction)
 
@@ -63,7 +63,7 @@ def test_epsilon_is_a_fraction_or_n_over_255(text: Any, fraction: float) -> None
                                         ("8/100", "N/255"), ("eight", "is not"),
                                         (True, "is not"), ("1/0", "is not")])
 def test_epsilon_in_another_unit_is_refused_with_the_accepted_forms(text: Any, says: str) -> None:
-    from dicom_gateway.protect.method import parse_epsilon
+    from dicom_gateway.protect.options import parse_epsilon
 
     with pytest.raises(ValueError, match="N/255") as err:
         parse_epsilon(text)
@@ -77,7 +77,7 @@ def test_a_profile_takes_epsilon_as_n_over_255(tmp_path: Path, method: str) -> N
     raw["profiles"]["p"] = {"method": method, "surrogates": [str(BUNDLED)], "epsilon": "8/255",
                             **label}
     options = parse_config(raw, "<test>").profiles["p"].options
-    assert options["epsilon"] == pytest.approx(8 / 255)  # the methods get the fraction
+    assert options.epsilon == pytest.approx(8 / 255)  # type: ignore[attr-defined]  # a fraction
     raw["profiles"]["p"]["epsilon"] = 8  # the old protect-dataset unit: refused, not 8.0
     with pytest.raises(ConfigError, match=r"profiles\.p\.epsilon: .*a bare N is a fraction"):
         parse_config(raw, "<test>")
@@ -86,7 +86,7 @@ def test_a_profile_takes_epsilon_as_n_over_255(tmp_path: Path, method: str) -> N
 def test_protect_dataset_takes_the_same_epsilon_forms(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from dicom_gateway.protect import dataset_job
+    from dicom_gateway.lab import dataset_job
 
     jobs: list[Any] = []
     monkeypatch.setattr(dataset_job, "protect_dataset", lambda job: jobs.append(job) or {
@@ -120,7 +120,8 @@ def test_protect_dataset_and_a_profile_share_their_defaults(tmp_path: Path,
                                                             ) -> None:
     """The same classification settings reach the min-min loop from a profile left at its
     defaults and from ``protect-dataset`` without flags."""
-    from dicom_gateway.protect import dataset_job, unlearnable
+    from dicom_gateway.lab import dataset_job
+    from dicom_gateway.protect import unlearnable
 
     gateway: list[dict[str, Any]] = []
     monkeypatch.setattr(unlearnable, "error_minimizing_noise", _recording(gateway))
@@ -144,12 +145,12 @@ def test_the_report_names_only_the_settings_that_applied(tmp_path: Path) -> None
     report = json.loads((tmp_path / "cls-out" / "report.json").read_text())
     assert report["task"] == "classification" and report["rounds"] >= 1
     assert not SEGMENTATION_ONLY & set(report)  # a classification budget is uniform
-    assert MIN_MIN_ONLY <= set(report) and report["train_steps"] == 1
+    assert set(report) >= MIN_MIN_ONLY and report["train_steps"] == 1
     assert main(["protect-dataset", "--data", str(_mask_folders(tmp_path / "seg")),
                  "--out", str(tmp_path / "seg-out")]) == 0  # default: 0 rounds
     report = json.loads((tmp_path / "seg-out" / "report.json").read_text())
     assert report["task"] == "segmentation" and report["rounds"] == 0
-    assert SEGMENTATION_ONLY <= set(report) and report["init"] == "pattern"
+    assert set(report) >= SEGMENTATION_ONLY and report["init"] == "pattern"
     assert not MIN_MIN_ONLY & set(report)  # no min-min round ran
 
 

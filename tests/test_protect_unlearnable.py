@@ -13,7 +13,15 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from gwutil import base_config, partner, running_gateway, send, uid_secret, with_seal
+from gwutil import (
+    base_config,
+    option_problem,
+    partner,
+    running_gateway,
+    send,
+    uid_secret,
+    with_seal,
+)
 from peers import OrthancPeer, build_segmentation, copy_ct_series, msd_lung_h5
 
 from dicom_gateway.pixels import pixel_digest, read_pixels
@@ -54,9 +62,9 @@ def test_budget_lives_on_roi_and_rim_and_follows_texture() -> None:
 
 
 def _segmenter_dice(train: Path, test: Path, epochs: int) -> float:
-    from dicom_gateway.protect.datasets import load_images
+    from dicom_gateway.lab.datasets import load_images
+    from dicom_gateway.lab.train import dice, fit
     from dicom_gateway.protect.surrogate import SurrogateInfo, build_model
-    from dicom_gateway.protect.train import dice, fit
 
     data, held_out = load_images(train), load_images(test)
     info = SurrogateInfo("unet-small", "segmentation", (48, 48), 1, ("background", "tumour"),
@@ -88,7 +96,8 @@ def test_protect_dataset_msd_lung(tmp_path: Path) -> None:
     assert protected_dice < 0.75 * clean_dice  # measured 52 %: the 30 % target is not met
 
 
-def _ct_with_seg(tmp_path: Path, n: int) -> tuple[list[Path], Path, dict[int, tuple[int, int, int]]]:
+def _ct_with_seg(tmp_path: Path,
+                 n: int) -> tuple[list[Path], Path, dict[int, tuple[int, int, int]]]:
     files = copy_ct_series(tmp_path / "ct")
     for extra in files[n:]:
         extra.unlink()
@@ -131,7 +140,8 @@ def test_gateway_unlearnable_ct_with_seg_to_orthanc(tmp_path: Path, orthanc: Ort
         back = restore(orthanc.dataset(derive_uid(secret, "orthanc", str(before.SOPInstanceUID))),
                        key)
         assert pixel_digest(read_pixels(back).values) == pixel_digest(read_pixels(before).values)
-    sent_seg = orthanc.dataset(derive_uid(secret, "orthanc", str(pydicom.dcmread(seg).SOPInstanceUID)))
+    sent_seg = orthanc.dataset(
+        derive_uid(secret, "orthanc", str(pydicom.dcmread(seg).SOPInstanceUID)))
     refs = {str(g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
             for g in sent_seg.PerFrameFunctionalGroupsSequence}
     assert refs == {derive_uid(secret, "orthanc", str(pydicom.dcmread(files[i]).SOPInstanceUID))
@@ -170,13 +180,13 @@ def test_classification_labels_from_a_tag(tmp_path: Path, surrogates: dict[str, 
     ds.save_as(files[2])
     options = {"surrogates": [str(surrogates["pneumonia"])], "label_tag": "Modality",
                "classes": ["XA", "CT"], "rounds": 1, "train_steps": 1, "pgd_steps": 2}
-    assert Unlearnable.validate(options) is None
-    assert Unlearnable.validate({**options, "label_tag": None})[0] == "label_tag"
-    assert Unlearnable.validate({**options, "rounds": None}) is None  # null: by task
-    assert Unlearnable.validate({**options, "texture_floor": 2})[0] == "texture_floor"
-    assert Unlearnable.validate({**options, "lr": 0})[0] == "lr"
+    assert option_problem("unlearnable", options) is None
+    assert option_problem("unlearnable", {**options, "label_tag": None}) == "label_tag"
+    assert option_problem("unlearnable", {**options, "rounds": None}) is None  # null: by task
+    assert option_problem("unlearnable", {**options, "texture_floor": 2}) == "texture_floor"
+    assert option_problem("unlearnable", {**options, "lr": 0}) == "lr"
     # more label values than the classifier has classes: refused at load, not at protect time
-    assert Unlearnable.validate({**options, "classes": ["XA", "CT", "MR"]})[0] == "classes"
+    assert option_problem("unlearnable", {**options, "classes": ["XA", "CT", "MR"]}) == "classes"
     outcomes = Unlearnable(options)(files)
     assert outcomes[2].error is not None and outcomes[2].error.reason == "no_label"
     assert "MR" not in str(outcomes[2].error)  # the label value may be clinical: not repeated

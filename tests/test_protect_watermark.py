@@ -10,13 +10,12 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from gwutil import base_config, partner, running_gateway, send, uid_secret, with_seal
+from peers import RecordingSCP, copy_ct_series, medmnist_npz
 
 from dicom_gateway.pixels import pixel_digest, read_pixels
 from dicom_gateway.seal import load_partner_key, restore
 from dicom_gateway.seal.uids import derive_uid
-from gwutil import base_config, partner, running_gateway, send, uid_secret, with_seal
-from peers import RecordingSCP, copy_ct_series, medmnist_npz
-
 
 # Issue 3 asks <= 15 % white-box. Not reachable at 28x28 with a 25 % Grad-CAM keep-out and a
 # 1/16 footprint (7x7 px): even an adversarial patch of any content at every allowed 7x7
@@ -32,10 +31,10 @@ _WATERMARK_CEILING = {"retina": 0.50, "pneumonia": 0.45}
                                        ("pneumonia", "pneumoniamnist_balanced.npz")])
 def test_white_box_watermark_respects_keepout_and_area(surrogates: dict[str, Path], key: str,
                                                        name: str) -> None:
+    from dicom_gateway.lab.train import accuracy, load_npz_split
     from dicom_gateway.protect.surrogate import load_surrogate
-    from dicom_gateway.protect.train import accuracy, load_npz_split
     from dicom_gateway.protect.watermark import (
-        AdversarialWatermark,
+        DEFAULTS,
         gradcam_keepout,
         load_logo,
         search_settings,
@@ -48,7 +47,7 @@ def test_white_box_watermark_respects_keepout_and_area(surrogates: dict[str, Pat
     # are all pneumonia), so the first images are not representative
     pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:60]
     x, y = x[pick], y[pick]
-    defaults = AdversarialWatermark._DEFAULTS
+    defaults = DEFAULTS
     logo = load_logo(None, defaults["logo_text"], defaults["logo_style"])
     marked, overlap, largest = [], 0, 0.0
     for i in range(len(x)):

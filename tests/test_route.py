@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_gateway.route import Router, parse_matcher
 from dicom_gateway.config import parse_config
+from dicom_gateway.route import Router, parse_matcher
 
 
 def _ds(**kw: object) -> Dataset:

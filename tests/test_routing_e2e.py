@@ -7,19 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian
-
 from gwutil import base_config, metric, partner, running_gateway, sample, scrape, send
 from peers import RecordingSCP, pixel_sha256_of
 from peers_orthanc import OrthancPeer
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian
 
 ROUTES = [
     {"name": "ct-to-orthanc", "match": {"modality": "CT"}, "to": ["orthanc"],
      "profile": "passthrough"},
     {"name": "modality-to-recorder", "match": {"calling_ae": "MODALITY"}, "to": ["recorder"],
      "profile": "passthrough"},
-    {"name": "research-to-both", "match": {"tags": {"SeriesDescription": {"regex": "(?i).*research.*"}}},
+    {"name": "research-to-both",
+     "match": {"tags": {"SeriesDescription": {"regex": "(?i).*research.*"}}},
      "to": ["orthanc", "recorder"], "profile": "passthrough"},
 ]
 
@@ -78,5 +78,5 @@ def test_partner_without_the_original_syntax_gets_explicit_little_endian(tmp_pat
             assert scp.wait_for_count(len(files), timeout=30) == len(files)
         assert {ts for _, ts in scp.received} == {ExplicitVRLittleEndian}
         assert scp.received_sops == {ds.SOPInstanceUID for ds in files}  # same instances
-        for n, ds in zip(names, files):
+        for n, ds in zip(names, files, strict=True):
             assert scp.pixel_hashes[ds.SOPInstanceUID] == pixel_sha256_of(get_testdata_file(n)), n

@@ -188,7 +188,7 @@ def test_signature_survives_lossless_transcoding_not_a_changed_pixel(tmp_path: P
                                                                      keys: Path) -> None:
     from pydicom.uid import JPEG2000Lossless, RLELossless
 
-    original, sealed = _sealed_ct(tmp_path, keys)
+    original, _sealed = _sealed_ct(tmp_path, keys)
     for syntax in (RLELossless, JPEG2000Lossless):
         transcoded = pydicom.dcmread(tmp_path / "s.dcm")
         transcoded.compress(syntax, generate_instance_uid=False)  # as a PACS transcodes
@@ -242,7 +242,7 @@ def test_one_flipped_bit_is_always_detected(tmp_path: Path, keys: Path) -> None:
 
 
 def test_wrong_key_and_tampering_give_distinct_errors(tmp_path: Path, keys: Path) -> None:
-    _, sealed = _sealed_ct(tmp_path, keys)
+    _, _sealed = _sealed_ct(tmp_path, keys)
     sealed_path = tmp_path / "s.dcm"
     stranger = tmp_path / "stranger"
     init_gateway_keys(stranger)
@@ -279,7 +279,8 @@ def test_restore_checks_the_signature_or_says_plainly_it_did_not(
     assert main(["restore", "--key", key, "--no-verify", str(tmp_path / "s.dcm"),
                  "--out", str(tmp_path / "b")]) == 0
     said = capsys.readouterr().out
-    assert "restore: 1 instance(s): 1 restored" in said and "signature NOT checked (--no-verify)" in said
+    assert ("restore: 1 instance(s): 1 restored" in said
+            and "signature NOT checked (--no-verify)" in said)
     assert "signed" not in said
     assert main(["restore", "--key", key, "--gateway-key",
                  str(keys / "gateway" / "gateway-signing.pub"), str(tmp_path / "s.dcm"),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gwutil import option_problem
 from peers import medmnist_npz, shared_data_dir
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -38,7 +39,7 @@ def _tar(path: Path, files: dict[str, bytes]) -> Path:
 
 
 def test_split_tree_reads_a_tar_dedups_and_sees_grey_as_one_channel(tmp_path: Path) -> None:
-    from dicom_gateway.protect.datasets import load_split_tree, stratified_split
+    from dicom_gateway.lab.datasets import load_split_tree, stratified_split
 
     files = {f"dataset/train/{c}/{c}{i}.png": _jpeg(10 * i + (100 if c == "PNEU" else 0))
              for c in ("NORMAL", "PNEU") for i in range(10)}
@@ -59,7 +60,7 @@ def test_split_tree_reads_a_tar_dedups_and_sees_grey_as_one_channel(tmp_path: Pa
 
 
 def test_kermany224_splits() -> None:
-    from dicom_gateway.evaluation.data import load_dataset
+    from dicom_gateway.lab.evaluation.data import load_dataset
 
     base = shared_data_dir()
     tar = base / "classification/kermany_pneumonia_224/kermany_pneumonia_224.tar" if base else None
@@ -77,7 +78,7 @@ def test_kermany224_splits() -> None:
 
 
 def _wrap_8bit(images: np.ndarray, folder: Path) -> list[Path]:
-    from dicom_gateway.evaluation.gateway_path import wrap_as_dicom
+    from dicom_gateway.lab.evaluation.gateway_path import wrap_as_dicom
 
     return wrap_as_dicom(torch.from_numpy(images).float() / 255, folder)
 
@@ -135,12 +136,12 @@ def test_a_surrogate_from_another_view_is_refused(tmp_path: Path,
     torch.save(blob, tmp_path / "other.pt")
     from dicom_gateway.errors import SurrogateError
 
-    with pytest.raises(SurrogateError, match="input view .per-image-min-max."):
+    with pytest.raises(SurrogateError, match=r"input view .per-image-min-max."):
         load_surrogate(tmp_path / "other.pt")
 
 
 def test_retained_skill() -> None:
-    from dicom_gateway.evaluation.transfer import retained_skill
+    from dicom_gateway.lab.evaluation.transfer import retained_skill
 
     assert retained_skill(0.9, 0.9, 0.6) == pytest.approx(1.0)
     assert retained_skill(0.6, 0.9, 0.6) == pytest.approx(0.0)
@@ -152,11 +153,11 @@ def test_retained_skill() -> None:
                                    {"scales": 2}])
 def test_transfer_levers_keep_the_budget_and_fool_the_surrogate(
         surrogates: dict[str, Path], extra: dict[str, object]) -> None:
-    from dicom_gateway.protect.perturbation import AdversarialPerturbation, attack
+    from dicom_gateway.lab.train import accuracy, load_npz_split
+    from dicom_gateway.protect.perturbation import attack
     from dicom_gateway.protect.surrogate import load_surrogate
-    from dicom_gateway.protect.train import accuracy, load_npz_split
 
-    assert AdversarialPerturbation.validate({"surrogates": [str(surrogates["pneumonia"])],
+    assert option_problem("adversarial_perturbation", {"surrogates": [str(surrogates["pneumonia"])],
                                              **extra}) is None
     s = load_surrogate(surrogates["pneumonia"])
     x, y = load_npz_split(medmnist_npz("pneumoniamnist_balanced.npz"), "test")
@@ -170,16 +171,15 @@ def test_transfer_levers_keep_the_budget_and_fool_the_surrogate(
                                         ("balance", "yes")])
 def test_new_attack_settings_are_checked(surrogates: dict[str, Path], key: str,
                                          value: object) -> None:
-    from dicom_gateway.protect.perturbation import AdversarialPerturbation
 
     options = {"surrogates": [str(surrogates["pneumonia"])], key: value}
-    assert AdversarialPerturbation.validate(options)[0] == key  # type: ignore[index]
+    assert option_problem("adversarial_perturbation", options) == key
 
 
 def test_transfer_study_reports_computed_figures(tmp_path: Path,
                                                  surrogates: dict[str, Path]) -> None:
     """A tiny study: the figures in results.json follow from the accuracies it measured."""
-    from dicom_gateway.evaluation.transfer import TransferStudy, retained_skill, run_transfer
+    from dicom_gateway.lab.evaluation.transfer import TransferStudy, retained_skill, run_transfer
 
     medmnist_npz("pneumoniamnist_balanced.npz")
     study = TransferStudy(dataset="pneumoniamnist", out=tmp_path / "report",

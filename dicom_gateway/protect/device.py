@@ -1,20 +1,17 @@
 """Which device protection runs on: CUDA when torch sees one (or as configured), else the CPU.
 
 Chosen once per process by :func:`configure` (the gateway calls it at start with the
-``protection`` settings), logged once, exported as ``dicom_gateway_protection_device``.
+``protection`` settings, through :func:`dicom_gateway.stage.configure_device`), logged once,
+exported as ``dicom_gateway_protection_device``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
-from ..errors import ConfigError, DeviceError
+from ..errors import DeviceError
 
-if TYPE_CHECKING:
-    from ..config import Config
-
-__all__ = ["configure", "configure_for", "protection_device"]
+__all__ = ["configure", "protection_device"]
 
 _log = logging.getLogger(__name__)
 _chosen: str | None = None
@@ -39,18 +36,6 @@ def configure(device: str = "auto", threads: int = 0) -> str:
         why += f", {torch.cuda.get_device_name(0)}"
     _log.info("protection device: %s (%s)", _chosen, why)
     return _chosen
-
-
-def configure_for(config: Config) -> str:
-    """:func:`configure` with the configuration's ``protection`` settings, when a profile
-    protects pixels (else ``cpu``, without loading torch). A device that is not there is a
-    :class:`~dicom_gateway.errors.ConfigError` naming the file and ``protection.device``."""
-    if all(p.method == "none" for p in config.profiles.values()):
-        return "cpu"
-    try:
-        return configure(config.protection.device, config.protection.threads)
-    except DeviceError as exc:
-        raise ConfigError(config.source, "protection.device", str(exc)) from None
 
 
 def protection_device() -> str:

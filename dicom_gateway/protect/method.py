@@ -9,10 +9,9 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
-from ..errors import ProtectionError, SurrogateError
+from ..errors import ProtectionError
 
-__all__ = ["EPSILON_FORMS", "Outcome", "ProtectionMethod", "check_common_options",
-           "parse_epsilon"]
+__all__ = ["Outcome", "ProtectionMethod", "StudyContext", "failed"]
 
 
 @dataclass
@@ -35,6 +34,15 @@ class Outcome:
     residual: Any = None  # numpy integer array shaped like the stored values
 
 
+@dataclass(frozen=True)
+class StudyContext:
+    """What a method may know of the study beyond the series it protects, handed to it by the
+    worker (a method never reads the spool): the study's DICOM Segmentation instances, whose
+    ROIs some methods protect (``unlearnable`` on a segmentation surrogate)."""
+
+    segmentations: tuple[Path, ...] = ()
+
+
 class ProtectionMethod(Protocol):
     """A protection method: settings in ``__init__``, work in ``__call__``.
 
@@ -46,6 +54,8 @@ class ProtectionMethod(Protocol):
     (a :data:`~dicom_gateway.progress.ReportProgress`, or ``None``) and call it with the
     instances done as it goes, in fractions if it works on the series as a whole; the stage
     passes it only to methods that accept it and reports the rest of the batch at its end.
+    A method that needs more of the study than the series accepts a keyword ``study``
+    (a :class:`StudyContext`), passed the same way.
     """
 
     name: str
@@ -56,68 +66,3 @@ class ProtectionMethod(Protocol):
 def failed(path: Path, reason: str, message: str) -> Outcome:
     """An outcome for an instance the method could not protect."""
     return Outcome(source=path, error=ProtectionError(reason, message))
-
-
-def is_number(value: Any, low: float, high: float) -> bool:
-    """A real number (not a bool) in ``[low, high]``: the methods' range checks."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
-
-
-EPSILON_FORMS = "a fraction of the normalized range in (0, 0.25], or N/255 (e.g. 8/255)"
-_EPSILON_STEPS = 255  # the one explicit denominator: N/255 is N grey levels of an 8-bit image
-
-
-def parse_epsilon(value: Any) -> float:
-    """An L-infinity budget as a fraction of the normalized [0, 1] range.
-
-    The profile key ``epsilon`` and ``protect-dataset --epsilon`` both take it, in one unit: a
-    fraction (``0.0314``, a number or its text) or the explicit form ``"N/255"`` (``"8/255"``),
-    because "8" alone was read as 8/255 by one entry point and as 8 by the other. Raises
-    :class:`ValueError` naming the accepted forms.
-    """
-    fraction = value
-    if isinstance(value, str):
-        number, slash, steps = value.strip().partition("/")
-        try:
-            fraction = float(number) / (int(steps) if slash else 1)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"{value!r} is not {EPSILON_FORMS}") from None
-        if slash and int(steps) != _EPSILON_STEPS:
-            raise ValueError(f"{value!r}: write the budget as N/255 or as a fraction")
-    if not is_number(fraction, 0, 0.25) or fraction == 0:
-        hint = " (a bare N is a fraction, not N/255)" if is_number(fraction, 1, 255) else ""
-        raise ValueError(f"{value!r} is not {EPSILON_FORMS}{hint}")
-    return float(fraction)
-
-
-def check_common_options(options: Mapping[str, Any], defaults: Mapping[str, Any]
-                         ) -> tuple[str, str] | None:
-    """Checks every surrogate-based method shares: known keys and existing surrogate files."""
-    allowed = {"surrogates", *defaults}
-    for key in options:
-        if key not in allowed:
-            return key, f"unknown key (allowed: {', '.join(sorted(allowed))})"
-    paths = options.get("surrogates")
-    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
-        return "surrogates", "required: a list of surrogate model files"
-    for p in paths:
-        if not Path(p).is_file():
-            return "surrogates", f"surrogate file not found: {p}"
-        problem = _unusable(Path(p))
-        if problem:
-            return "surrogates", problem
-    return None
-
-
-def _unusable(path: Path) -> str | None:
-    """Why the surrogate file at ``path`` cannot be loaded, or None (also without torch: the
-    registry reports that for the method)."""
-    try:
-        from .surrogate import load_surrogate
-    except ImportError:
-        return None
-    try:
-        load_surrogate(path)
-    except SurrogateError as exc:
-        return str(exc)
-    return None

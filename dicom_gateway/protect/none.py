@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .method import Outcome
+from .options import NoneOptions
 
 __all__ = ["NoneMethod"]
 
@@ -20,14 +21,9 @@ class NoneMethod:
 
     name = "none"
 
-    def __init__(self, options: Mapping[str, Any]) -> None:
-        self.options = dict(options)
-
-    @staticmethod
-    def validate(options: Mapping[str, Any]) -> tuple[str, str] | None:
-        for key in options:
-            return key, "unknown key: method 'none' takes no settings"
-        return None
+    def __init__(self, options: NoneOptions | Mapping[str, Any] | None = None) -> None:
+        self.options = options if isinstance(options, NoneOptions) else NoneOptions.parse(
+            options or {})
 
     def __call__(self, paths: Sequence[Path]) -> list[Outcome]:
         return [Outcome(source=p, output=p) for p in paths]

@@ -19,16 +19,15 @@ from typing import Any
 import numpy as np
 
 from ..progress import ReportProgress
-from .method import Outcome, check_common_options, is_number, parse_epsilon
+from .method import Outcome
+from .options import PerturbationOptions
 from .view import View, finish, prepare
 
 __all__ = ["DEFAULTS", "LOSSES", "AdversarialPerturbation", "adapt", "attack", "gradient",
            "smoothing_size"]
 
-_DEFAULTS = {"epsilon": 8 / 255, "steps": 10, "momentum": 1.0, "diversity": 0.5, "batch": 8,
-             "loss": "ce", "smoothing": "auto", "scales": 1, "balance": False}
+DEFAULTS = PerturbationOptions.defaults()  # a profile's defaults, for the lab's own runs
 LOSSES = ("ce", "margin")
-DEFAULTS = _DEFAULTS  # the public name the lab reads
 
 
 def _adapt(x: Any, surrogate: Any, diversity: float, generator: Any) -> Any:
@@ -120,7 +119,8 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
            balance: bool = False) -> Any:
     """MI-FGSM (Dong et al. CVPR 2018) with input diversity against the ensemble, optionally
     with translation-invariant smoothing of the gradient (``smoothing``: kernel size in
-    pixels of ``x``, 0 = off, ``auto``: :func:`smoothing_size`), scale invariance and a balanced ensemble; ``x`` is
+    pixels of ``x``, 0 = off, ``auto``: :func:`smoothing_size`), scale invariance and a
+    balanced ensemble; ``x`` is
     ``(N, C, H, W)`` in [0, 1], L-infinity budget ``epsilon``.
 
     ``labels``: the classes to move away from; default the ensemble's clean prediction (the
@@ -134,8 +134,9 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
     generator = torch.Generator().manual_seed(seed)
     if labels is None:
         with torch.no_grad():
-            probs = sum(F.softmax(s.model(_adapt(x, s, 0.0, generator)), 1) for s in surrogates)
-            labels = probs.argmax(1)
+            probs = torch.stack([F.softmax(s.model(_adapt(x, s, 0.0, generator)), 1)
+                                 for s in surrogates])
+            labels = probs.sum(0).argmax(1)
     smoothing = smoothing_size(smoothing, x.shape[2], x.shape[3])
     kernel = _smoothing_kernel(smoothing, x.shape[1]).to(x.device) if smoothing > 1 else None
     alpha = 2.5 * epsilon / max(steps, 1)  # Madry et al.: reaches the boundary and moves along it
@@ -157,51 +158,21 @@ class AdversarialPerturbation:
 
     name = "adversarial_perturbation"
 
-    def __init__(self, options: Mapping[str, Any]) -> None:
+    def __init__(self, options: PerturbationOptions | Mapping[str, Any]) -> None:
         from .device import protection_device
         from .surrogate import load_surrogate
 
-        self.options = {**_DEFAULTS, **options}
+        self.options = (options if isinstance(options, PerturbationOptions)
+                        else PerturbationOptions.parse(options))
         self.device = protection_device()
-        self.surrogates = [load_surrogate(Path(p), self.device) for p in options["surrogates"]]
-
-    @staticmethod
-    def validate(options: Mapping[str, Any]) -> tuple[str, str] | None:
-        problem = check_common_options(options, _DEFAULTS)
-        if problem:
-            return problem
-        try:
-            parse_epsilon(options.get("epsilon", _DEFAULTS["epsilon"]))
-        except ValueError as exc:
-            return "epsilon", str(exc)
-        for key, top in (("steps", 1000), ("batch", 4096)):
-            value = options.get(key, _DEFAULTS[key])
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
-                return key, f"must be an integer in [1, {top}]"
-        for key, low, high in (("momentum", 0.0, 10.0), ("diversity", 0.0, 1.0)):
-            if not is_number(options.get(key, _DEFAULTS[key]), low, high):
-                return key, f"must be a number in [{low:g}, {high:g}]"
-        for key, top in (("smoothing", 63), ("scales", 8)):
-            value = options.get(key, _DEFAULTS[key])
-            if key == "smoothing" and value == "auto":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
-                return key, f"must be an integer in [0, {top}]" + (
-                    " or auto" if key == "smoothing" else "")
-        if options.get("loss", _DEFAULTS["loss"]) not in LOSSES:
-            return "loss", f"must be one of {', '.join(LOSSES)}"
-        if not isinstance(options.get("balance", _DEFAULTS["balance"]), bool):
-            return "balance", "must be true or false"
-        return None
+        self.surrogates = [load_surrogate(p, self.device) for p in self.options.surrogates]
 
     def attack_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`attack` this profile sets (the certificate's)."""
         o = self.options
-        return {"epsilon": parse_epsilon(o["epsilon"]), "steps": int(o["steps"]),
-                "momentum": float(o["momentum"]), "diversity": float(o["diversity"]),
-                "loss": str(o["loss"]),
-                "smoothing": o["smoothing"] if o["smoothing"] == "auto" else int(o["smoothing"]),
-                "scales": int(o["scales"]), "balance": bool(o["balance"])}
+        return {"epsilon": o.epsilon, "steps": o.steps, "momentum": o.momentum,
+                "diversity": o.diversity, "loss": o.loss, "smoothing": o.smoothing,
+                "scales": o.scales, "balance": o.balance}
 
     def __call__(self, paths: Sequence[Path],
                  progress: ReportProgress | None = None) -> list[Outcome]:
@@ -217,23 +188,23 @@ class AdversarialPerturbation:
                 outcomes[index] = view
             else:
                 ready.setdefault(view.values.shape[1:], []).append((index, view))
-        o = self.options
+        batch = self.options.batch
         parameters = {**self.attack_options(), "surrogates": [s.sha256 for s in self.surrogates]}
         for group in ready.values():
             values = np.concatenate([v.values for _, v in group])
             shares = np.concatenate([np.full(len(v.values), 1 / len(v.values)) for _, v in group])
             deltas = []
-            for start in range(0, len(values), int(o["batch"])):
-                chunk = values[start:start + int(o["batch"])].transpose(0, 3, 1, 2)
+            for start in range(0, len(values), batch):
+                chunk = values[start:start + batch].transpose(0, 3, 1, 2)
                 x = torch.from_numpy(np.ascontiguousarray(chunk)).float().to(self.device)
                 adv = attack(x, self.surrogates, **self.attack_options())
                 deltas.append((adv - x).cpu().numpy().transpose(0, 2, 3, 1))
                 if progress is not None:
-                    progress(float(shares[start:start + int(o["batch"])].sum()))
+                    progress(float(shares[start:start + batch].sum()))
             delta = np.concatenate(deltas).astype(np.float64)
             offset = 0
             for index, view in group:
                 frames = view.values.shape[0]
                 outcomes[index] = finish(view, delta[offset:offset + frames], parameters)
                 offset += frames
-        return [o for o in outcomes if o is not None]
+        return [outcome for outcome in outcomes if outcome is not None]

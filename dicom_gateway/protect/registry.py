@@ -1,34 +1,46 @@
-"""Protection methods by name: the profile's ``method`` key picks one."""
+"""Protection methods by name: the profile's ``method`` key picks one, and its options class
+(:mod:`.options`) parses the profile's other keys."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ..errors import DependencyError
 from .method import ProtectionMethod
 from .none import NoneMethod
+from .options import (
+    NoneOptions,
+    OptionError,
+    Options,
+    PerturbationOptions,
+    UnlearnableOptions,
+    WatermarkOptions,
+)
 
-__all__ = ["create_method", "method_names", "register_method", "validate_options"]
+__all__ = ["create_method", "method_names", "options_class", "parse_options", "register_method"]
 
-_Factory = Callable[[Mapping[str, Any]], ProtectionMethod]
-_Validator = Callable[[Mapping[str, Any]], "tuple[str, str] | None"]
+Factory = Callable[[Any], ProtectionMethod]
 
-_METHODS: dict[str, tuple[_Factory, _Validator]] = {
-    "none": (NoneMethod, NoneMethod.validate),
+_METHODS: dict[str, tuple[Factory, type[Options]]] = {
+    "none": (NoneMethod, NoneOptions),
 }
 # Methods that need torch are imported only when a profile uses them: the base install (no
 # torch) runs `none` profiles, and the packages below come with the `protect` extra.
-_LAZY = {"adversarial_perturbation": ".perturbation:AdversarialPerturbation",
-         "adversarial_watermark": ".watermark:AdversarialWatermark",
-         "unlearnable": ".unlearnable:Unlearnable"}
+_LAZY: dict[str, tuple[str, type[Options]]] = {
+    "adversarial_perturbation": (".perturbation:AdversarialPerturbation", PerturbationOptions),
+    "adversarial_watermark": (".watermark:AdversarialWatermark", WatermarkOptions),
+    "unlearnable": (".unlearnable:Unlearnable", UnlearnableOptions),
+}
 _PROTECT_EXTRA = ("torch", "torchvision", "h5py")
 
 
-def _resolve(method: str) -> tuple[_Factory, _Validator]:
+def _resolve(method: str) -> tuple[Factory, type[Options]]:
     if method not in _METHODS and method in _LAZY:
-        module, cls = _LAZY[method].split(":")
+        target, options = _LAZY[method]
+        module, cls = target.split(":")
         try:
             importlib.import_module("torch")  # checked here: some methods import it only late
             impl = getattr(importlib.import_module(module, __package__), cls)
@@ -37,26 +49,48 @@ def _resolve(method: str) -> tuple[_Factory, _Validator]:
                 raise  # a bug in the method's own imports, not a missing extra
             raise DependencyError(f"method {method!r} needs {exc.name}, which this install "
                                   f"lacks: pip install 'dicom-gateway[protect]'") from None
-        _METHODS[method] = (impl, impl.validate)
+        _METHODS[method] = (impl, options)
+    if method not in _METHODS:
+        raise OptionError("method", f"unknown method {method!r} (available: "
+                          f"{', '.join(method_names())})")
     return _METHODS[method]
 
 
-def register_method(name: str, factory: _Factory, validator: _Validator) -> None:
+def register_method(name: str, factory: Factory, options: type[Options] = NoneOptions) -> None:
     """Make a method available to profiles (used by later methods and by tests)."""
-    _METHODS[name] = (factory, validator)
+    _METHODS[name] = (factory, options)
 
 
 def method_names() -> list[str]:
     return sorted({*_METHODS, *_LAZY})
 
 
-def validate_options(method: str, options: Mapping[str, Any]) -> tuple[str, str] | None:
-    """Return ``(key, problem)`` for the first invalid setting, or ``None``."""
+def options_class(method: str) -> type[Options]:
+    """The options class of ``method`` (without importing the method itself)."""
+    if method in _LAZY:
+        return _LAZY[method][1]
+    return _resolve(method)[1]
+
+
+def parse_options(method: str, raw: Mapping[str, Any], base_dir: Path | None = None
+                  ) -> Options:
+    """The typed options of ``method`` from a profile's keys (paths relative to ``base_dir``);
+    :class:`~.options.OptionError` naming the key if they are unusable, or ``method`` if the
+    method cannot run on this install."""
     try:
-        return _resolve(method)[1](options)
+        options = _resolve(method)[1]
     except DependencyError as exc:
-        return "method", str(exc)
+        raise OptionError("method", str(exc)) from None
+    return options.parse(raw, base_dir)
 
 
-def create_method(method: str, options: Mapping[str, Any]) -> ProtectionMethod:
-    return _resolve(method)[0](options)
+def create_method(method: str, options: object) -> ProtectionMethod:
+    """The method, ready to protect; ``options`` typed (the method's options class, as a
+    profile holds them), or a mapping of a profile's keys to parse."""
+    factory, kind = _resolve(method)
+    if isinstance(options, Mapping):
+        options = kind.parse(options)
+    if not isinstance(options, kind):
+        raise TypeError(f"method {method!r} takes {kind.__name__}, not "
+                        f"{type(options).__name__}")
+    return factory(options)

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SurrogateError
 from .declared_view import VIEW
 
-__all__ = ["ARCHITECTURES", "SEGMENTATION_ARCHITECTURES", "Surrogate", "SurrogateInfo", "build_model", "load_surrogate",
-           "save_surrogate"]
+__all__ = ["ARCHITECTURES", "SEGMENTATION_ARCHITECTURES", "Surrogate", "SurrogateInfo",
+           "build_model", "load_surrogate", "save_surrogate", "segmentation_loss"]
 
 FORMAT = "dicom-gateway-surrogate/1"
 # what torch and the description raise for a file that is not a usable surrogate
@@ -55,6 +56,9 @@ class _Normalized(nn.Module):
         self.body = body
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    mean: torch.Tensor  # buffers, set in __init__
+    std: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body((x - self.mean) / self.std)
@@ -230,3 +234,11 @@ def _load_torchscript(path: Path, data: bytes, device: str) -> Surrogate:
     _check_view(path, info)
     wrapped = _Normalized(model, info.mean, info.std).to(device).eval()
     return Surrogate(wrapped, info, hashlib.sha256(data).hexdigest())
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + binary cross-entropy (the usual segmentation objective; UMed's too)."""
+    prob = torch.sigmoid(logits)
+    inter = (prob * masks).sum(dim=(1, 2, 3))
+    soft_dice = (2 * inter + 1) / (prob.sum(dim=(1, 2, 3)) + masks.sum(dim=(1, 2, 3)) + 1)
+    return (1 - soft_dice).mean() + F.binary_cross_entropy_with_logits(logits, masks)

@@ -19,7 +19,6 @@ texture) to amortize the noise over images; here the perturbation itself is opti
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..progress import Progress, ReportProgress
-from .method import Outcome, check_common_options, failed, is_number, parse_epsilon
+from .method import Outcome, StudyContext, failed
+from .options import UnlearnableOptions
+from .surrogate import segmentation_loss
 from .unlearnable_settings import DEFAULTS, applied_settings, default_rounds
-from .train import segmentation_loss
 from .view import View
 
 __all__ = ["DEFAULTS", "Unlearnable", "UnlearnableResult", "applied_settings", "contour_band",
-           "default_rounds", "error_minimizing_noise", "psnr", "segmentation_budget",
+           "default_rounds", "error_minimizing_noise", "segmentation_budget",
            "shortcut_pattern", "texture_weight"]
 
 
@@ -77,12 +77,6 @@ def segmentation_budget(x: torch.Tensor, masks: torch.Tensor, epsilon: float,
     return budget.expand_as(x).contiguous()
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB for images in [0, 1], over the whole set (pooled mean squared error, in
-    double precision); inf when identical. The evaluation reports this one too."""
-    mse = float(((a.double() - b.double()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
 
 @dataclass
 class UnlearnableResult:
@@ -116,7 +110,7 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
     step = step if step is not None else float(budget.max()) / 10
     delta = torch.zeros_like(x) if init is None else init.clone()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    evaluations = 0
+    evaluations = 0.0
     final = float("inf")
     done = 0
     bar = Progress(rounds, "rounds") if progress and rounds else None
@@ -129,7 +123,7 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
         if on_progress is not None:
             on_progress((done - 1 + round_share) / rounds)
 
-    for done in range(1, rounds + 1):
+    for done in range(1, rounds + 1):  # noqa: B007 - report() above reads it
         model.train()
         if len(x) < 2:  # one image (a single-frame instance): BatchNorm keeps its running
             for m in model.modules():  # statistics, as batch statistics of one are undefined
@@ -171,7 +165,7 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
             break
     if bar is not None:
         bar.close()
-    return UnlearnableResult(delta.detach(), done, final, int(round(evaluations)))
+    return UnlearnableResult(delta.detach(), done, final, round(evaluations))
 
 
 def shortcut_pattern(masks: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
@@ -199,67 +193,20 @@ class Unlearnable:
 
     name = "unlearnable"
 
-    def __init__(self, options: Mapping[str, Any]) -> None:
+    def __init__(self, options: UnlearnableOptions | Mapping[str, Any]) -> None:
         from .device import protection_device
         from .surrogate import load_surrogate
 
-        self.options = {**DEFAULTS, **options}
+        self.options = (options if isinstance(options, UnlearnableOptions)
+                        else UnlearnableOptions.parse(options))
         self.device = protection_device()
-        self.surrogate = load_surrogate(Path(options["surrogates"][0]), self.device)
+        self.surrogate = load_surrogate(self.options.surrogates[0], self.device)
 
-    @staticmethod
-    def validate(options: Mapping[str, Any]) -> tuple[str, str] | None:
-        from .surrogate import load_surrogate
-
-        problem = check_common_options(options, DEFAULTS)
-        if problem:
-            return problem
-        if len(options["surrogates"]) != 1:
-            return "surrogates", "unlearnable takes exactly one surrogate (its starting point)"
-        try:
-            parse_epsilon(options.get("epsilon", DEFAULTS["epsilon"]))
-        except ValueError as exc:
-            return "epsilon", str(exc)
-        for key in ("rounds", "train_steps", "pgd_steps", "contour_radius"):
-            value = options.get(key, DEFAULTS[key] if key != "rounds" else 0)
-            if key == "rounds" and value is None:  # null: by task (0 segmentation, 3 labels)
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1000:
-                return key, "must be an integer in [0, 1000]"
-        if not is_number(options.get("texture_floor", DEFAULTS["texture_floor"]), 0, 1):
-            return "texture_floor", "must be a number in [0, 1] (share of epsilon in flat regions)"
-        lr = options.get("lr", DEFAULTS["lr"])
-        if not is_number(lr, 0, 1) or lr == 0:
-            return "lr", "must be a number in (0, 1] (the surrogate's learning rate in min-min)"
-        if options.get("init", "pattern") not in ("pattern", "zero"):
-            return "init", "must be 'pattern' or 'zero'"
-        try:
-            info = load_surrogate(Path(options["surrogates"][0])).info
-        except Exception as exc:
-            return "surrogates", f"cannot load: {exc}"
-        task = info.task
-        if task == "classification":
-            classes = options.get("classes")
-            if not isinstance(options.get("label_tag"), str):
-                return "label_tag", "required with a classifier surrogate: the tag holding labels"
-            try:
-                from pydicom.tag import Tag
-
-                Tag(options["label_tag"])
-            except (ValueError, TypeError, OverflowError):
-                return "label_tag", f"not a DICOM keyword or tag: {options['label_tag']!r}"
-            if not isinstance(classes, list) or len(classes) < 2:
-                return "classes", "required with a classifier surrogate: the label values in order"
-            if len(classes) > len(info.classes):
-                return "classes", (f"{len(classes)} values, but the surrogate has only "
-                                   f"{len(info.classes)} classes: at most one value per class, "
-                                   f"in the surrogate's order")
-        return None
-
-    def __call__(self, paths: Sequence[Path],
-                 progress: ReportProgress | None = None) -> list[Outcome]:
+    def __call__(self, paths: Sequence[Path], progress: ReportProgress | None = None,
+                 study: StudyContext | None = None) -> list[Outcome]:
         """Protect a series as one release; ``progress`` hears each shape group's instances
-        as shares of its min-min rounds."""
+        as shares of its min-min rounds. A segmentation surrogate protects the ROIs of the
+        study's DICOM SEG instances (``study``, from the worker)."""
         from pydicom import dcmread
         from pydicom.tag import Tag
 
@@ -282,8 +229,7 @@ class Unlearnable:
         segmentation = self.surrogate.info.task == "segmentation"
         targets: dict[int, torch.Tensor] = {}
         if segmentation and views:
-            study_files = sorted(p for p in paths[0].parent.iterdir() if p.is_file())
-            rois = find_segmentations(study_files)
+            rois = find_segmentations(study.segmentations if study is not None else ())
             if not any(str(v.ds.SOPInstanceUID) in rois for _, v in views):
                 for index, view in views:
                     outcomes[index] = failed(view.path, "no_roi_mask", "unlearnable needs the ROI: "
@@ -298,7 +244,7 @@ class Unlearnable:
                         m[f, 0] = roi
                 targets[index] = torch.from_numpy(m)
         elif views:
-            tag, classes = self.options["label_tag"], [str(c) for c in self.options["classes"]]
+            tag, classes = str(self.options.label_tag), list(self.options.classes or ())
             kept = []
             for index, view in views:
                 element = view.ds.get(Tag(tag))
@@ -326,7 +272,7 @@ class Unlearnable:
 
         from .view import finish
 
-        o = self.options
+        o = self.options.as_dict()
         x = torch.from_numpy(np.ascontiguousarray(np.concatenate(
             [v.values for _, v in group]).transpose(0, 3, 1, 2))).float().to(self.device)
         y = torch.cat([targets[i] for i, _ in group]).to(self.device)

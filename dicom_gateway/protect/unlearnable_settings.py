@@ -11,14 +11,13 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .options import UnlearnableOptions
+
 __all__ = ["DEFAULTS", "applied_settings", "default_rounds"]
 
-# The one set of defaults: a profile's and ``protect-dataset``'s (docs/configuration.md lists
-# them). ``rounds`` None: by task, :func:`default_rounds`.
-DEFAULTS: Mapping[str, Any] = MappingProxyType({
-    "epsilon": 8 / 255, "contour_radius": 3, "texture_floor": 0.25, "rounds": None,
-    "train_steps": 5, "pgd_steps": 5, "lr": 1e-3, "init": "pattern", "label_tag": None,
-    "classes": None})
+# The one set of defaults, a profile's and ``protect-dataset``'s: the options class's.
+# ``rounds`` None: by task, :func:`default_rounds`.
+DEFAULTS: Mapping[str, Any] = MappingProxyType(UnlearnableOptions.defaults())
 _SEGMENTATION_ONLY = ("contour_radius", "texture_floor", "init")
 _MIN_MIN_ONLY = ("train_steps", "pgd_steps", "lr")
 

@@ -51,7 +51,7 @@ def prepare(path: Path) -> View | Outcome:
     if pixels.photometric == "PALETTE COLOR":
         try:
             pixels = _palette_as_rgb(ds, pixels)
-        except Exception as exc:  # noqa: BLE001 (a malformed or missing lookup table)
+        except Exception as exc:
             return failed(path, "unsupported_photometric", f"PALETTE COLOR lookup table "
                           f"unusable: {type(exc).__name__}: {exc}")
         ds = _without_palette(ds)
@@ -79,7 +79,7 @@ def finish(view: View, delta: np.ndarray, parameters: dict[str, Any]) -> Outcome
 def _palette_as_rgb(ds: Any, pixels: Pixels) -> Pixels:
     """The indexed image through its lookup tables, as RGB stored values (8 or 16 bits, the
     tables' entry size)."""
-    from pydicom.pixels import apply_color_lut
+    from pydicom.pixels.processing import apply_color_lut
 
     rgb = apply_color_lut(pixels.values[..., 0], ds)
     bits = 8 if rgb.dtype.itemsize == 1 else 16

@@ -8,7 +8,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from ..config import Config
+from ..settings import Config
 from ..errors import ConfigError
 from .keys import GatewayKeys, PartnerKey, load_gateway_keys, load_partner_key
 from .sealer import seal

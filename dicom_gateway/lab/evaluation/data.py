@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..protect.datasets import ImageSet, load_images, load_split_tree, stratified_split
+from ..datasets import ImageSet, load_images, load_split_tree, stratified_split
 
 __all__ = ["DATASETS", "Splits", "default_data_dir", "load_dataset"]
 
@@ -64,7 +64,7 @@ def default_data_dir() -> Path:
     env = os.environ.get("DICOM_GATEWAY_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+    return Path(__file__).resolve().parents[4] / "shared" / "data"
 
 
 def _digest(paths: list[Path]) -> str:
@@ -89,7 +89,7 @@ def load_dataset(name: str, data_dir: Path | None = None, seed: int = 0,
         path = Path(name)
         if path.suffix == ".npz" and path.is_file():
             return _npz(path.stem, path)
-        if path.suffix == ".tar" and path.is_file() or path.is_dir():
+        if (path.suffix == ".tar" and path.is_file()) or path.is_dir():
             return _tree(path.stem, path, seed)
         raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}, the "
                          "path of an .npz in the MedMNIST layout or of a split tree "

@@ -1,4 +1,4 @@
-"""The protection stage: runs a profile's method over a series batch and times it.
+"""The protection stage: runs a profile's method over a series batch for the worker, and times it.
 
 A DICOM Segmentation (PS3.3 A.51) is not an image to protect: its frames are labels (1-bit for
 BINARY) that say where the images show something. On a route that protects, a SEG never reaches
@@ -12,20 +12,20 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pydicom import dcmread
 
-from ..config import ProfileConfig
-from ..errors import ProtectionError
-from ..metrics import Metrics
-from ..progress import ReportProgress
-from .masks import SEGMENTATION_STORAGE
-from .method import Outcome, ProtectionMethod
-from .registry import create_method
+from .errors import ConfigError, DeviceError, ProtectionError
+from .metrics import Metrics
+from .progress import ReportProgress
+from .protect import Outcome, ProtectionMethod, StudyContext, create_method
+from .protect.device import configure
+from .protect.masks import SEGMENTATION_STORAGE
+from .settings import Config, ProfileConfig
 
-__all__ = ["SEGMENTATION_UNCHANGED", "ProtectionStage"]
+__all__ = ["SEGMENTATION_UNCHANGED", "ProtectionStage", "configure_device", "study_context"]
 
 _log = logging.getLogger(__name__)
 SEGMENTATION_UNCHANGED = {"pixels": "unchanged", "reason": "segmentation"}
@@ -43,7 +43,8 @@ class ProtectionStage:
         return self._profiles[name]
 
     def protect(self, profile_name: str, paths: Sequence[Path],
-                progress: ReportProgress | None = None) -> list[Outcome]:
+                progress: ReportProgress | None = None,
+                study: StudyContext | None = None) -> list[Outcome]:
         """Protect one series batch with the named profile; never raises for bad data.
 
         Segmentations pass with their pixels unchanged (see the module docstring). If the
@@ -51,7 +52,8 @@ class ProtectionStage:
         method bug is quarantined (``method_error``) without its whole series.
         ``progress`` is advanced by exactly ``len(paths)`` instances in all: as the method
         reports them if it takes ``progress`` (a long series shows its progress), the rest when
-        the batch is done."""
+        the batch is done. ``study`` is what the method may know of the rest of the study
+        (:func:`study_context`), passed to methods that take it."""
         if self._profiles[profile_name].method == "none":
             return self._protect(profile_name, paths, progress)
         passed = {p: Outcome(source=p, output=p, parameters=dict(SEGMENTATION_UNCHANGED))
@@ -59,11 +61,12 @@ class ProtectionStage:
         if passed and progress is not None:
             progress(float(len(passed)))
         rest = [p for p in paths if p not in passed]
-        protected = iter(self._protect(profile_name, rest, progress) if rest else [])
+        protected = iter(self._protect(profile_name, rest, progress, study) if rest else [])
         return [passed[p] if p in passed else next(protected) for p in paths]
 
     def _protect(self, profile_name: str, paths: Sequence[Path],
-                 progress: ReportProgress | None = None) -> list[Outcome]:
+                 progress: ReportProgress | None = None,
+                 study: StudyContext | None = None) -> list[Outcome]:
         profile = self._profiles[profile_name]
         started = time.perf_counter()
         batch = _BatchProgress(progress, len(paths))
@@ -77,12 +80,12 @@ class ProtectionStage:
             outcomes = [self._failed(profile.method, p, exc) for p in paths]
         else:
             try:
-                outcomes = self._run(method, paths, batch if progress else None)
+                outcomes = self._run(method, paths, batch if progress else None, study)
             except Exception as exc:  # a method bug must not take the worker down: fail closed
                 _log.exception("protection method %s failed on a batch of %d%s", profile.method,
                                len(paths), "; trying each instance alone" if len(paths) > 1
                                else "")
-                outcomes = ([self._alone(method, profile.method, p) for p in paths]
+                outcomes = ([self._alone(method, profile.method, p, study) for p in paths]
                             if len(paths) > 1 else [self._failed(profile.method, paths[0], exc)])
         batch.finish()
         per_instance = (time.perf_counter() - started) / max(len(paths), 1)
@@ -93,18 +96,22 @@ class ProtectionStage:
 
     @staticmethod
     def _run(method: ProtectionMethod, paths: Sequence[Path],
-             progress: ReportProgress | None = None) -> list[Outcome]:
-        if progress is not None and _takes_progress(method):
-            outcomes = method(paths, progress=progress)  # type: ignore[call-arg]
-        else:
-            outcomes = method(paths)
+             progress: ReportProgress | None = None,
+             study: StudyContext | None = None) -> list[Outcome]:
+        extra: dict[str, object] = {}
+        if progress is not None and _takes(method, "progress"):
+            extra["progress"] = progress
+        if study is not None and _takes(method, "study"):
+            extra["study"] = study
+        outcomes = method(paths, **extra)
         if len(outcomes) != len(paths):
             raise RuntimeError(f"returned {len(outcomes)} outcomes for {len(paths)} instances")
         return outcomes
 
-    def _alone(self, method: ProtectionMethod, name: str, path: Path) -> Outcome:
+    def _alone(self, method: ProtectionMethod, name: str, path: Path,
+               study: StudyContext | None) -> Outcome:
         try:
-            return self._run(method, [path])[0]
+            return self._run(method, [path], study=study)[0]
         except Exception as exc:  # still failing alone: this instance is the one
             _log.warning("protection method %s failed on %s: %s: %s", name, path.name,
                          type(exc).__name__, exc)
@@ -116,11 +123,11 @@ class ProtectionStage:
             "method_error", f"method {name!r} failed: {type(exc).__name__}: {exc}"))
 
 
-def _takes_progress(method: ProtectionMethod) -> bool:
-    """Whether the method reports progress within a batch (the optional ``progress`` keyword
-    of :class:`~.method.ProtectionMethod`); methods without it keep working unchanged."""
+def _takes(method: ProtectionMethod, keyword: str) -> bool:
+    """Whether the method takes the optional keyword (``progress``, ``study``) of
+    :class:`~.protect.method.ProtectionMethod`; methods without it keep working unchanged."""
     try:
-        return "progress" in inspect.signature(method).parameters
+        return keyword in inspect.signature(method).parameters
     except (TypeError, ValueError):  # no signature to read (a builtin): assume not
         return False
 
@@ -147,6 +154,24 @@ def _is_segmentation(path: Path) -> bool:
     """Whether the file is a Segmentation instance (an unreadable one is left to the method)."""
     try:
         head = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-    except Exception:  # noqa: BLE001 - the method reports what is wrong with the file
+    except Exception:
         return False
     return str(head.get("SOPClassUID", "")) == SEGMENTATION_STORAGE
+
+
+def study_context(paths: Iterable[Path]) -> StudyContext:
+    """What a method may know of a study from its instance files: its Segmentation instances."""
+    return StudyContext(segmentations=tuple(p for p in paths if _is_segmentation(p)))
+
+
+def configure_device(config: Config) -> str:
+    """The protection device for ``config`` (:func:`~.protect.device.configure` with its
+    ``protection`` settings) when a profile protects pixels, else ``cpu`` without loading
+    torch. A device that is not there is a :class:`~.errors.ConfigError` naming the file and
+    ``protection.device``."""
+    if all(p.method == "none" for p in config.profiles.values()):
+        return "cpu"
+    try:
+        return configure(config.protection.device, config.protection.threads)
+    except DeviceError as exc:
+        raise ConfigError(config.source, "protection.device", str(exc)) from None

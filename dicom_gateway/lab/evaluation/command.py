@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import GatewayError
+from ...errors import GatewayError
 
 __all__ = ["add_parser", "parse_profile"]
 
@@ -28,14 +28,14 @@ def parse_profile(text: str, config: Path | None = None) -> tuple[str, str, dict
     """``(label, method, options)`` of one ``--profile``."""
     method, _, rest = text.partition(":")
     if config is not None and method not in METHODS:
-        from ..config import load_config
+        from ...config import load_config
 
         profiles = load_config(config).profiles
         if method not in profiles:
             raise GatewayError(f"{config}: no profile {method!r} (profiles: "
                                f"{', '.join(profiles)})")
         p = profiles[method]
-        return text, p.method, {k: v for k, v in p.options.items() if k != "surrogates"}
+        return text, p.method, {k: v for k, v in p.options.as_dict().items() if k != "surrogates"}
     if method not in METHODS:
         raise GatewayError(f"--profile {text!r}: unknown method (one of {', '.join(METHODS)}, "
                            "or a profile name with --config)")
@@ -88,7 +88,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _fraction(text: str) -> float:
-    from ..protect.method import parse_epsilon
+    from ...protect.options import parse_epsilon
 
     try:
         return parse_epsilon(text.strip())
@@ -124,11 +124,14 @@ def _run_transfer(args: argparse.Namespace) -> int:
     study = TransferStudy(
         dataset=args.dataset, out=Path(args.out), surrogate_files=files,
         budgets=tuple(_fraction(b) for b in args.budgets.split(",") if b.strip()),
-        options=_options(args.attack, f"--attack {args.attack!r}"), ablation=list(DEFAULT_ABLATION) if args.ablation else [],
-        ablation_images=args.ablation_images, ablation_budget=_fraction(args.ablation_budget), epochs=args.epochs or 4, seed=args.seed,
+        options=_options(args.attack, f"--attack {args.attack!r}"),
+        ablation=list(DEFAULT_ABLATION) if args.ablation else [],
+        ablation_images=args.ablation_images, ablation_budget=_fraction(args.ablation_budget),
+        epochs=args.epochs or 4, seed=args.seed,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         cache=Path(args.cache) if args.cache else None, test_images=args.test_images,
-        train_images=args.train_images, progress=not args.quiet, command="dicom-gateway " + shlex.join(sys.argv[1:]))
+        train_images=args.train_images, progress=not args.quiet,
+        command="dicom-gateway " + shlex.join(sys.argv[1:]))
     if args.ablation_ensembles:
         study.ablation_ensembles = tuple(
             tuple(Path(f) for f in group.split("+") if f)

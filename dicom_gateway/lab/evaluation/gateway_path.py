@@ -22,7 +22,7 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from ..protect import create_method
+from ...protect import create_method
 
 __all__ = ["protect_through_gateway", "wrap_as_dicom"]
 

@@ -4,7 +4,7 @@ Files are grouped by series (a batch per series, as in the gateway) and written 
 ``<SOPInstanceUID>.dcm``. A file that cannot be protected is reported with its reason and
 nothing is written for it (fail closed); the exit code is then non-zero. A progress bar on
 stderr counts instances with an ETA, inside a long series too for methods that report their
-progress (:class:`~.method.ProtectionMethod`).
+progress (:class:`~dicom_gateway.protect.ProtectionMethod`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from ..config import Config
 from ..errors import ConfigError, GatewayError
 from ..metrics import Metrics
 from ..progress import Progress
-from .stage import ProtectionStage
+from ..seal.service import SealService
+from ..settings import Config
+from ..stage import ProtectionStage, configure_device, study_context
 
 __all__ = ["protect_files"]
 
@@ -40,9 +41,6 @@ def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Pat
     method = config.profiles[profile].method
     sealer = None
     if method != "none":
-        from ..seal.service import SealService
-        from .device import configure_for
-
         why = f"profile {profile!r} changes pixels, and protected output is always sealed"
         if partner is None:
             raise GatewayError(f"{why}: give --partner NAME of a partner with a 'key'")
@@ -53,7 +51,7 @@ def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Pat
             raise ConfigError(config.source, f"partners[{index}].key", f"{why}: partner "
                               f"{partner!r} needs its public key file")
         sealer = SealService(config)
-        configure_for(config)
+        configure_device(config)
 
     problems: list[str] = []
     series: dict[str, list[Path]] = defaultdict(list)
@@ -64,13 +62,14 @@ def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Pat
         except Exception as exc:
             problems.append(f"{path}: not a readable DICOM file ({type(exc).__name__})")
     total = sum(len(v) for v in series.values())
+    study = study_context(p for paths in series.values() for p in paths)
     out.mkdir(parents=True, exist_ok=True)
     bar = Progress(total, "instances") if progress and total else None
     for paths in series.values():
-        for outcome in stage.protect(profile, paths, bar.advance if bar else None):
+        for outcome in stage.protect(profile, paths, bar.advance if bar else None, study):
             if outcome.error is not None:
                 problems.append(f"{outcome.source}: {outcome.error.reason}: {outcome.error}")
-            elif sealer is not None and partner is not None:
+            elif sealer is not None and partner is not None and outcome.output is not None:
                 try:
                     sealed = sealer.seal(partner, outcome.source, outcome.output, outcome.residual,
                                          method, dict(outcome.parameters))

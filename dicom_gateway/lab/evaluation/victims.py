@@ -37,16 +37,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..protect.datasets import ImageSet
-from ..protect.surrogate import ARCHITECTURES as SURROGATE_ARCHITECTURES
-from ..protect.surrogate import SurrogateInfo
-from ..protect.train import fit, random_affine
+from ...protect.surrogate import ARCHITECTURES as SURROGATE_ARCHITECTURES
+from ...protect.surrogate import SurrogateInfo
+from ..datasets import ImageSet
+from ..train import fit, random_affine
 
 # part of every cache key: bump it when an architecture or the training changes
 CACHE_VERSION = 2
 
-__all__ = ["ARCHITECTURES", "CACHE_VERSION", "IMAGENET_MEAN", "IMAGENET_STD", "RECIPES", "SEGMENTATION", "Trained", "as_surrogate", "build",
-           "train_cached"]
+__all__ = ["ARCHITECTURES", "CACHE_VERSION", "IMAGENET_MEAN", "IMAGENET_STD", "RECIPES",
+           "SEGMENTATION", "Trained", "as_surrogate", "build", "train_cached"]
 
 
 class _Pipeline(nn.Module):
@@ -58,6 +58,9 @@ class _Pipeline(nn.Module):
         self.body, self.channels, self.want, self.size = body, channels, want, size
         self.register_buffer("mean", mean.view(1, -1, 1, 1))
         self.register_buffer("std", std.view(1, -1, 1, 1))
+
+    mean: torch.Tensor  # buffers, set in __init__
+    std: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std

@@ -172,7 +172,7 @@ def adversarial_trainer(data: object, val: object, epochs: int, seed: int, epsil
                         steps: int = 3, progress: bool = True) -> Callable[[nn.Module], float]:
     """A trainer for :func:`.victims.train_cached`: PGD adversarial training (``steps`` steps
     of size epsilon/2 within the L-infinity ball), best epoch by clean validation accuracy."""
-    from ..protect.train import accuracy
+    from ..train import accuracy
 
     def train(model: nn.Module) -> float:
         torch.manual_seed(seed)

@@ -18,17 +18,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DatasetError
-from .datasets import ImageSet, load_images, load_npz_split, load_split_tree, stratified_split
-from .surrogate import (
+from ..protect.surrogate import (
     SEGMENTATION_ARCHITECTURES,
     SurrogateInfo,
     build_model,
     load_surrogate,
     save_surrogate,
+    segmentation_loss,
 )
+from .datasets import ImageSet, load_images, load_npz_split, load_split_tree, stratified_split
 
-__all__ = ["SLIGHTLY_ROBUST", "Augment", "accuracy", "dice", "fit", "load_npz_split", "random_affine", "segmentation_loss",
-           "train_surrogate"]
+__all__ = ["SLIGHTLY_ROBUST", "Augment", "accuracy", "dice", "fit", "load_npz_split",
+           "random_affine", "train_surrogate"]
 
 
 def _augment(x: torch.Tensor, m: torch.Tensor | None = None
@@ -41,13 +42,6 @@ def _augment(x: torch.Tensor, m: torch.Tensor | None = None
         return torch.roll(torch.where(flip, t.flip(3), t), shifts=(dy, dx), dims=(2, 3))
     return apply(x), None if m is None else apply(m)
 
-
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Soft Dice + binary cross-entropy (the usual segmentation objective; UMed's too)."""
-    prob = torch.sigmoid(logits)
-    inter = (prob * masks).sum(dim=(1, 2, 3))
-    soft_dice = (2 * inter + 1) / (prob.sum(dim=(1, 2, 3)) + masks.sum(dim=(1, 2, 3)) + 1)
-    return (1 - soft_dice).mean() + F.binary_cross_entropy_with_logits(logits, masks)
 
 
 @torch.no_grad()
@@ -87,7 +81,8 @@ SLIGHTLY_ROBUST = 1 / 255
 Augment = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def random_affine(x: torch.Tensor, m: torch.Tensor | None = None, generator: torch.Generator | None = None
+def random_affine(x: torch.Tensor, m: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The augmentation a practitioner uses at 224 (torchvision's RandomResizedCrop, flip,
     small rotation and intensity jitter, per sample): crop 64-100 % of the area at an aspect
@@ -222,7 +217,8 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
                 "cnn-small" if min(train.images.shape[2:]) < 64 else "resnet10")
     segmentation = arch in SEGMENTATION_ARCHITECTURES
     if segmentation != (train.task == "segmentation"):
-        raise DatasetError(f"architecture {arch} is for {'segmentation' if segmentation else 'classification'}"
+        task = "segmentation" if segmentation else "classification"
+        raise DatasetError(f"architecture {arch} is for {task}"
                          f" but {data} holds {train.task} data")
     x = train.images
     classes = train.classes or tuple(str(c) for c in range(int(max(

@@ -1,7 +1,8 @@
 """``dicom-gateway protect-dataset``: make a labelled release unlearnable as a whole.
 
 Reads a labelled set (layouts in :mod:`.datasets`), runs the min-min loop of
-:mod:`.unlearnable` over it, and writes the protected release in the same layout under the
+:mod:`dicom_gateway.protect.unlearnable` over it, and writes the protected release in the same
+layout under the
 output folder with ``report.json`` (the settings that applied, PSNR, surrogate loss, rounds,
 time). Values are quantized as stored: 8-bit for ``.npz`` and image folders, float32 for
 ``.h5``. The originals are not written (they stay with the hospital).
@@ -19,10 +20,16 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError
+from ..protect.quality import psnr
+from ..protect.surrogate import (
+    SEGMENTATION_ARCHITECTURES,
+    SurrogateInfo,
+    build_model,
+    load_surrogate,
+)
+from ..protect.unlearnable import error_minimizing_noise, segmentation_budget, shortcut_pattern
+from ..protect.unlearnable_settings import DEFAULTS, applied_settings, default_rounds
 from .datasets import ImageSet, load_images
-from .surrogate import SEGMENTATION_ARCHITECTURES, SurrogateInfo, build_model, load_surrogate
-from .unlearnable import error_minimizing_noise, psnr, segmentation_budget, shortcut_pattern
-from .unlearnable_settings import DEFAULTS, applied_settings, default_rounds
 
 __all__ = ["DatasetJob", "protect_dataset"]
 
@@ -30,7 +37,8 @@ __all__ = ["DatasetJob", "protect_dataset"]
 @dataclass
 class DatasetJob:
     """Settings of one run (the CLI's options); the method's defaults are a profile's
-    (:data:`.unlearnable_settings.DEFAULTS`), so a release and a gateway series get the same
+    (:data:`dicom_gateway.protect.unlearnable_settings.DEFAULTS`), so a release and a gateway
+    series get the same
     protection unless told otherwise."""
 
     data: Path

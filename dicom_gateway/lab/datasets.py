@@ -127,9 +127,9 @@ def _find(folder: Path, stem: str) -> Path:
 def _read(path: Path, size: tuple[int, int] | None, mode: str | None = None) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert(mode) if mode else (img if img.mode in ("L", "RGB") else
-                                              img.convert("RGB"))
+    with Image.open(path) as opened:
+        img: Image.Image = opened.convert(mode) if mode else (
+            opened if opened.mode in ("L", "RGB") else opened.convert("RGB"))
         if size and img.size != (size[1], size[0]):
             resample = Image.Resampling.NEAREST if mode == "L" else Image.Resampling.BILINEAR
             img = img.resize((size[1], size[0]), resample)

@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
-from ..protect.datasets import ImageSet
-from ..protect.perturbation import DEFAULTS, adapt
-from ..protect.surrogate import load_surrogate
-from ..protect.train import accuracy
+from ...protect.perturbation import DEFAULTS, adapt
+from ...protect.quality import psnr, ssim
+from ...protect.surrogate import load_surrogate
+from ..datasets import ImageSet
+from ..train import accuracy
 from . import defences
 from .data import load_dataset
 from .gateway_path import protect_through_gateway
-from .quality import psnr, ssim
 from .victims import train_cached
 
 __all__ = ["DEFAULT_ABLATION", "DEFAULT_VICTIMS_224", "TransferStudy", "retained_skill",
@@ -104,7 +104,7 @@ def _subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:
     """A seeded subset of ``n`` images in the split's class proportions."""
     if n is None or n >= len(data):
         return data
-    from ..protect.datasets import stratified_split
+    from ..datasets import stratified_split
 
     _, held = stratified_split(data, n / len(data), seed)
     return held
@@ -129,7 +129,7 @@ class _Scorer:
     def summary(self, images: torch.Tensor) -> dict[str, Any]:
         acc = self.accuracies(images)
         rs = {n: retained_skill(acc[n], self.clean[n], self.chance) for n in acc}
-        black = [rs[n] for n in self.black if rs[n] is not None]
+        black = [v for n in self.black if (v := rs[n]) is not None]
         white = [acc[n] for n in self.white]
         return {"accuracy": acc,
                 "retained_skill": {n: None if v is None else round(v, 4) for n, v in rs.items()},
@@ -186,22 +186,8 @@ def run_transfer(study: TransferStudy) -> dict[str, Any]:
     test = _subset(splits.test, study.test_images, study.seed)
     train = _subset(splits.train, study.train_images, study.seed + 2)
     cache = study.cache or study.out / "cache"
-    black = {}
-    clean_val = {}
-    for i, arch in enumerate(study.victims):
-        t0 = time.monotonic()
-        # a victim's seed follows its place in the default list, so a study of a subset
-        # reuses the models a full study trained (the cache key holds the seed)
-        offset = DEFAULT_VICTIMS_224.index(arch) if arch in DEFAULT_VICTIMS_224 else i
-        trained = train_cached(arch, train, splits.val, study.epochs, study.seed + offset,
-                               cache, "victim", progress=study.progress, recipe="practitioner")
-        black[arch], clean_val[arch] = trained.model.eval(), round(trained.val_score, 4)
-        _log(study, f"victim {arch}: val {trained.val_score:.3f} "
-                    f"({'cached' if trained.cached else f'{time.monotonic() - t0:.0f}s'})")
-    white = {}
-    for path in study.surrogate_files:
-        s = load_surrogate(path)
-        white[f"surrogate:{path.stem}"] = s
+    black, clean_val = _victims(study, train, splits.val, cache)
+    white = {f"surrogate:{path.stem}": load_surrogate(path) for path in study.surrogate_files}
     scorer = _Scorer(white, black, test)
     _log(study, f"clean accuracies {scorer.clean}, chance {scorer.chance:.4f}")
     results: dict[str, Any] = {
@@ -215,61 +201,93 @@ def run_transfer(study: TransferStudy) -> dict[str, Any]:
                     "classes": list(splits.train.classes)},
         "chance": round(scorer.chance, 4),
         "clean": {"test_accuracy": scorer.clean, "val_accuracy": clean_val},
-        "surrogates": {f"surrogate:{p.stem}": {"file": p.name, "sha256": white[
-            f"surrogate:{p.stem}"].sha256, "arch": white[f"surrogate:{p.stem}"].info.arch,
-            "training": white[f"surrogate:{p.stem}"].info.training}
-            for p in study.surrogate_files},
+        "surrogates": {name: {"file": path.name, "sha256": white[name].sha256,
+                              "arch": white[name].info.arch,
+                              "training": white[name].info.training}
+                       for path in study.surrogate_files
+                       for name in [f"surrogate:{path.stem}"]},
         "victims": list(study.victims),
         "options": {**{k: v for k, v in DEFAULTS.items() if k not in ("epsilon", "batch")},
                     **study.options},
         "epochs": study.epochs,
-        "frontier": [],
-        "ablation": [],
     }
     examples: dict[str, torch.Tensor] = {"original": test.images[:3]}
-    for eps in study.budgets:
-        _log(study, f"budget {eps * 255:.0f}/255 on {len(test)} test images")
-        protected, seconds = _protect(study, test.images, eps, {}, cache)
-        examples[f"{eps * 255:.0f}/255"] = protected[:3]
-        row = {"epsilon": eps, "epsilon_255": round(eps * 255, 2),
-               "psnr_db": round(psnr(test.images, protected), 2),
-               "ssim": round(ssim(test.images, protected), 4),
-               "max_abs_change_255": round(float((protected - test.images).abs().max()) * 255),
-               "seconds_per_image": round(seconds, 3),
-               "protected": scorer.summary(protected),
-               "defences": {}}
-        for name in DEFENCES:
-            transformed = defences.TEST_TIME[name](protected)
-            row["defences"][name] = scorer.summary(transformed)
-            row["defences"][name]["on_clean"] = scorer.accuracies(
-                defences.TEST_TIME[name](test.images))
-        results["frontier"].append(row)
-        _log(study, f"  PSNR {row['psnr_db']} dB, white-box acc "
-                    f"{row['protected']['white_box_accuracy']}, black-box retained skill "
-                    f"{row['protected']['black_box_retained_skill']}")
-    rows = list(study.ablation) + [
-        ("ensemble " + " + ".join(p.stem for p in files),
-         {"surrogates": [str(p) for p in files]}) for files in study.ablation_ensembles]
-    if rows:
-        sub = _subset(test, study.ablation_images, study.seed + 1)
-        sub_scorer = _Scorer(white, black, sub)
-        for label, extra in rows:
-            _log(study, f"ablation: {label}")
-            protected, seconds = _protect(study, sub.images, study.ablation_budget, extra, cache)
-            summary = sub_scorer.summary(protected)
-            results["ablation"].append({
-                "lever": label, "images": len(sub),
-                "options": {k: ([Path(p).name for p in v] if k == "surrogates" else v)
-                            for k, v in extra.items()},
-                "epsilon_255": round(study.ablation_budget * 255, 2),
-                "seconds_per_image": round(seconds, 3),
-                "white_box_accuracy": summary["white_box_accuracy"],
-                "black_box_retained_skill": summary["black_box_retained_skill"],
-                "retained_skill": summary["retained_skill"],
-                "after_jpeg75": sub_scorer.summary(defences.jpeg(protected, 75))[
-                    "black_box_retained_skill"]})
-            _log(study, f"  black-box retained skill {summary['black_box_retained_skill']}, "
-                        f"{seconds:.2f} s/image")
+    results["frontier"] = [_budget_row(study, scorer, test, eps, cache, examples)
+                           for eps in study.budgets]
+    results["ablation"] = _ablation(study, white, black, test, cache)
     results["wall_seconds"] = round(time.monotonic() - started, 1)
     write_transfer_report(results, examples, study.out)
     return results
+
+
+def _victims(study: TransferStudy, train: ImageSet, val: ImageSet, cache: Path
+             ) -> tuple[dict[str, Any], dict[str, float]]:
+    """The unauthorized models, trained (or read from the cache) by the practitioner's recipe,
+    with their validation accuracies."""
+    black, clean_val = {}, {}
+    for i, arch in enumerate(study.victims):
+        t0 = time.monotonic()
+        # a victim's seed follows its place in the default list, so a study of a subset
+        # reuses the models a full study trained (the cache key holds the seed)
+        offset = DEFAULT_VICTIMS_224.index(arch) if arch in DEFAULT_VICTIMS_224 else i
+        trained = train_cached(arch, train, val, study.epochs, study.seed + offset,
+                               cache, "victim", progress=study.progress, recipe="practitioner")
+        black[arch], clean_val[arch] = trained.model.eval(), round(trained.val_score, 4)
+        _log(study, f"victim {arch}: val {trained.val_score:.3f} "
+                    f"({'cached' if trained.cached else f'{time.monotonic() - t0:.0f}s'})")
+    return black, clean_val
+
+
+def _budget_row(study: TransferStudy, scorer: _Scorer, test: ImageSet, eps: float,
+                cache: Path, examples: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """One point of the frontier: quality, accuracies and every test-time defence."""
+    _log(study, f"budget {eps * 255:.0f}/255 on {len(test)} test images")
+    protected, seconds = _protect(study, test.images, eps, {}, cache)
+    examples[f"{eps * 255:.0f}/255"] = protected[:3]
+    row: dict[str, Any] = {"epsilon": eps, "epsilon_255": round(eps * 255, 2),
+           "psnr_db": round(psnr(test.images, protected), 2),
+           "ssim": round(ssim(test.images, protected), 4),
+           "max_abs_change_255": round(float((protected - test.images).abs().max()) * 255),
+           "seconds_per_image": round(seconds, 3),
+           "protected": scorer.summary(protected),
+           "defences": {}}
+    for name in DEFENCES:
+        transformed = defences.TEST_TIME[name](protected)
+        row["defences"][name] = scorer.summary(transformed)
+        row["defences"][name]["on_clean"] = scorer.accuracies(
+            defences.TEST_TIME[name](test.images))
+    _log(study, f"  PSNR {row['psnr_db']} dB, white-box acc "
+                f"{row['protected']['white_box_accuracy']}, black-box retained skill "
+                f"{row['protected']['black_box_retained_skill']}")
+    return row
+
+
+def _ablation(study: TransferStudy, white: dict[str, Any], black: dict[str, Any],
+              test: ImageSet, cache: Path) -> list[dict[str, Any]]:
+    """Each lever (and each surrogate ensemble) alone at the ablation budget, on a subset."""
+    rows = list(study.ablation) + [
+        ("ensemble " + " + ".join(p.stem for p in files),
+         {"surrogates": [str(p) for p in files]}) for files in study.ablation_ensembles]
+    if not rows:
+        return []
+    sub = _subset(test, study.ablation_images, study.seed + 1)
+    sub_scorer = _Scorer(white, black, sub)
+    out = []
+    for label, extra in rows:
+        _log(study, f"ablation: {label}")
+        protected, seconds = _protect(study, sub.images, study.ablation_budget, extra, cache)
+        summary = sub_scorer.summary(protected)
+        out.append({
+            "lever": label, "images": len(sub),
+            "options": {k: ([Path(p).name for p in v] if k == "surrogates" else v)
+                        for k, v in extra.items()},
+            "epsilon_255": round(study.ablation_budget * 255, 2),
+            "seconds_per_image": round(seconds, 3),
+            "white_box_accuracy": summary["white_box_accuracy"],
+            "black_box_retained_skill": summary["black_box_retained_skill"],
+            "retained_skill": summary["retained_skill"],
+            "after_jpeg75": sub_scorer.summary(defences.jpeg(protected, 75))[
+                "black_box_retained_skill"]})
+        _log(study, f"  black-box retained skill {summary['black_box_retained_skill']}, "
+                    f"{seconds:.2f} s/image")
+    return out

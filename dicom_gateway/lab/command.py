@@ -1,0 +1,184 @@
+"""The lab's commands on the ``dicom-gateway`` command line: ``protect`` (a profile on files,
+outside the gateway), ``train-surrogate``, ``protect-dataset`` and ``evaluate``.
+
+Importing this module loads no torch: each command imports its lab module when it runs, and a
+missing ``protect`` extra is one line (:class:`~dicom_gateway.errors.DependencyError`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, DatasetError, DependencyError, GatewayError
+from .evaluation.command import add_parser as add_evaluate
+
+__all__ = ["add_parsers"]
+
+
+def _cmd_protect(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from .offline import protect_files
+
+    config = load_config(args.config)
+    if args.profile not in config.profiles:
+        raise ConfigError(args.config, "profiles", f"no profile named {args.profile!r}")
+    if args.partner and args.partner not in config.partners:
+        raise ConfigError(args.config, "partners", f"no partner named {args.partner!r}")
+    written, problems = protect_files(config, args.profile, [Path(p) for p in args.inputs],
+                                      Path(args.out), partner=args.partner)
+    for problem in problems:
+        print(f"dicom-gateway: not protected: {problem}", file=sys.stderr)
+    print(f"{written} instance(s) protected with profile {args.profile!r} into {args.out}; "
+          f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def _cmd_train_surrogate(args: argparse.Namespace) -> int:
+    try:
+        from ..protect.surrogate import SEGMENTATION_ARCHITECTURES, load_surrogate
+        from .train import train_surrogate
+    except ImportError as exc:
+        raise DependencyError(f"train-surrogate needs torch ({exc}); run scripts/setup.sh"
+                              ) from None
+    arch = args.arch or ("unet-small" if args.task == "segmentation" else "auto")
+    task = "segmentation" if arch in SEGMENTATION_ARCHITECTURES else "classification"
+    if args.task and args.task != task:
+        raise GatewayError(f"--arch {arch} is a {task} architecture, not {args.task}")
+    adversarial = None  # train_surrogate's default: slightly robust for classifiers
+    if args.adversarial_epsilon in ("0", "0/255", "0.0"):
+        adversarial = 0.0
+    elif args.adversarial_epsilon:
+        from ..protect.options import parse_epsilon
+
+        try:
+            adversarial = parse_epsilon(args.adversarial_epsilon)
+        except ValueError as exc:
+            raise GatewayError(f"--adversarial-epsilon: {exc}") from None
+    data = Path(args.data)
+    if not data.exists():
+        raise GatewayError(f"{data}: no such file or folder")
+    try:
+        info = train_surrogate(data, arch, Path(args.out), epochs=args.epochs, seed=args.seed,
+                               mask_suffix=args.mask_suffix, adversarial_epsilon=adversarial,
+                               augment=args.augment, init=Path(args.init) if args.init else None,
+                               max_images=args.max_images)
+    except DatasetError as exc:
+        raise DatasetError(f"{data}: cannot train on it: {exc}") from None
+    sha = load_surrogate(Path(args.out)).sha256
+    score = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in info.metrics.items())
+    print(f"{args.out}: {info.arch} {info.input_size[0]}x{info.input_size[1]}x{info.channels}, "
+          f"{len(info.classes)} classes, {score}, sha256 {sha}")
+    return 0
+
+
+# protect-dataset flags that are unlearnable profile keys: same units, and when left out the
+# profile's defaults (DatasetJob's), so they are documented once, in docs/configuration.md
+_PROFILE_FLAGS = ("epsilon", "rounds", "train_steps", "pgd_steps", "init")
+
+
+def _epsilon(text: str) -> float:
+    from ..protect.options import parse_epsilon
+
+    try:
+        return parse_epsilon(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cmd_protect_dataset(args: argparse.Namespace) -> int:
+    try:
+        from .dataset_job import DatasetJob, protect_dataset
+    except ImportError as exc:
+        raise DependencyError(f"protect-dataset needs torch ({exc}); run scripts/setup.sh"
+                              ) from None
+    data = Path(args.data)
+    if not data.exists():
+        raise GatewayError(f"{data}: no such file or folder")
+    if args.surrogate and not Path(args.surrogate).is_file():
+        raise GatewayError(f"{args.surrogate}: no such surrogate file")
+    given = {k: getattr(args, k) for k in _PROFILE_FLAGS if getattr(args, k) is not None}
+    job = DatasetJob(data=data, out=Path(args.out), split=args.split,
+                     surrogate=Path(args.surrogate) if args.surrogate else None, arch=args.arch,
+                     mask_suffix=args.mask_suffix, seed=args.seed, **given)
+    try:
+        report = protect_dataset(job)
+    except DatasetError as exc:
+        raise DatasetError(f"{data}: cannot protect it: {exc}") from None
+    loss = report["surrogate_final_loss"]
+    print(f"{report['images']} {report['task']} images made unlearnable into {report['written']}: "
+          f"PSNR {report['psnr_db']:.2f} dB, {report['rounds']} min-min rounds"
+          + (f" (surrogate loss {loss:.4f})" if loss is not None else "")
+          + f", {report['seconds']:.0f} s; report.json beside it")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the lab's commands to the ``dicom-gateway`` sub-command parsers ``sub``."""
+    _add_protect(sub)
+    _add_train_surrogate(sub)
+    _add_protect_dataset(sub)
+    add_evaluate(sub)
+
+
+def _add_protect(sub: Any) -> None:
+    pr = sub.add_parser("protect", help="protect files or folders with a profile (offline)")
+    pr.add_argument("--config", required=True)
+    pr.add_argument("--profile", required=True)
+    pr.add_argument("--partner", help="the partner the output is for (used by the seal)")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("inputs", nargs="+", help="DICOM files or folders")
+    pr.set_defaults(func=_cmd_protect)
+
+
+def _add_train_surrogate(sub: Any) -> None:
+    t = sub.add_parser("train-surrogate", help="train a surrogate model for protection")
+    t.add_argument("--data", required=True,
+                   help="labelled images: .npz (MedMNIST layout), .h5 (images/labels masks), a "
+                        "folder of class folders, or a folder of images with masks")
+    t.add_argument("--arch", choices=["cnn-small", "resnet10", "resnet18", "unet-small"],
+                   help="default: cnn-small below 64 px, resnet10 from 64 px up, or "
+                        "unet-small with --task segmentation")
+    t.add_argument("--out", required=True, help="surrogate file to write")
+    t.add_argument("--task", choices=["classification", "segmentation"],
+                   help="checked against the architecture (default: the architecture's task)")
+    t.add_argument("--mask-suffix", default="_mask",
+                   help="flat image folders: the mask of NAME.jpg is NAME<suffix>.png")
+    t.add_argument("--epochs", type=int, default=15)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--augment", choices=["auto", "light", "affine"], default="auto",
+                   help="light: flip and 2-px shift; affine: random resized crop, flip, "
+                        "rotation, intensity jitter; auto: affine from 64 px up")
+    t.add_argument("--adversarial-epsilon",
+                   help="train on FGSM examples within this budget (N/255 or a fraction; "
+                        "default 1/255 for classifiers, 0 for segmenters; 0: off): slightly "
+                        "robust surrogates transfer better (docs/protection.md)")
+    t.add_argument("--init", help="start from this surrogate file's weights (fine-tuning)")
+    t.add_argument("--max-images", type=int,
+                   help="train on a seeded subset of this many training images (class "
+                        "proportions kept), e.g. on a small CPU machine")
+    t.set_defaults(func=_cmd_train_surrogate)
+
+
+def _add_protect_dataset(sub: Any) -> None:
+    pd = sub.add_parser("protect-dataset",
+                        help="make a labelled dataset release unlearnable (method unlearnable)")
+    pd.add_argument("--method", default="unlearnable", choices=["unlearnable"])
+    pd.add_argument("--data", required=True, help="as for train-surrogate")
+    pd.add_argument("--out", required=True, help="output folder (same layout + report.json)")
+    pd.add_argument("--split", default="train", help="the .npz split to protect")
+    pd.add_argument("--surrogate", help="starting surrogate file (default: a fresh --arch)")
+    pd.add_argument("--arch", choices=["cnn-small", "resnet18", "unet-small"])
+    same = " (as the unlearnable profile key, with its default: docs/configuration.md)"
+    pd.add_argument("--epsilon", type=_epsilon,
+                    help="L-inf budget: a fraction such as 0.0314, or N/255 such as 8/255" + same)
+    pd.add_argument("--rounds", type=int, help="min-min rounds" + same)
+    pd.add_argument("--train-steps", type=int, help="surrogate steps per round" + same)
+    pd.add_argument("--pgd-steps", type=int, help="perturbation steps per round" + same)
+    pd.add_argument("--init", choices=["pattern", "zero"],
+                    help="segmentation start: the ROI/rim shortcut pattern or zero" + same)
+    pd.add_argument("--mask-suffix", default="_mask")
+    pd.add_argument("--seed", type=int, default=0)
+    pd.set_defaults(func=_cmd_protect_dataset)

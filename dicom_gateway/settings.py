@@ -1,0 +1,145 @@
+"""The gateway's settings: frozen typed objects, the one contract between the configuration
+file and the code that runs on it.
+
+They sit on the ground floor of the package: :mod:`.config` reads and validates the YAML file
+into them, and every part of the runtime takes the part it needs. A protection profile's method
+settings are the method's own typed options (:mod:`.protect.options`), parsed by the method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .route import Route
+
+__all__ = [
+    "Config",
+    "GatewayConfig",
+    "ListenConfig",
+    "MethodOptions",
+    "MetricsConfig",
+    "NoRoute",
+    "PartnerConfig",
+    "ProfileConfig",
+    "ProtectionConfig",
+    "RetryConfig",
+    "SealConfig",
+]
+
+
+class MethodOptions(Protocol):
+    """A protection method's typed, validated settings (one frozen dataclass per method)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as plain values (paths as text), for reports and certificates."""
+        ...
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """Exponential backoff with jitter, bounded (dcm4chee's default: 30 s doubling to 10 min)."""
+
+    initial_seconds: float = 30.0
+    multiplier: float = 2.0
+    max_seconds: float = 600.0
+    max_attempts: int = 10
+    jitter: float = 0.2
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    ae_title: str
+    listen: ListenConfig
+    allowed_callers: tuple[str, ...]
+    spool_dir: Path
+    max_associations: int = 10
+    study_stable_seconds: float = 30.0
+    max_pdu_bytes: int = 0
+    acse_timeout_seconds: float = 30.0
+    dimse_timeout_seconds: float = 60.0
+    network_timeout_seconds: float = 60.0
+    rescan_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool
+    listen: ListenConfig
+
+
+@dataclass(frozen=True)
+class PartnerConfig:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str
+    associations: int = 2
+    max_pdu_bytes: int = 0
+    connect_timeout_seconds: float = 5.0
+    acse_timeout_seconds: float = 10.0
+    dimse_timeout_seconds: float = 10.0
+    idle_release_seconds: float = 10.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    key: str | None = None  # the partner's public key file (``keys partner``) for the seal
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """A protection profile: a method and its settings, chosen by routes."""
+
+    name: str
+    method: str
+    require_pixel_data: bool
+    on_unprotectable: str  # "quarantine" (default, fail closed) or "forward"
+    options: MethodOptions  # the method's own typed settings
+
+
+@dataclass(frozen=True)
+class NoRoute:
+    """What to do with an instance no route matches: reject, discard, or send to a partner."""
+
+    action: str  # "reject" | "discard" | "forward"
+    partner: str | None = None
+    profile: str | None = None
+
+
+@dataclass(frozen=True)
+class ProtectionConfig:
+    """Where protection runs: ``device`` auto|cpu|cuda, ``threads`` for torch on the CPU."""
+
+    device: str = "auto"
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class SealConfig:
+    """The gateway identity that seals protected output (files from ``keys init``)."""
+
+    signing_key: str
+    uid_secret: str
+    gateway_id: str
+    uid_root: str = "2.25"
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    gateway: GatewayConfig
+    metrics: MetricsConfig
+    profiles: Mapping[str, ProfileConfig]
+    partners: Mapping[str, PartnerConfig]
+    routes: tuple[Route, ...]
+    no_route: NoRoute
+    log_level: str = "INFO"
+    protection: ProtectionConfig = field(default_factory=ProtectionConfig)
+    seal: SealConfig | None = None
