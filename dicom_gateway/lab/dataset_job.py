@@ -23,13 +23,13 @@ from ..errors import DatasetError
 from ..protect.quality import psnr
 from ..protect.surrogate import (
     SEGMENTATION_ARCHITECTURES,
-    SurrogateInfo,
     build_model,
     load_surrogate,
 )
 from ..protect.unlearnable import error_minimizing_noise, segmentation_budget, shortcut_pattern
 from ..protect.unlearnable_settings import DEFAULTS, applied_settings, default_rounds
 from .datasets import ImageSet, load_images
+from .train import describe
 
 __all__ = ["DatasetJob", "protect_dataset"]
 
@@ -67,12 +67,9 @@ def _model(job: DatasetJob, data: ImageSet) -> tuple[torch.nn.Module, str]:
     arch = job.arch or ("unet-small" if data.task == "segmentation" else "cnn-small")
     if (arch in SEGMENTATION_ARCHITECTURES) != (data.task == "segmentation"):
         raise DatasetError(f"architecture {arch} does not fit {data.task} data")
-    x = data.images
-    classes = data.classes or tuple(str(c) for c in range(int(data.labels.max()) + 1))  # type: ignore[union-attr]
-    info = SurrogateInfo(arch, data.task, (x.shape[2], x.shape[3]), x.shape[1], classes,
-                         tuple(float(v) for v in x.mean(dim=(0, 2, 3))),
-                         tuple(max(float(v), 1e-3) for v in x.std(dim=(0, 2, 3))))
-    return build_model(info), f"fresh {arch}"
+    classes = data.classes or tuple(
+        str(c) for c in range(int(data.labels.max()) + 1))  # type: ignore[union-attr]
+    return build_model(describe(arch, data, classes)), f"fresh {arch}"
 
 
 def protect_dataset(job: DatasetJob, progress: bool = True) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from ..protect.surrogate import (
 )
 from .datasets import ImageSet, load_images, load_npz_split, load_split_tree, stratified_split
 
-__all__ = ["SLIGHTLY_ROBUST", "Augment", "accuracy", "dice", "fit", "load_npz_split",
+__all__ = ["SLIGHTLY_ROBUST", "Augment", "accuracy", "describe", "dice", "fit", "load_npz_split",
            "random_affine", "train_surrogate"]
 
 
@@ -191,6 +191,18 @@ def _splits(data: Path, seed: int, mask_suffix: str) -> tuple[ImageSet, ImageSet
     return full.subset(order[held:]), full.subset(order[:held])
 
 
+def describe(arch: str, train: ImageSet, classes: tuple[str, ...], trained_on: str = ""
+             ) -> SurrogateInfo:
+    """A new surrogate's description: its input as ``train`` shows it (size, channels, the
+    per-channel mean and standard deviation it normalizes with) and its classes."""
+    x = train.images
+    return SurrogateInfo(arch=arch, task=train.task, input_size=(x.shape[2], x.shape[3]),
+                         channels=x.shape[1], classes=classes,
+                         mean=tuple(float(v) for v in x.mean(dim=(0, 2, 3))),
+                         std=tuple(max(float(v), 1e-3) for v in x.std(dim=(0, 2, 3))),
+                         trained_on=trained_on)
+
+
 def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: int = 0,
                     batch: int = 64, lr: float = 2e-3, progress: bool = True,
                     mask_suffix: str = "_mask", adversarial_epsilon: float | None = None,
@@ -220,14 +232,9 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
         task = "segmentation" if segmentation else "classification"
         raise DatasetError(f"architecture {arch} is for {task}"
                          f" but {data} holds {train.task} data")
-    x = train.images
     classes = train.classes or tuple(str(c) for c in range(int(max(
         train.labels.max(), val.labels.max())) + 1))  # type: ignore[union-attr]
-    mean = tuple(float(v) for v in x.mean(dim=(0, 2, 3)))
-    std = tuple(max(float(v), 1e-3) for v in x.std(dim=(0, 2, 3)))
-    info = SurrogateInfo(arch=arch, task=train.task, input_size=(x.shape[2], x.shape[3]),
-                         channels=x.shape[1], classes=classes, mean=mean, std=std,
-                         trained_on=data.name)
+    info = describe(arch, train, classes, trained_on=data.name)
     if augment == "auto":
         augment = "affine" if min(info.input_size) >= 64 else "light"
     if augment not in ("light", "affine"):

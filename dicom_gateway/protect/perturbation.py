@@ -37,21 +37,18 @@ def _adapt(x: Any, surrogate: Any, diversity: float, generator: Any) -> Any:
     import torch
     import torch.nn.functional as F
 
-    c = surrogate.info.channels
-    if x.shape[1] != c:
-        x = x.mean(1, keepdim=True).expand(-1, c, -1, -1) if c in (1, 3) else x
-        x = x[:, :c] if x.shape[1] > c else x
+    from .surrogate import as_input, match_channels
+
     size = surrogate.info.input_size
     if diversity > 0 and float(torch.rand((), generator=generator)) < diversity:
+        x = match_channels(x, surrogate.info.channels)
         scale = 0.8 + 0.2 * float(torch.rand((), generator=generator))
         inner = (max(2, int(size[0] * scale)), max(2, int(size[1] * scale)))
         x = F.interpolate(x, size=inner, mode="bilinear", align_corners=False, antialias=True)
         top = int(torch.randint(0, size[0] - inner[0] + 1, (), generator=generator))
         left = int(torch.randint(0, size[1] - inner[1] + 1, (), generator=generator))
         return F.pad(x, (left, size[1] - inner[1] - left, top, size[0] - inner[0] - top))
-    if tuple(x.shape[2:]) != tuple(size):  # antialiased, as image libraries resize
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x
+    return as_input(x, surrogate)
 
 
 def adapt(x: Any, surrogate: Any) -> Any:

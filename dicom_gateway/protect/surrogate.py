@@ -25,7 +25,8 @@ from ..errors import SurrogateError
 from .declared_view import VIEW
 
 __all__ = ["ARCHITECTURES", "SEGMENTATION_ARCHITECTURES", "Surrogate", "SurrogateInfo",
-           "build_model", "load_surrogate", "save_surrogate", "segmentation_loss"]
+           "as_input", "build_model", "load_surrogate", "match_channels", "save_surrogate",
+           "segmentation_loss"]
 
 FORMAT = "dicom-gateway-surrogate/1"
 # what torch and the description raise for a file that is not a usable surrogate
@@ -242,3 +243,21 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     inter = (prob * masks).sum(dim=(1, 2, 3))
     soft_dice = (2 * inter + 1) / (prob.sum(dim=(1, 2, 3)) + masks.sum(dim=(1, 2, 3)) + 1)
     return (1 - soft_dice).mean() + F.binary_cross_entropy_with_logits(logits, masks)
+
+
+def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """``x`` (N, C, H, W) with ``channels`` channels: grey to colour by repetition, colour to
+    grey by the mean, as a victim's preprocessing converts an image."""
+    if x.shape[1] != channels and channels in (1, 3):
+        x = x.mean(1, keepdim=True).expand(-1, channels, -1, -1)
+    return x[:, :channels] if x.shape[1] > channels else x
+
+
+def as_input(x: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
+    """``x`` in [0, 1] as ``surrogate`` takes it: its channels, and its input size by an
+    antialiased bilinear resize (as image libraries resize)."""
+    x = match_channels(x, surrogate.info.channels)
+    size = surrogate.info.input_size
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)

@@ -32,9 +32,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .surrogate import as_input
+
 __all__ = ["WatermarkResult", "as_stored", "box_area", "jpeg_round_trip",
            "label_margin", "label_probability", "placement_params", "prepare_variants", "render",
-           "search_watermark", "surrogate_view"]
+           "search_watermark"]
 
 
 @dataclass
@@ -66,18 +68,8 @@ def jpeg_round_trip(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).float().div(255).to(x.device)
 
 
-def surrogate_view(x: torch.Tensor, surrogate: Any) -> torch.Tensor:
-    c = surrogate.info.channels
-    if x.shape[1] != c:
-        x = x.mean(1, keepdim=True).expand(-1, c, -1, -1)
-    if tuple(x.shape[2:]) == tuple(surrogate.info.input_size):
-        return x
-    return F.interpolate(x, size=surrogate.info.input_size, mode="bilinear", align_corners=False,
-                         antialias=True)
-
-
 def prepare_variants(x: torch.Tensor, surrogate: Any, jpeg: bool) -> list[torch.Tensor]:
-    x = surrogate_view(x, surrogate)
+    x = as_input(x, surrogate)
     return [x, jpeg_round_trip(x)] if jpeg else [x]
 
 
@@ -98,7 +90,7 @@ def label_margin(x: torch.Tensor, surrogates: Sequence[Any], label: int) -> torc
     """Mean logit margin of ``label`` over the runner-up (differentiable; > 0: still right)."""
     total = torch.zeros(x.shape[0], device=x.device)
     for s in surrogates:
-        logits = s.model(surrogate_view(x, s))
+        logits = s.model(as_input(x, s))
         other = logits.clone()
         other[:, label] = float("-inf")
         total = total + logits[:, label] - other.amax(1)
@@ -256,7 +248,7 @@ def search_watermark(image: torch.Tensor, surrogates: Sequence[Any], logo: torch
                        keepout)
     if label is None:
         with torch.no_grad():
-            label = int(torch.stack([F.softmax(s.model(surrogate_view(image[None], s)), 1)
+            label = int(torch.stack([F.softmax(s.model(as_input(image[None], s)), 1)
                                      for s in surrogates]).sum(0).argmax())
     scoring = _Scoring(image, logo, surrogates, label, jpeg, quantum)
     best, best_cand, evaluations = _evolve(scoring, geo, population, generations, g)
