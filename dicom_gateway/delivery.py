@@ -13,8 +13,9 @@ down partner costs one probe per worker per hold period, not one connection per 
 A partner that takes fewer parallel associations than ``associations`` (a default DCMTK
 ``storescp`` serves one at a time and leaves the next request unanswered) is not down: when an
 association is rejected or aborted while another worker of the same partner holds one open
-(or is opening one), that worker stands aside for :data:`FEWER_ASSOCIATIONS_SECONDS` and its entry goes back to the
-queue at once, without an attempt charged or the partner held; after that it tries again.
+(or is opening one), that worker stands aside for :data:`FEWER_ASSOCIATIONS_SECONDS` and its
+entry goes back to the queue at once, without an attempt charged or the partner held; after that
+it tries again.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ FEWER_ASSOCIATIONS_SECONDS = 600.0  # how long a worker stands aside after a ref
 _REFUSED_ASSOCIATION = frozenset({"association_rejected", "association_aborted"})
 
 
-def backoff_seconds(retry: RetryConfig, attempts: int, rand: Callable[[], float] = random.random) -> float:
+def backoff_seconds(retry: RetryConfig, attempts: int,
+                    rand: Callable[[], float] = random.random) -> float:
     """Delay before the next try after ``attempts`` failures (attempts >= 1)."""
     base = min(retry.max_seconds, retry.initial_seconds * retry.multiplier ** max(attempts - 1, 0))
     return base * (1.0 + retry.jitter * (2.0 * rand() - 1.0))
@@ -183,7 +185,8 @@ class PartnerQueue:
             _log.exception("unexpected error forwarding %s to %s", item.entry.name, name)
             self._failed(item, PartnerUnavailable("internal_error", repr(exc), scope="instance"))
         else:
-            self._metrics.forward_seconds.labels(partner=name).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self._metrics.forward_seconds.labels(partner=name).observe(elapsed)
             self._metrics.forwarded_instances.labels(partner=name, result=result).inc()
             self._metrics.forwarded_bytes.labels(partner=name).inc(size)
             self._metrics.partner_up.labels(partner=name).set(1)

@@ -14,16 +14,19 @@ import time
 import urllib.request
 from importlib.resources import files
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import yaml
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_context, evt
+from pynetdicom import AE, build_context, evt
+from pynetdicom.dimse_primitives import C_STORE
 
-from .config import parse_config
+from .config import Config, parse_config
 from .errors import GatewayError
 from .gateway import Gateway
+from .receive import accept_storage
 
 __all__ = ["run_demo"]
 
@@ -64,33 +67,51 @@ def _compare(expected: dict[str, Path], got: dict[str, Path], keys: Path
     return changed, largest, exact
 
 
-def run_demo(out: Path, serve: bool = False, data_dir: str | None = None,
-             verbose: bool = False) -> int:
-    if out.exists():
-        shutil.rmtree(out)
-    received_dir = out / "partner"
-    received_dir.mkdir(parents=True)
+class _Partner:
+    """The demo's partner: a Storage SCP on loopback writing every instance to ``directory``."""
 
-    lock = threading.Lock()
-    arrived: dict[str, Path] = {}
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._arrived: dict[str, Path] = {}
+        ae = AE(ae_title="PARTNER_PACS")
+        ae.maximum_pdu_size = 0
+        accept_storage(ae)
+        server = ae.start_server(("127.0.0.1", 0), block=False,
+                                 evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        assert server is not None  # block=False returns the running server
+        self._server = server
+        self.port: int = server.server_address[1]
 
-    def on_store(event: evt.Event) -> int:
-        path = received_dir / f"{event.request.AffectedSOPInstanceUID}.dcm"
+    def _on_store(self, event: evt.Event) -> int:
+        sop = cast(C_STORE, event.request).AffectedSOPInstanceUID
+        path = self.directory / f"{sop}.dcm"
         path.write_bytes(event.encoded_dataset())
-        with lock:
-            arrived[str(event.request.AffectedSOPInstanceUID)] = path
+        with self._lock:
+            self._arrived[str(sop)] = path
         return 0x0000
 
-    partner_ae = AE(ae_title="PARTNER_PACS")
-    partner_ae.maximum_pdu_size = 0
-    for cx in StoragePresentationContexts:
-        partner_ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    partner = partner_ae.start_server(("127.0.0.1", 0), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    def wait(self, count: int, seconds: float) -> dict[str, Path]:
+        """What has arrived once ``count`` instances have, or ``seconds`` have passed."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self._arrived) >= count:
+                    break
+            time.sleep(0.2)
+        with self._lock:
+            return dict(self._arrived)
 
+    def shutdown(self) -> None:
+        self._server.shutdown()
+
+
+def _demo_config(out: Path, partner_port: int, verbose: bool) -> tuple[dict[str, Any], Config]:
+    """``defaults/demo.yaml`` pointed at the partner, with fresh keys for the gateway and the
+    partner under ``out/keys``; written to ``out/gateway.yaml`` and parsed."""
     defaults = files("dicom_gateway").joinpath("defaults")
     raw = yaml.safe_load(defaults.joinpath("demo.yaml").read_text())
-    raw["partners"][0]["port"] = partner.server_address[1]
+    raw["partners"][0]["port"] = partner_port
     raw["log_level"] = "INFO" if verbose else "WARNING"
     for profile in raw["profiles"].values():
         profile["surrogates"] = [str(defaults.joinpath(f)) for f in profile.get("surrogates", [])]
@@ -103,6 +124,36 @@ def run_demo(out: Path, serve: bool = False, data_dir: str | None = None,
     raw["partners"][0]["key"] = "keys/partner/demo-partner.pub"
     (out / "gateway.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     config = parse_config(raw, "<embedded defaults: dicom_gateway/defaults/demo.yaml>", out)
+    return raw, config
+
+
+def _print_metrics(metrics_url: str) -> None:
+    print(f"metrics: {metrics_url}  (health: /healthz, /readyz)")
+    body = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(("dicom_gateway_received_instances_total",
+                            "dicom_gateway_forwarded_instances_total{",
+                            "dicom_gateway_queue_depth")):
+            print("  " + line)
+
+
+def _serve_until_interrupted() -> None:
+    print("serving until Ctrl-C ...")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+def run_demo(out: Path, serve: bool = False, data_dir: str | None = None,
+             verbose: bool = False) -> int:
+    if out.exists():
+        shutil.rmtree(out)
+    received_dir = out / "partner"
+    received_dir.mkdir(parents=True)
+    partner = _Partner(received_dir)
+    raw, config = _demo_config(out, partner.port, verbose)
     gateway = Gateway(config)
     gateway.start()
     try:
@@ -112,38 +163,19 @@ def run_demo(out: Path, serve: bool = False, data_dir: str | None = None,
         expected = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in sources}
         acked = _send(sources, gateway.receiver.port or 0, config.gateway.ae_title)
         print(f"sender: {acked}/{len(sources)} acknowledged (Success) by the gateway")
-        deadline = time.monotonic() + config.gateway.study_stable_seconds + 60
-        while time.monotonic() < deadline:
-            with lock:
-                if len(arrived) >= len(expected):
-                    break
-            time.sleep(0.2)
-        with lock:
-            got = dict(arrived)
+        got = partner.wait(len(expected), config.gateway.study_stable_seconds + 60)
         changed, largest, exact = _compare(expected, got, out / "keys")
         profile = raw["routes"][0]["profile"]
         assert gateway.endpoint is not None
-        metrics_url = f"http://127.0.0.1:{gateway.endpoint.port}/metrics"
         print(f"partner: {len(got)}/{len(expected)} instances arrived in {received_dir.resolve()}; "
               f"profile {profile!r} ({raw['profiles'][profile]['method']}): {changed} with "
               f"protected pixels, largest change {largest} stored units")
         print(f"partner: {exact}/{len(got)} verified with the gateway's public key and restored "
               f"bit-exactly with the partner key (keys in {(out / 'keys').resolve()})")
         print(f"spool:   {(out / 'spool').resolve()}   config: {(out / 'gateway.yaml').resolve()}")
-        print(f"metrics: {metrics_url}  (health: /healthz, /readyz)")
-        body = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-        for line in body.splitlines():
-            if line.startswith(("dicom_gateway_received_instances_total",
-                                "dicom_gateway_forwarded_instances_total{",
-                                "dicom_gateway_queue_depth")):
-                print("  " + line)
+        _print_metrics(f"http://127.0.0.1:{gateway.endpoint.port}/metrics")
         if serve:
-            print("serving until Ctrl-C ...")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            _serve_until_interrupted()
         return 0 if len(got) == len(expected) == changed == acked == exact else 1
     finally:
         gateway.stop()
@@ -152,7 +184,7 @@ def run_demo(out: Path, serve: bool = False, data_dir: str | None = None,
 
 def _send(paths: list[Path], port: int, called: str) -> int:
     ae = AE(ae_title="DEMO_PACS")
-    classes = {}
+    classes: dict[str, set[str]] = {}
     for p in paths:
         ds = dcmread(p, stop_before_pixels=True)
         classes.setdefault(str(ds.SOPClassUID), set()).add(str(ds.file_meta.TransferSyntaxUID))

@@ -26,7 +26,7 @@ class OpsEndpoint:
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:  # http.server's naming
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     endpoint._reply(self, 200, generate_latest(registry), CONTENT_TYPE_LATEST)

@@ -17,12 +17,14 @@ import logging
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
 
 from .settings import PartnerConfig
 from .errors import PartnerRefused, PartnerUnavailable
@@ -62,7 +64,7 @@ class PartnerLink:
         self._ae.dimse_timeout = partner.dimse_timeout_seconds
         self._ae.network_timeout = partner.dimse_timeout_seconds
         self._ae.connection_timeout = partner.connect_timeout_seconds
-        self._assoc: Any = None
+        self._assoc: Association | None = None
         self._wanted: dict[str, set[str]] = {}
         self._last_used = 0.0
         self.associating = False  # an association request is out (read by other workers)
@@ -76,14 +78,16 @@ class PartnerLink:
         except Exception as exc:
             raise PartnerRefused("unreadable", f"cannot read spooled file: {exc}") from None
         context = self._context_for(sop_class, syntax)
-        payload: Path | Any = path
+        payload: Path | Dataset = path
         if context is None or str(context.transfer_syntax[0]) != syntax:
             payload = self._transcoded(path)
         try:
+            assert self._assoc is not None  # _context_for leaves one established
             rsp = self._assoc.send_c_store(payload)
         except Exception as exc:
             self.close(abort=True)
-            raise PartnerUnavailable("send_error", f"C-STORE failed: {exc}", scope="instance") from None
+            raise PartnerUnavailable("send_error", f"C-STORE failed: {exc}",
+                                     scope="instance") from None
         self._last_used = time.monotonic()
         status = getattr(rsp, "Status", None) if rsp is not None else None
         if status is None:  # DIMSE timeout or abort: the response never came
@@ -106,7 +110,8 @@ class PartnerLink:
         return assoc is not None and bool(assoc.is_established)
 
     def release_if_idle(self) -> None:
-        if self._assoc is not None and time.monotonic() - self._last_used > self._partner.idle_release_seconds:
+        if (self._assoc is not None
+                and time.monotonic() - self._last_used > self._partner.idle_release_seconds):
             self.close()
 
     def close(self, abort: bool = False) -> None:
@@ -119,25 +124,26 @@ class PartnerLink:
             pass
         self._assoc = None
 
-    def _context_for(self, sop_class: str, syntax: str) -> Any:
+    def _context_for(self, sop_class: str, syntax: str) -> PresentationContext:
         """Return an accepted context for the instance, negotiating a new association if needed."""
         ctx = self._find(sop_class, syntax)
         if ctx is not None:
             return ctx
         wanted = self._wanted.setdefault(sop_class, set())
         if syntax in wanted and self._assoc is not None:
-            raise PartnerRefused("no_context", f"partner accepts no transfer syntax for {sop_class}")
+            raise PartnerRefused("no_context",
+                                 f"partner accepts no transfer syntax for {sop_class}")
         wanted.add(syntax)
         self._wanted[sop_class] = self._wanted.pop(sop_class)  # most recently needed last
         self.close()
         self._associate()
         ctx = self._find(sop_class, syntax)
         if ctx is None:
-            raise PartnerRefused("no_context",
-                                 f"partner accepts neither {syntax} nor little endian for {sop_class}")
+            raise PartnerRefused("no_context", f"partner accepts neither {syntax} nor little "
+                                 f"endian for {sop_class}")
         return ctx
 
-    def _find(self, sop_class: str, syntax: str) -> Any:
+    def _find(self, sop_class: str, syntax: str) -> PresentationContext | None:
         if self._assoc is None or not self._assoc.is_established:
             self._assoc = None
             return None
@@ -152,7 +158,7 @@ class PartnerLink:
         return fallback
 
     def _associate(self) -> None:
-        contexts = []
+        contexts: list[PresentationContext] = []
         for sop_class, syntaxes in reversed(self._wanted.items()):  # newest first
             # the instance's own syntax alone (so it can go as stored), then the fallback
             wanted = [build_context(sop_class, [s]) for s in sorted(syntaxes)]
@@ -164,8 +170,9 @@ class PartnerLink:
         connected: list[bool] = []  # pynetdicom reports a refused TCP connect as an abort
         self.associating = True
         try:
-            assoc = self._ae.associate(p.host, p.port, ae_title=p.ae_title, contexts=contexts,
-                                       evt_handlers=[(evt.EVT_CONN_OPEN, lambda e: connected.append(True))])
+            assoc = self._ae.associate(
+                p.host, p.port, ae_title=p.ae_title, contexts=contexts,
+                evt_handlers=[(evt.EVT_CONN_OPEN, lambda e: connected.append(True))])
         except Exception as exc:  # socket errors surface here on some pynetdicom paths
             raise PartnerUnavailable("connection_failed", str(exc)) from None
         finally:
@@ -173,15 +180,17 @@ class PartnerLink:
         if not assoc.is_established:
             reason = "connection_failed" if not connected else (
                 "association_rejected" if assoc.is_rejected else "association_aborted")
-            raise PartnerUnavailable(reason, f"cannot associate with {p.ae_title}@{p.host}:{p.port}")
+            raise PartnerUnavailable(reason,
+                                     f"cannot associate with {p.ae_title}@{p.host}:{p.port}")
         sock = assoc.dul.socket
-        if sock is not None and sock.socket is not None:  # pynetdicom never sets it; ~45 ms/instance
+        # pynetdicom never sets TCP_NODELAY; without it ~45 ms/instance
+        if sock is not None and sock.socket is not None:
             sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._assoc = assoc
         self._last_used = time.monotonic()
 
     @staticmethod
-    def _transcoded(path: Path) -> Any:
+    def _transcoded(path: Path) -> Dataset:
         """Decode and re-encode as Explicit VR Little Endian (lossless: pixels are decoded)."""
         try:
             ds = dcmread(path)
@@ -189,5 +198,6 @@ class PartnerLink:
                 ds.decompress(generate_instance_uid=False)  # same instance, decoded losslessly
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         except Exception as exc:
-            raise PartnerRefused("transcode_failed", f"cannot decompress for the partner: {exc}") from None
+            raise PartnerRefused("transcode_failed",
+                                 f"cannot decompress for the partner: {exc}") from None
         return ds

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless
 
 from .errors import PixelError
@@ -55,7 +55,8 @@ def read_pixels(ds: Dataset) -> Pixels:
         kind = "float" if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds) else "no"
         raise PixelError(f"{kind}_pixel_data", f"{kind} Pixel Data: nothing to protect losslessly")
     if int(ds.get("BitsAllocated", 0)) not in (8, 16, 32):
-        raise PixelError("unsupported_bits", f"BitsAllocated {ds.get('BitsAllocated')} not supported")
+        raise PixelError("unsupported_bits",
+                         f"BitsAllocated {ds.get('BitsAllocated')} not supported")
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
     try:
         values, meta = get_decoder(syntax).as_array(ds, raw=True)
@@ -82,10 +83,12 @@ def write_pixels(ds: Dataset, pixels: Pixels, syntax: str = ExplicitVRLittleEndi
     ``syntax`` is Explicit VR Little Endian (default) or RLE Lossless.
     """
     if syntax not in _NATIVE_OUTPUTS:
-        raise ValueError(f"output transfer syntax must be one of {[s.name for s in _NATIVE_OUTPUTS]}")
+        names = [s.name for s in _NATIVE_OUTPUTS]
+        raise ValueError(f"output transfer syntax must be one of {names}")
     v = pixels.values
     if v.ndim != 4 or v.dtype.kind not in "iu" or v.dtype.itemsize not in (1, 2, 4):
-        raise ValueError(f"expected (frames, rows, columns, samples) integers, got {v.dtype} {v.shape}")
+        raise ValueError("expected (frames, rows, columns, samples) integers, "
+                         f"got {v.dtype} {v.shape}")
     frames, rows, columns, samples = v.shape
     if syntax == RLELossless and pixels.bits_allocated > 16:
         raise PixelError("unsupported_output", "RLE Lossless output supports up to 16 bits "
@@ -94,7 +97,8 @@ def write_pixels(ds: Dataset, pixels: Pixels, syntax: str = ExplicitVRLittleEndi
     for elem in ds:
         if elem.tag != 0x7FE00010:
             out.add(copy.deepcopy(elem))
-    out.file_meta = FileMetaDataset(copy.deepcopy(ds.file_meta)) if hasattr(ds, "file_meta") else FileMetaDataset()
+    out.file_meta = (FileMetaDataset(copy.deepcopy(ds.file_meta)) if hasattr(ds, "file_meta")
+                     else FileMetaDataset())
     out.Rows, out.Columns, out.SamplesPerPixel = rows, columns, samples
     out.PhotometricInterpretation = pixels.photometric
     out.BitsAllocated = pixels.bits_allocated

@@ -27,7 +27,7 @@ ReportProgress = Callable[[float], None]
 
 def duration(seconds: float) -> str:
     """``45s``, ``12m05s``, ``2h03m``: short enough for one line, exact enough to plan by."""
-    s = max(0, int(round(seconds)))
+    s = max(0, round(float(seconds)))  # float(): a NumPy 1.x float rounds to a float
     if s < 60:
         return f"{s}s"
     if s < 3600:

@@ -14,13 +14,17 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from io import BytesIO
+from typing import cast
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
-from pynetdicom.sop_class import Verification
+from pynetdicom.events import EventHandlerType
+from pynetdicom.sop_class import uid_to_sop_class
+from pynetdicom.transport import ThreadedAssociationServer
 
 from .settings import Config
 from .errors import SpoolError
@@ -30,13 +34,15 @@ from .records import RoutingRecord
 from .route import Destination, Router
 from .spool import Spool, safe_key
 
-__all__ = ["Receiver", "Status"]
+__all__ = ["Receiver", "Status", "accept_storage"]
 
 _log = logging.getLogger(__name__)
 
 quiet_pynetdicom()
 
-_PIXEL_TAGS = frozenset((0x7FE00010, 0x7FE00008, 0x7FE00009))  # Pixel, Float Pixel, Double Float Pixel Data
+# Pixel Data, Float Pixel Data, Double Float Pixel Data
+_PIXEL_TAGS = frozenset((0x7FE00010, 0x7FE00008, 0x7FE00009))
+_VERIFICATION = uid_to_sop_class("1.2.840.10008.1.1")
 
 
 class Status:
@@ -50,6 +56,26 @@ class Status:
     CANNOT_UNDERSTAND = 0xC000  # data set cannot be parsed
 
 
+def accept_storage(ae: AE) -> None:
+    """Let ``ae`` accept every Storage SOP Class in any transfer syntax."""
+    for cx in StoragePresentationContexts:
+        assert cx.abstract_syntax is not None  # pynetdicom's own contexts all name theirs
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+
+
+def _request(event: evt.Event) -> C_STORE:
+    """The request of an ``EVT_C_STORE`` event (the only event whose request is read here)."""
+    return cast(C_STORE, event.request)
+
+
+def _data_set(event: evt.Event) -> BytesIO:
+    """The encoded data set of the C-STORE request (pynetdicom always hands one over here)."""
+    stream = _request(event).DataSet
+    if stream is None:
+        raise AttributeError("the C-STORE request carries no data set")
+    return stream
+
+
 def _read_header(event: evt.Event) -> tuple[Dataset, bool]:
     """Parse the data set up to (not including) its pixel data; check nothing is truncated.
 
@@ -60,7 +86,7 @@ def _read_header(event: evt.Event) -> tuple[Dataset, bool]:
     if syntax.is_deflated:  # rare: let pynetdicom inflate and decode it whole
         ds = event.dataset
         return ds, any(tag in ds for tag in _PIXEL_TAGS)
-    stream = event.request.DataSet
+    stream = _data_set(event)
     total = stream.seek(0, 2)
     stream.seek(0)
     ds = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian,
@@ -86,7 +112,8 @@ def _read_header(event: evt.Event) -> tuple[Dataset, bool]:
             length, value_at = struct.unpack(endian + "H", head[6:8])[0], start + 8
         if length == 0xFFFFFFFF:  # encapsulated: fragments end with a Sequence Delimiter
             delimiter = struct.pack(endian + "HHL", 0xFFFE, 0xE0DD, 0)
-            complete = bytes(buf[total - 8:total]) == delimiter or delimiter in bytes(buf[value_at:])
+            complete = (bytes(buf[total - 8:total]) == delimiter
+                        or delimiter in bytes(buf[value_at:]))
         else:
             complete = total - value_at >= length
     if not complete:
@@ -131,7 +158,7 @@ class Receiver:
         self._allowed = set(config.gateway.allowed_callers)
         self._open: set[int] = set()
         self._lock = threading.Lock()
-        self._server: Any = None
+        self._server: ThreadedAssociationServer | None = None
         self.port: int | None = None
 
     def start(self) -> None:
@@ -143,19 +170,20 @@ class Receiver:
         ae.acse_timeout = g.acse_timeout_seconds
         ae.dimse_timeout = g.dimse_timeout_seconds
         ae.network_timeout = g.network_timeout_seconds
-        for cx in StoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        handlers = [
+        accept_storage(ae)
+        ae.add_supported_context(_VERIFICATION, ALL_TRANSFER_SYNTAXES)
+        handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_CONN_OPEN, self._handle_open),
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_CONN_CLOSE, self._handle_close),
         ]
-        self._server = ae.start_server((g.listen.host, g.listen.port), block=False,
-                                       evt_handlers=handlers)
-        self.port = self._server.server_address[1]
+        server = ae.start_server((g.listen.host, g.listen.port), block=False,
+                                 evt_handlers=handlers)
+        assert server is not None  # block=False returns the running server
+        self._server = server
+        self.port = server.server_address[1]
         _log.info("listening as %s on %s:%d", g.ae_title, g.listen.host, self.port)
 
     def stop(self) -> None:
@@ -202,9 +230,9 @@ class Receiver:
         except _Refusal as refusal:
             status, label, comment, size = refusal.status, refusal.label, refusal.comment, 0
             _log.warning("C-STORE refused sop=%s from=%s status=0x%04X: %s",
-                         event.request.AffectedSOPInstanceUID, calling, status, comment)
+                         _request(event).AffectedSOPInstanceUID, calling, status, comment)
         except Exception:  # never let an exception reach pynetdicom (it would answer 0xC211)
-            _log.exception("C-STORE failed sop=%s", event.request.AffectedSOPInstanceUID)
+            _log.exception("C-STORE failed sop=%s", _request(event).AffectedSOPInstanceUID)
             status, label, comment, size = Status.PROCESSING_FAILURE, "error", "internal error", 0
         self._metrics.received_instances.labels(calling_ae=ae_label, status=label).inc()
         if size:
@@ -213,8 +241,7 @@ class Receiver:
         return _answer(status, comment)
 
     def _store(self, event: evt.Event, calling: str) -> tuple[str, str, int]:
-        req = event.request
-        stream = req.DataSet
+        req = _request(event)
         try:
             ds, has_pixels = _read_header(event)
             study = str(ds.StudyInstanceUID or "")
@@ -243,7 +270,7 @@ class Receiver:
         record = RoutingRecord(calling, called, study, series, tuple(destinations))
         header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
         try:
-            with stream.getbuffer() as body:  # the received bytes, written without a copy
+            with _data_set(event).getbuffer() as body:  # the received bytes, written without a copy
                 size = len(header) + len(body)
                 self._spool.store_incoming(sop, [header, body], record)
         except SpoolError as exc:

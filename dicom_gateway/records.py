@@ -60,7 +60,7 @@ def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], wha
             raise RecordError(f"{what}: {key!r} is missing")
         return default
     value = data[key]
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise RecordError(f"{what}: {key!r} has the wrong type ({type(value).__name__})")
     return value
 

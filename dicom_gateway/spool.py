@@ -22,8 +22,7 @@ instance costs one file and one fsync.
 
 from __future__ import annotations
 
-import errno
-import itertools
+import contextlib
 import logging
 import os
 import re
@@ -38,6 +37,7 @@ from pydicom.dataset import Dataset
 
 from .errors import RecordError, SpoolError
 from .records import RetryState, RoutingRecord, SetAsideReason
+from .spool_tmp import TmpFiles, fsync_dir, spool_error
 
 __all__ = ["Entry", "Spool", "safe_key"]
 
@@ -45,8 +45,6 @@ _log = logging.getLogger(__name__)
 
 _STATES = ("tmp", "inbox", "work", "outbox", "failed", "quarantine")
 _UID_RE = re.compile(r"^[0-9][0-9.]{0,63}$")
-_counter = itertools.count()
-_POOL_SIZE = 16
 
 
 def safe_key(uid: str) -> str:
@@ -105,21 +103,9 @@ class Entry:
             return None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _translate(exc: OSError, what: str) -> SpoolError:
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return SpoolError(f"spool cannot {what}: {exc.strerror or exc}", out_of_space=full)
-
-
 class Spool:
-    """All moves between spool states; the only module that touches ``spool_dir``.
+    """All moves between spool states; with :mod:`~dicom_gateway.spool_tmp`, where its files are
+    written first, the only module that touches ``spool_dir``.
 
     The spool holds patient data in clear: ``spool_dir`` is created 0700 (an existing one is left
     as it is) and the state directories are made 0700 (also those of an earlier release); files
@@ -135,82 +121,14 @@ class Spool:
                 (root / state).mkdir(mode=0o700, exist_ok=True)
                 os.chmod(root / state, 0o700)
         except OSError as exc:
-            raise _translate(exc, f"create its directories under {root}") from None
-        self._pool: list[Path] = []
-        self._pool_cond = threading.Condition()
-        self._pool_thread: threading.Thread | None = None
+            raise spool_error(exc, f"create its directories under {root}") from None
+        self._tmp = TmpFiles(root / "tmp")
 
     def start_pool(self) -> None:
         """Start pre-creating tmp files for incoming instances (call after :meth:`recover`)."""
-        if self._pool_thread is None:
-            self._pool_thread = threading.Thread(target=self._fill_pool, name="spool-tmp",
-                                                 daemon=True)
-            self._pool_thread.start()
+        self._tmp.start_pool()
 
     # -- writing -------------------------------------------------------------------------
-    def _tmp_path(self, suffix: str) -> Path:
-        return self.root / "tmp" / f"{time.time_ns()}-{threading.get_ident()}-{next(_counter)}{suffix}"
-
-    def _fill_pool(self) -> None:
-        """Keep empty files ready in ``tmp/``: creating a file costs ~0.45 ms on ext4, which a
-        C-STORE should not wait for (they are removed at start like any tmp file)."""
-        while True:
-            with self._pool_cond:
-                while len(self._pool) >= _POOL_SIZE:
-                    self._pool_cond.wait()
-            path = self._tmp_path(".dcm")
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            except OSError:
-                time.sleep(1.0)  # disk full or read-only: writers create their own and fail loudly
-                continue
-            with self._pool_cond:
-                self._pool.append(path)
-
-    def _open_tmp(self, suffix: str) -> tuple[Path, int]:
-        with self._pool_cond:
-            tmp = self._pool.pop() if suffix == ".dcm" and self._pool else None
-            self._pool_cond.notify()
-        if tmp is not None:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_TRUNC)
-        tmp = self._tmp_path(suffix)
-        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-
-    def _write_tmp(self, parts: Sequence[bytes | memoryview], suffix: str = ".dcm") -> Path:
-        try:
-            tmp, fd = self._open_tmp(suffix)
-        except OSError as exc:
-            raise _translate(exc, "create a file") from None
-        try:
-            try:
-                views = [memoryview(p).cast("B") for p in parts]
-                while views:
-                    written = os.writev(fd, views)
-                    while views and written >= len(views[0]):
-                        written -= len(views[0])
-                        views.pop(0)
-                    if views and written:
-                        views[0] = views[0][written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise _translate(exc, "write a file") from None
-        return tmp
-
-    def _write_dataset_tmp(self, ds: Dataset) -> Path:
-        tmp = self._tmp_path(".dcm")
-        try:
-            with open(tmp, "wb") as f:
-                ds.save_as(f, enforce_file_format=True)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise _translate(exc, "write a file") from None
-        return tmp
-
     @staticmethod
     def _place(tmp: Path, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -221,19 +139,19 @@ class Spool:
         """Commit a received instance (``parts`` concatenated) and its routing record to
         ``inbox/<record.study>/``; returns only once both are durable."""
         key, data = _record_key(record)
-        dcm_tmp = self._write_tmp(parts)
+        dcm_tmp = self._tmp.write(parts)
         study_dir = self.root / "inbox" / safe_key(record.study)
         entry = Entry(study_dir / f"{safe_key(sop)}~{key}.dcm")
         try:
             with self._lock:  # against remove_empty_study deleting the record meanwhile
                 study_dir.mkdir(exist_ok=True)
                 if not entry.record_path.exists():
-                    os.replace(self._write_tmp([data], ".json"), entry.record_path)
+                    os.replace(self._tmp.write([data], ".json"), entry.record_path)
                 os.replace(dcm_tmp, entry.path)
-            _fsync_dir(study_dir)
+            fsync_dir(study_dir)
         except OSError as exc:
             dcm_tmp.unlink(missing_ok=True)
-            raise _translate(exc, "store an instance") from None
+            raise spool_error(exc, "store an instance") from None
         return entry
 
     def record(self, entry: Entry) -> RoutingRecord | None:
@@ -267,7 +185,7 @@ class Spool:
                 continue
             claimed.append(dest)
         if claimed:
-            _fsync_dir(claimed[0].path.parent)
+            fsync_dir(claimed[0].path.parent)
         return claimed
 
     def unclaim(self, entry: Entry) -> None:
@@ -305,12 +223,12 @@ class Spool:
     def stage_output(self, output: Path | Dataset) -> Path:
         """Write a method's output to ``tmp/`` (a path is hard-linked, not copied)."""
         if isinstance(output, Dataset):
-            return self._write_dataset_tmp(output)
-        tmp = self._tmp_path(".dcm")
+            return self._tmp.write_dataset(output)
+        tmp = self._tmp.path(".dcm")
         try:
             os.link(output, tmp)
         except OSError as exc:
-            raise _translate(exc, "link a file") from None
+            raise spool_error(exc, "link a file") from None
         return tmp
 
     def commit_outbox(self, partner: str, name: str, staged: Path) -> Entry:
@@ -320,7 +238,7 @@ class Spool:
         return entry
 
     def sync_outbox(self, partner: str) -> None:
-        _fsync_dir(self.root / "outbox" / partner)
+        fsync_dir(self.root / "outbox" / partner)
 
     def outbox_entries(self, partner: str) -> list[Entry]:
         return self._entries(self.root / "outbox" / partner)
@@ -328,7 +246,7 @@ class Spool:
     def record_attempt(self, entry: Entry, state: RetryState) -> None:
         """Persist the retry state of an outbox entry (attempts survive a restart)."""
         try:
-            tmp = self._write_tmp([state.to_json().encode()], ".json")
+            tmp = self._tmp.write([state.to_json().encode()], ".json")
             os.replace(tmp, entry.sidecar(".state.json"))
         except (OSError, SpoolError):
             pass  # losing a retry counter only means more retries; never block delivery on it
@@ -353,7 +271,7 @@ class Spool:
         dest = Entry(self.root / state / partner / entry.path.name)
         dest.path.parent.mkdir(parents=True, exist_ok=True)
         reason = replace(reason, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        tmp = self._write_tmp([reason.to_json().encode()], ".json")
+        tmp = self._tmp.write([reason.to_json().encode()], ".json")
         os.replace(tmp, dest.sidecar(".reason.json"))
         if move:
             os.replace(entry.path, dest.path)
@@ -361,7 +279,7 @@ class Spool:
         else:
             dest.path.unlink(missing_ok=True)
             os.link(entry.path, dest.path)
-        _fsync_dir(dest.path.parent)
+        fsync_dir(dest.path.parent)
         return dest
 
     # -- recovery and operator actions -----------------------------------------------------
@@ -395,7 +313,7 @@ class Spool:
                         "routing record missing; re-send or requeue by hand"), move=False)
                     entry.path.unlink()
             self.remove_empty_study(study_dir.name)
-            _fsync_dir(self.root / "inbox")
+            fsync_dir(self.root / "inbox")
         return counts
 
     def entries(self, state: str, partner: str | None = None) -> Iterator[tuple[str, Entry]]:
@@ -439,10 +357,8 @@ class Spool:
 def _link_or_keep(source: Path, dest: Path) -> None:
     """Hard-link a routing record into another state's directory unless it is there already
     (a missing source is left to the caller: the worker quarantines an entry without record)."""
-    try:
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
         os.link(source, dest)
-    except (FileExistsError, FileNotFoundError):
-        pass
 
 
 def _mtime_key(p: Path) -> tuple[float, str]:

@@ -126,6 +126,7 @@ def _checked(files: Sequence[Path], check: Callable[[Dataset], _T], tally: Tally
     from .opener import SealError
 
     for path in files:
+        error: Exception
         try:
             result = check(dcmread(path))
         except SealError as exc:

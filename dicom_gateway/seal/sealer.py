@@ -58,12 +58,13 @@ def _changed(original: Dataset, sealed: Dataset) -> dict[str, Any]:
         if tag.is_private or tag.group == 0x0002:
             continue
         before, after = original.get(tag), sealed.get(tag)
-        keyword = (before or after).keyword  # type: ignore[union-attr]
+        keyword = (before or after).keyword
         if keyword in PIXEL_MODULE or not keyword:
             continue
         if before is None or after is None or before.value != after.value:
+            # no bulk data handler: every value inline (the threshold then goes unused)
             changed[f"{tag:08X}"] = None if before is None else before.to_json_dict(
-                None, None)
+                None, 1024)
     return changed
 
 
