@@ -8,13 +8,13 @@ are documented in ``config/gateway.example.yaml``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import config_checks as checks
 from .errors import ConfigError, KeyFileError
 from .protect.options import NoneOptions, OptionError
 from .protect.registry import method_names, parse_options
@@ -35,8 +35,6 @@ from .settings import (
 
 __all__ = ["load_config", "parse_config"]
 
-_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 §6.2: AE, no backslash, <= 16
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
 class _Reader:
@@ -92,53 +90,36 @@ class _Reader:
                 raise self.error(problem, key)
         return value
 
+    def get_scalar(self, kind: type, check: Any = None) -> Any:
+        """This node itself as a ``kind`` (a list item), checked."""
+        if not isinstance(self.data, kind) or isinstance(self.data, bool):
+            raise self.error(f"expected {kind.__name__}, got {type(self.data).__name__}")
+        problem = check(self.data) if check else None
+        if problem:
+            raise self.error(problem)
+        return self.data
+
     def items(self) -> list[_Reader]:
         if not isinstance(self.data, list):
             raise self.error(f"expected a list, got {type(self.data).__name__}")
         return [self.child(i) for i in range(len(self.data))]
 
 
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
-
-
-def _non_negative(value: float) -> str | None:
-    return None if value >= 0 else "must be 0 or greater"
-
-
-def _port(value: int) -> str | None:
-    return None if 0 <= value <= 65535 else "must be a TCP port between 0 and 65535"
-
-
-def _ae(value: str) -> str | None:
-    ok = _AE_RE.match(value) and value.strip()
-    return None if ok else "must be a DICOM AE title: 1-16 printable characters, no backslash"
-
-
-def _name(value: str) -> str | None:
-    return None if _NAME_RE.match(value) else ("must match [a-z0-9][a-z0-9_.-]* (used in paths "
-                                               "and metric labels)")
-
-
-def _known(what: str, names: Mapping[str, Any]) -> Any:
-    """A check that the value names one of ``names`` (a partner or a profile)."""
-    return lambda v: None if v in names else f"unknown {what} {v!r}"
-
-
 def _listen(r: _Reader, default_host: str, default_port: int) -> ListenConfig:
     r.mapping(["host", "port"])
     return ListenConfig(r.get("host", str, default_host),
-                        r.get("port", int, default_port, check=_port))
+                        r.get("port", int, default_port, check=checks.port))
 
 
 def _retry(r: _Reader, base: RetryConfig) -> RetryConfig:
     r.mapping(["initial_seconds", "multiplier", "max_seconds", "max_attempts", "jitter"])
     retry = RetryConfig(
-        initial_seconds=r.get("initial_seconds", float, base.initial_seconds, check=_positive),
+        initial_seconds=r.get("initial_seconds", float, base.initial_seconds,
+                              check=checks.positive),
         multiplier=r.get("multiplier", float, base.multiplier,
                          check=lambda v: None if v >= 1 else "must be 1 or greater"),
-        max_seconds=r.get("max_seconds", float, base.max_seconds, check=_positive),
-        max_attempts=r.get("max_attempts", int, base.max_attempts, check=_positive),
+        max_seconds=r.get("max_seconds", float, base.max_seconds, check=checks.positive),
+        max_attempts=r.get("max_attempts", int, base.max_attempts, check=checks.positive),
         jitter=r.get("jitter", float, base.jitter,
                      check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
     )
@@ -155,36 +136,23 @@ def _gateway(r: _Reader, base_dir: Path) -> GatewayConfig:
     if not r.has("allowed_callers"):
         raise r.error("required key is missing (list the AE titles allowed to send)",
                       "allowed_callers")
-    callers = tuple(c.get_scalar(str, _ae) for c in _scalars(callers_r))
+    callers = tuple(c.get_scalar(str, checks.ae_title) for c in callers_r.items())
     if not callers:
         raise callers_r.error("must list at least one calling AE title")
     return GatewayConfig(
-        ae_title=r.get("ae_title", str, check=_ae),
+        ae_title=r.get("ae_title", str, check=checks.ae_title),
         listen=_listen(r.child("listen"), "127.0.0.1", 11112),
         allowed_callers=callers,
         spool_dir=base_dir / r.get("spool_dir", str),
-        max_associations=r.get("max_associations", int, 10, check=_positive),
-        study_stable_seconds=r.get("study_stable_seconds", float, 30.0, check=_non_negative),
-        max_pdu_bytes=r.get("max_pdu_bytes", int, 0, check=_non_negative),
-        acse_timeout_seconds=r.get("acse_timeout_seconds", float, 30.0, check=_positive),
-        dimse_timeout_seconds=r.get("dimse_timeout_seconds", float, 60.0, check=_positive),
-        network_timeout_seconds=r.get("network_timeout_seconds", float, 60.0, check=_positive),
-        rescan_seconds=r.get("rescan_seconds", float, 5.0, check=_positive),
+        max_associations=r.get("max_associations", int, 10, check=checks.positive),
+        study_stable_seconds=r.get("study_stable_seconds", float, 30.0, check=checks.non_negative),
+        max_pdu_bytes=r.get("max_pdu_bytes", int, 0, check=checks.non_negative),
+        acse_timeout_seconds=r.get("acse_timeout_seconds", float, 30.0, check=checks.positive),
+        dimse_timeout_seconds=r.get("dimse_timeout_seconds", float, 60.0, check=checks.positive),
+        network_timeout_seconds=r.get("network_timeout_seconds", float, 60.0,
+                                      check=checks.positive),
+        rescan_seconds=r.get("rescan_seconds", float, 5.0, check=checks.positive),
     )
-
-
-class _Scalar(_Reader):
-    def get_scalar(self, kind: type, check: Any = None) -> Any:
-        if not isinstance(self.data, kind) or isinstance(self.data, bool):
-            raise self.error(f"expected {kind.__name__}, got {type(self.data).__name__}")
-        problem = check(self.data) if check else None
-        if problem:
-            raise self.error(problem)
-        return self.data
-
-
-def _scalars(r: _Reader) -> list[_Scalar]:
-    return [_Scalar(c.source, c.data, c.path) for c in r.items()]
 
 
 def _partner(r: _Reader, gateway_ae: str, retry: RetryConfig, base_dir: Path) -> PartnerConfig:
@@ -193,17 +161,17 @@ def _partner(r: _Reader, gateway_ae: str, retry: RetryConfig, base_dir: Path) ->
                "dimse_timeout_seconds", "idle_release_seconds", "retry", "key"])
     key = r.get("key", str, None)
     return PartnerConfig(
-        name=r.get("name", str, check=_name),
-        ae_title=r.get("ae_title", str, check=_ae),
+        name=r.get("name", str, check=checks.name),
+        ae_title=r.get("ae_title", str, check=checks.ae_title),
         host=r.get("host", str),
-        port=r.get("port", int, check=_port),
-        calling_ae_title=r.get("calling_ae_title", str, gateway_ae, check=_ae),
-        associations=r.get("associations", int, 2, check=_positive),
-        max_pdu_bytes=r.get("max_pdu_bytes", int, 0, check=_non_negative),
-        connect_timeout_seconds=r.get("connect_timeout_seconds", float, 5.0, check=_positive),
-        acse_timeout_seconds=r.get("acse_timeout_seconds", float, 10.0, check=_positive),
-        dimse_timeout_seconds=r.get("dimse_timeout_seconds", float, 10.0, check=_positive),
-        idle_release_seconds=r.get("idle_release_seconds", float, 10.0, check=_positive),
+        port=r.get("port", int, check=checks.port),
+        calling_ae_title=r.get("calling_ae_title", str, gateway_ae, check=checks.ae_title),
+        associations=r.get("associations", int, 2, check=checks.positive),
+        max_pdu_bytes=r.get("max_pdu_bytes", int, 0, check=checks.non_negative),
+        connect_timeout_seconds=r.get("connect_timeout_seconds", float, 5.0, check=checks.positive),
+        acse_timeout_seconds=r.get("acse_timeout_seconds", float, 10.0, check=checks.positive),
+        dimse_timeout_seconds=r.get("dimse_timeout_seconds", float, 10.0, check=checks.positive),
+        idle_release_seconds=r.get("idle_release_seconds", float, 10.0, check=checks.positive),
         retry=_retry(r.child("retry"), retry) if r.has("retry") else retry,
         key=str(base_dir / key) if key else None,
     )
@@ -240,7 +208,7 @@ _MATCH_KEYS = ("calling_ae", "called_ae", "modality", "sop_class_uid", "tags")
 def _route(r: _Reader, partners: Mapping[str, PartnerConfig],
            profiles: Mapping[str, ProfileConfig]) -> Route:
     r.mapping(["name", "match", "to", "profile", "stop"])
-    name = r.get("name", str, check=_name)
+    name = r.get("name", str, check=checks.name)
     m = r.child("match").mapping(_MATCH_KEYS)
     matchers: list[tuple[str, Any, Matcher]] = []
     for key in _MATCH_KEYS[:-1]:
@@ -260,10 +228,10 @@ def _route(r: _Reader, partners: Mapping[str, PartnerConfig],
     if not r.has("to"):
         raise r.error("required key is missing (list of partner names)", "to")
     to = tuple(s.get_scalar(str, lambda p: None if p in partners else f"unknown partner {p!r}")
-               for s in _scalars(to_r))
+               for s in to_r.items())
     if not to:
         raise to_r.error("must name at least one partner")
-    profile = r.get("profile", str, check=_known("profile", profiles))
+    profile = r.get("profile", str, check=checks.known("profile", profiles))
     return Route(name=name, matchers=tuple(matchers), to=to, profile=profile,
                  stop=r.get("stop", bool, False))
 
@@ -294,8 +262,8 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
         if not isinstance(pr.data, Mapping):
             raise pr.error("expected a mapping of profile name to settings")
         for pname in pr.data:
-            if _name(str(pname)):
-                raise pr.error(_name(str(pname)) or "", str(pname))
+            if checks.name(str(pname)):
+                raise pr.error(checks.name(str(pname)) or "", str(pname))
             profiles[str(pname)] = _profile(str(pname), pr.child(pname), base)
 
     partners: dict[str, PartnerConfig] = {}
@@ -319,7 +287,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
     protection = ProtectionConfig(
         device=pr_r.get("device", str, "auto", check=lambda v: None if v in ("auto", "cpu", "cuda")
                         else "must be auto, cpu or cuda"),
-        threads=pr_r.get("threads", int, 0, check=_non_negative))
+        threads=pr_r.get("threads", int, 0, check=checks.non_negative))
     seal = _seal(root, gateway.ae_title, base) if root.has("seal") else None
     _check_sealing(root, seal, partners, profiles, routes, no_route)
     return Config(source, gateway, metrics, profiles, partners, tuple(routes), no_route, level,
@@ -386,8 +354,8 @@ def _no_route(root: _Reader, partners: Mapping[str, PartnerConfig],
         return NoRoute(str(value))
     if isinstance(value, Mapping):
         r.mapping(["partner", "profile"])
-        partner = r.get("partner", str, check=_known("partner", partners))
-        profile = r.get("profile", str, check=_known("profile", profiles))
+        partner = r.get("partner", str, check=checks.known("partner", partners))
+        profile = r.get("profile", str, check=checks.known("profile", profiles))
         return NoRoute("forward", partner, profile)
     raise r.error("must be 'reject', 'discard' or {partner: NAME, profile: NAME}")
 

@@ -29,11 +29,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .settings import PartnerConfig, RetryConfig
 from .errors import PartnerRefused, PartnerUnavailable
 from .forward import PartnerLink
 from .metrics import ForwardMetrics
 from .records import RetryState, SetAsideReason
+from .settings import PartnerConfig, RetryConfig
 from .spool import Entry, Spool
 
 __all__ = ["FEWER_ASSOCIATIONS_SECONDS", "PartnerQueue", "backoff_seconds"]

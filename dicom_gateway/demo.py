@@ -23,10 +23,11 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE, build_context, evt
 from pynetdicom.dimse_primitives import C_STORE
 
-from .config import Config, parse_config
+from .config import parse_config
 from .errors import GatewayError
 from .gateway import Gateway
 from .receive import accept_storage
+from .settings import Config
 
 __all__ = ["run_demo"]
 

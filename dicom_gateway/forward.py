@@ -26,9 +26,9 @@ from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from .settings import PartnerConfig
 from .errors import PartnerRefused, PartnerUnavailable
 from .logsafe import quiet_pynetdicom
+from .settings import PartnerConfig
 
 __all__ = ["PartnerLink", "classify_status"]
 

@@ -33,8 +33,8 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
-from .settings import PartnerConfig
 from .metrics import ForwardMetrics
+from .settings import PartnerConfig
 from .spool import Entry, Spool
 
 __all__ = ["ForwarderProcess"]

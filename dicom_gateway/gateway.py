@@ -18,15 +18,15 @@ import logging
 import os
 import threading
 
-from .settings import Config
 from .endpoint import OpsEndpoint
 from .forwarder import ForwarderProcess
 from .metrics import Metrics, SnapshotCollector
-from .stage import ProtectionStage, configure_device
 from .receive import Receiver
 from .route import Router
 from .seal.service import SealService
+from .settings import Config
 from .spool import Entry, Spool
+from .stage import ProtectionStage, configure_device
 from .study import StudyAssembler
 from .worker import StudyWorker
 

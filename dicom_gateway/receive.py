@@ -26,12 +26,12 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import uid_to_sop_class
 from pynetdicom.transport import ThreadedAssociationServer
 
-from .settings import Config
 from .errors import SpoolError
 from .logsafe import quiet_pynetdicom
 from .metrics import Metrics
 from .records import RoutingRecord
 from .route import Destination, Router
+from .settings import Config
 from .spool import Spool, safe_key
 
 __all__ = ["Receiver", "Status", "accept_storage"]

@@ -8,8 +8,8 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from ..settings import Config
 from ..errors import ConfigError
+from ..settings import Config
 from .keys import GatewayKeys, PartnerKey, load_gateway_keys, load_partner_key
 from .sealer import seal
 
