@@ -195,6 +195,9 @@ def test_transfer_study_reports_computed_figures(tmp_path: Path,
     acc = row["protected"]["accuracy"]["plain-cnn"]
     assert row["protected"]["black_box_retained_skill"] == pytest.approx(
         retained_skill(acc, clean, chance), abs=1e-3)
+    victim = row["protected"]["retained_skill"]["plain-cnn"]  # the one victim: worst = it
+    assert row["protected"]["worst_black_box_retained_skill"] == pytest.approx(victim)
+    assert row["protected"]["black_box_retained_skill_floor0"] == pytest.approx(max(victim, 0))
     assert row["max_abs_change_255"] <= 8 and row["psnr_db"] > 28
     assert row["protected"]["white_box_accuracy"] < results["clean"]["test_accuracy"][
         f"surrogate:{surrogates['pneumonia'].stem}"]
@@ -231,3 +234,16 @@ def test_train_surrogate_fine_tunes_slightly_robust(tmp_path: Path,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "--init" in bad.stderr and "cnn-small" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_an_ablation_lever_needs_a_label_and_options(tmp_path: Path, surrogates: dict[str, Path],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_gateway.cli import main
+
+    args = ["evaluate", "--dataset", "pneumoniamnist", "--surrogate-files",
+            str(surrogates["pneumonia"]), "--out", str(tmp_path / "out"), "--ablation-lever"]
+    assert main([*args, "smoothing=15"]) == 1
+    assert "--ablation-lever 'smoothing=15': expected LABEL:key=value" in capsys.readouterr().err
+    assert main([*args, "TI:smoothing"]) == 1
+    assert "expected key=value, got 'smoothing'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any work

@@ -80,6 +80,9 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--ablation-images", type=int, default=150)
     e.add_argument("--ablation-budget", default="8/255",
                    help="transfer study: the budget of the ablation (N/255 or a fraction)")
+    e.add_argument("--ablation-lever", action="append", default=[], metavar="LABEL:K=V,...",
+                   help="transfer study: a lever to measure at --ablation-budget, attack "
+                        "options over the base ones (repeatable; e.g. 'TI 15 px:smoothing=15')")
     e.add_argument("--ablation-ensembles",
                    help="transfer study: other ensembles to compare at 8/255, files joined "
                         "by '+', ensembles by ',' (e.g. a.pt,a.pt+b.pt)")
@@ -107,6 +110,14 @@ def _options(text: str, where: str) -> dict[str, Any]:
     return out
 
 
+def _lever(text: str) -> tuple[str, dict[str, Any]]:
+    """``LABEL:key=value,...`` of ``--ablation-lever``."""
+    label, colon, options = text.rpartition(":")
+    if not colon or not label.strip():
+        raise GatewayError(f"--ablation-lever {text!r}: expected LABEL:key=value,...")
+    return label.strip(), _options(options, f"--ablation-lever {text!r}")
+
+
 def _print_targets(targets: list[dict[str, Any]]) -> None:
     """One line per target: met or MISSED, the measured figure and its bound."""
     for t in targets:
@@ -125,7 +136,8 @@ def _run_transfer(args: argparse.Namespace) -> int:
         dataset=args.dataset, out=Path(args.out), surrogate_files=files,
         budgets=tuple(_fraction(b) for b in args.budgets.split(",") if b.strip()),
         options=_options(args.attack, f"--attack {args.attack!r}"),
-        ablation=list(DEFAULT_ABLATION) if args.ablation else [],
+        ablation=[*(DEFAULT_ABLATION if args.ablation else []),
+                  *(_lever(text) for text in args.ablation_lever)],
         ablation_images=args.ablation_images, ablation_budget=_fraction(args.ablation_budget),
         epochs=args.epochs or 4, seed=args.seed,
         data_dir=Path(args.data_dir) if args.data_dir else None,

@@ -35,8 +35,8 @@ from .data import load_dataset
 from .gateway_path import protect_through_gateway
 from .victims import train_cached
 
-__all__ = ["DEFAULT_ABLATION", "DEFAULT_VICTIMS_224", "TransferStudy", "retained_skill",
-           "run_transfer"]
+__all__ = ["DEFAULT_ABLATION", "DEFAULT_VICTIMS_224", "MIN_CLEAN_SKILL", "TransferStudy",
+           "retained_skill", "run_transfer"]
 
 DEFAULT_VICTIMS_224 = ("shufflenetv2-x0.5", "mobilenetv3-small-224", "convnext-small",
                        "vit-small", "regnetx-400mf", "densenet-small")
@@ -55,9 +55,16 @@ DEFAULT_ABLATION: list[tuple[str, dict[str, Any]]] = [
 DEFENCES = ("jpeg75", "median3", "gaussian1", "resize_crop")
 
 
+# A victim whose clean accuracy is within this of chance has too little skill to lose: its
+# retained skill divides by nearly zero (on 150 test images one answer moves accuracy by
+# 0.007), so it is reported but left out of the black-box mean. Set before the 7-victim run.
+MIN_CLEAN_SKILL = 0.10
+
+
 def retained_skill(acc: float, clean: float, chance: float) -> float | None:
-    """(acc - chance) / (clean - chance); None when the clean model is not above chance."""
-    return None if clean - chance <= 1e-9 else (acc - chance) / (clean - chance)
+    """(acc - chance) / (clean - chance); None when the clean model is less than
+    :data:`MIN_CLEAN_SKILL` above chance (nothing to measure)."""
+    return None if clean - chance < MIN_CLEAN_SKILL else (acc - chance) / (clean - chance)
 
 
 @dataclass
@@ -130,11 +137,17 @@ class _Scorer:
         acc = self.accuracies(images)
         rs = {n: retained_skill(acc[n], self.clean[n], self.chance) for n in acc}
         black = [v for n in self.black if (v := rs[n]) is not None]
+        worst = max(black) if black else None
         white = [acc[n] for n in self.white]
         return {"accuracy": acc,
                 "retained_skill": {n: None if v is None else round(v, 4) for n, v in rs.items()},
                 "white_box_accuracy": round(sum(white) / len(white), 4) if white else None,
                 "black_box_retained_skill": round(sum(black) / len(black), 4) if black else None,
+                # the mean lets victims pushed below chance hide one the attack does not
+                # reach: the least protected victim, and the mean with skill floored at 0
+                "worst_black_box_retained_skill": None if worst is None else round(worst, 4),
+                "black_box_retained_skill_floor0": round(
+                    sum(max(v, 0.0) for v in black) / len(black), 4) if black else None,
                 "black_box_accuracy": round(sum(acc[n] for n in self.black)
                                             / max(len(self.black), 1), 4)}
 
@@ -285,6 +298,8 @@ def _ablation(study: TransferStudy, white: dict[str, Any], black: dict[str, Any]
             "seconds_per_image": round(seconds, 3),
             "white_box_accuracy": summary["white_box_accuracy"],
             "black_box_retained_skill": summary["black_box_retained_skill"],
+            "worst_black_box_retained_skill": summary["worst_black_box_retained_skill"],
+            "black_box_retained_skill_floor0": summary["black_box_retained_skill_floor0"],
             "retained_skill": summary["retained_skill"],
             "after_jpeg75": sub_scorer.summary(defences.jpeg(protected, 75))[
                 "black_box_retained_skill"]})

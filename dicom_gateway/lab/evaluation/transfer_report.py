@@ -128,6 +128,9 @@ def write_transfer_report(results: dict[str, Any], examples: dict[str, torch.Ten
              _table(["model", "test accuracy", "val accuracy"],
                     [[m, results["clean"]["test_accuracy"][m],
                       results["clean"]["val_accuracy"].get(m)] for m in models]), "",
+             "A victim less than 0.10 above chance on the clean test images has no skill to "
+             "lose: it is listed, its retained skill is n/a, and it is left out of the "
+             "black-box means.", "",
              "Attack options: `" + json.dumps(results["options"], sort_keys=True) + "`", "",
              "## Targets", "",
              _table(["target", "measured", "bound", "met", "missed by"],
@@ -136,10 +139,13 @@ def write_transfer_report(results: dict[str, Any], examples: dict[str, torch.Ten
              "## Budget-quality frontier (retained skill; black-box = mean over the victims)",
              ""]
     head = ["epsilon", "PSNR dB", "SSIM", "s/image", "white-box acc", "black-box RS",
+            "worst victim RS", "RS floored at 0",
             *[f"RS after {f}" for f in ("jpeg75", "median3", "gaussian1", "resize_crop")]]
     parts.append(_table(head, [[f"{r['epsilon_255']:g}/255", r["psnr_db"], r["ssim"],
                                 r["seconds_per_image"], r["protected"]["white_box_accuracy"],
                                 r["protected"]["black_box_retained_skill"],
+                                r["protected"].get("worst_black_box_retained_skill"),
+                                r["protected"].get("black_box_retained_skill_floor0"),
                                 *[r["defences"][f]["black_box_retained_skill"]
                                   for f in ("jpeg75", "median3", "gaussian1", "resize_crop")]]
                                for r in results["frontier"]]))
@@ -151,11 +157,18 @@ def write_transfer_report(results: dict[str, Any], examples: dict[str, torch.Ten
     if results["ablation"]:
         a0 = results["ablation"][0]
         parts += ["", f"## Ablation ({a0['epsilon_255']:g}/255, {a0['images']} test images)",
-                  "", _table(["lever", "options", "black-box RS", "RS after JPEG q75",
-                              "white-box acc", "s/image"],
+                  "", _table(["lever", "options", "black-box RS", "worst victim RS",
+                              "RS floored at 0", "RS after JPEG q75", "white-box acc",
+                              "s/image"],
                              [[a["lever"], "`" + json.dumps(a["options"]) + "`",
-                               a["black_box_retained_skill"], a["after_jpeg75"],
+                               a["black_box_retained_skill"],
+                               a.get("worst_black_box_retained_skill"),
+                               a.get("black_box_retained_skill_floor0"), a["after_jpeg75"],
                                a["white_box_accuracy"], a["seconds_per_image"]]
-                              for a in results["ablation"]])]
+                              for a in results["ablation"]]),
+                  "", "Per victim (retained skill, no defence):", "",
+                  _table(["lever", *victims],
+                         [[a["lever"], *[a["retained_skill"].get(v) for v in victims]]
+                          for a in results["ablation"]])]
     parts += ["", *[f"![{p}]({p})" for p in plots], ""]
     (out / "report.md").write_text("\n".join(parts))
