@@ -73,3 +73,33 @@ def test_torchscript_model_with_description(tmp_path: Path) -> None:
         load_surrogate(bare)
     (tmp_path / "bare.json").write_text(json.dumps({**description, "mean": [0.5], "std": [0.2]}))
     assert load_surrogate(bare).info.mean == (0.5,)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_vit_surrogate_loads_and_gives_the_attack_a_gradient(tmp_path: Path,
+                                                                channels: int) -> None:
+    """``vit-tiny``, the transformer family for 224x224 ensembles: saved, loaded back with the
+    same outputs, and differentiable through the attack (grey images as three channels)."""
+    from dicom_gateway.protect.perturbation import attack
+    from dicom_gateway.protect.surrogate import (
+        SurrogateInfo,
+        build_model,
+        load_surrogate,
+        save_surrogate,
+    )
+
+    info = SurrogateInfo("vit-tiny", "classification", (224, 224), channels, ("a", "b"),
+                         (0.5,) * channels, (0.25,) * channels)
+    torch.manual_seed(0)
+    model = build_model(info).eval()
+    with torch.no_grad():  # as if trained: torchvision starts the ViT's head at zero
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    save_surrogate(model, info, tmp_path / "vit.pt")
+    loaded = load_surrogate(tmp_path / "vit.pt")
+    x = torch.rand(2, channels, 224, 224)
+    with torch.no_grad():
+        assert loaded.model(x).shape == (2, 2)
+        assert torch.allclose(loaded.model(x), model(x), atol=1e-5)
+    adv = attack(x, [loaded], epsilon=4 / 255, steps=2)
+    assert 0 < float((adv - x).abs().max()) <= 4 / 255 + 1e-6

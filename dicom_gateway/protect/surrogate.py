@@ -93,6 +93,30 @@ def _resnet10(channels: int, classes: int) -> nn.Module:
     return model
 
 
+class _Grey3(nn.Module):
+    """Repeats a one-channel image to three channels for a model built for colour."""
+
+    def __init__(self, body: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.body, self.channels = body, channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.expand(-1, 3, -1, -1) if self.channels == 1 else x)
+
+
+def _vit_tiny(channels: int, classes: int) -> nn.Module:
+    """A small vision transformer for 224x224 inputs (Dosovitskiy et al. 2021) with a
+    convolutional stem (Xiao et al. 2021): 16x16 tokens, 4 layers, width 128, 4 heads. A
+    surrogate of another family than the CNNs, for ensembles that transfer to models with
+    patch-like stems."""
+    from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer
+
+    stem = [ConvStemConfig(c, 3, 2) for c in (16, 32, 64, 128)]
+    return _Grey3(VisionTransformer(image_size=224, patch_size=16, num_layers=4, num_heads=4,
+                                    hidden_dim=128, mlp_dim=256, num_classes=classes,
+                                    conv_stem_configs=stem), channels)
+
+
 class _UNetSmall(nn.Module):
     """A three-level U-Net (Ronneberger et al. 2015), 16-32-64 channels, for small patches;
     outputs one logit per class channel (a single foreground logit for binary masks)."""
@@ -125,6 +149,7 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "cnn-small": _small_cnn,
     "resnet18": _resnet18,
     "resnet10": _resnet10,
+    "vit-tiny": _vit_tiny,
     "unet-small": _unet_small,
 }
 SEGMENTATION_ARCHITECTURES = frozenset({"unet-small"})
