@@ -110,6 +110,11 @@ def _options(text: str, where: str) -> dict[str, Any]:
     return out
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names (architectures)."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def _lever(text: str) -> tuple[str, dict[str, Any]]:
     """``LABEL:key=value,...`` of ``--ablation-lever``."""
     label, colon, options = text.rpartition(":")
@@ -152,7 +157,7 @@ def _run_transfer(args: argparse.Namespace) -> int:
             if not f.is_file():
                 raise GatewayError(f"--ablation-ensembles: {f}: no such file")
     if args.victims:
-        study.victims = tuple(v.strip() for v in args.victims.split(",") if v.strip())
+        study.victims = _names(args.victims)
     try:
         results = run_transfer(study)
     except ValueError as exc:
@@ -186,9 +191,9 @@ def run_command(args: argparse.Namespace) -> int:
                     cache=Path(args.cache) if args.cache else None, progress=not args.quiet,
                     command="dicom-gateway " + shlex.join(sys.argv[1:]))
     if args.victims:
-        ev.victims = tuple(v.strip() for v in args.victims.split(",") if v.strip())
+        ev.victims = _names(args.victims)
     if args.surrogates:
-        ev.surrogates = tuple(v.strip() for v in args.surrogates.split(",") if v.strip())
+        ev.surrogates = _names(args.surrogates)
     try:
         results = run_evaluation(ev)
     except ValueError as exc:
