@@ -53,11 +53,14 @@ class ProtectionStage:
         ``progress`` is advanced by exactly ``len(paths)`` instances in all: as the method
         reports them if it takes ``progress`` (a long series shows its progress), the rest when
         the batch is done. ``study`` is what the method may know of the rest of the study
-        (:func:`study_context`), passed to methods that take it."""
+        (:func:`study_context` of files that include ``paths``), passed to methods that take
+        it; its SEG list also says which of ``paths`` are segmentations."""
         if self._profiles[profile_name].method == "none":
             return self._protect(profile_name, paths, progress)
+        # the study context has read every header of the study already: no second read
+        known = set(study.segmentations) if study is not None else None
         passed = {p: Outcome(source=p, output=p, parameters=dict(SEGMENTATION_UNCHANGED))
-                  for p in paths if _is_segmentation(p)}
+                  for p in paths if (p in known if known is not None else _is_segmentation(p))}
         if passed and progress is not None:
             progress(float(len(passed)))
         rest = [p for p in paths if p not in passed]
