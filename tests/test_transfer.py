@@ -150,7 +150,9 @@ def test_retained_skill() -> None:
 
 
 @pytest.mark.parametrize("extra", [{"smoothing": 5}, {"loss": "margin", "balance": True},
-                                   {"scales": 2}])
+                                   {"scales": 2},
+                                   {"transform": "augment", "diversity": 1.0, "copies": 2},
+                                   {"transform": "block-shuffle", "diversity": 1.0}])
 def test_transfer_levers_keep_the_budget_and_fool_the_surrogate(
         surrogates: dict[str, Path], extra: dict[str, object]) -> None:
     from dicom_gateway.lab.train import accuracy, load_npz_split
@@ -168,7 +170,8 @@ def test_transfer_levers_keep_the_budget_and_fool_the_surrogate(
 
 
 @pytest.mark.parametrize("key, value", [("smoothing", -1), ("scales", 0.5), ("loss", "hinge"),
-                                        ("balance", "yes")])
+                                        ("balance", "yes"), ("transform", "mixup"),
+                                        ("copies", 0)])
 def test_new_attack_settings_are_checked(surrogates: dict[str, Path], key: str,
                                          value: object) -> None:
 

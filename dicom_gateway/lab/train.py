@@ -6,7 +6,6 @@ test split is never used here.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DatasetError
+from ..protect.diversity import practitioner_augment
 from ..protect.surrogate import (
     SEGMENTATION_ARCHITECTURES,
     SurrogateInfo,
@@ -75,7 +75,8 @@ def _score(model: nn.Module, data: ImageSet) -> float:
 # train-surrogate's default adversarial-training budget for classifiers: a slightly robust
 # surrogate transfers better (Springer et al., NeurIPS 2021); measured on the 224x224 chest
 # X-rays at 4/255: black-box retained skill 0.80 with a standard ResNet-10, 0.57 with the same
-# network fine-tuned one epoch at 1/255 (docs/evaluation/kermany224/report.md)
+# network fine-tuned one epoch at 1/255
+# (docs/evaluation/kermany224/ablation-ensembles-4of255/report.md)
 SLIGHTLY_ROBUST = 1 / 255
 
 Augment = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
@@ -84,33 +85,10 @@ Augment = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torc
 def random_affine(x: torch.Tensor, m: torch.Tensor | None = None,
                   generator: torch.Generator | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The augmentation a practitioner uses at 224 (torchvision's RandomResizedCrop, flip,
-    small rotation and intensity jitter, per sample): crop 64-100 % of the area at an aspect
-    ratio in [3/4, 4/3], rotate by up to 10 degrees, flip half of the images, brightness and
-    contrast +-10 %. Masks (if any) follow the geometry, nearest-neighbour."""
-    n = x.shape[0]
-
-    def u(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, generator=generator)
-    scale = u(0.8, 1.0)
-    aspect = torch.exp(u(math.log(3 / 4), math.log(4 / 3)) / 2)
-    sx, sy = scale * aspect, scale / aspect
-    sx, sy = sx.clamp(max=1.0), sy.clamp(max=1.0)
-    angle = u(-math.pi / 18, math.pi / 18)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    tx, ty = (1 - sx) * u(-1, 1), (1 - sy) * u(-1, 1)
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([sx * cos * flip, -sy * sin, tx], 1),
-                         torch.stack([sx * sin * flip, sy * cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    contrast = u(0.9, 1.1).view(-1, 1, 1, 1)
-    brightness = u(-0.1, 0.1).view(-1, 1, 1, 1)
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = ((out - mean) * contrast + mean + brightness).clamp(0, 1)
-    if m is not None:
-        m = F.grid_sample(m, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out, m
+    """The augmentation a practitioner uses at 224
+    (:func:`dicom_gateway.protect.diversity.practitioner_augment`)."""
+    out, masks = practitioner_augment(x, m, generator)
+    return out, masks
 
 
 def _fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:

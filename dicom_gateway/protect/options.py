@@ -250,6 +250,8 @@ class PerturbationOptions(Options):
     smoothing: int | str = option("auto", integer(0, 63, also=("auto",)))
     scales: int = option(1, integer(0, 8))
     balance: bool = option(False, boolean)
+    transform: str = option("augment", choice("resize-pad", "augment", "block-shuffle"))
+    copies: int = option(1, integer(1, 64))
 
 
 @dataclass(frozen=True)

@@ -30,24 +30,19 @@ DEFAULTS = PerturbationOptions.defaults()  # a profile's defaults, for the lab's
 LOSSES = ("ce", "margin")
 
 
-def _adapt(x: Any, surrogate: Any, diversity: float, generator: Any) -> Any:
-    """Victim-like preprocessing: channels, optional random resize-and-pad (input diversity,
-    Xie et al. CVPR 2019: the image shrunk to 80-100 % and placed at a random offset, as a
-    random-resized-crop pipeline sees it), resize to the surrogate's input size."""
+def _adapt(x: Any, surrogate: Any, diversity: float, generator: Any,
+           transform: str = "resize-pad") -> Any:
+    """Victim-like preprocessing: channels, with probability ``diversity`` a random
+    transformation of :mod:`.diversity` (default: input diversity's resize-and-pad, Xie et al.
+    CVPR 2019), resize to the surrogate's input size."""
     import torch
-    import torch.nn.functional as F
 
+    from .diversity import transform as transformed
     from .surrogate import as_input, match_channels
 
-    size = surrogate.info.input_size
     if diversity > 0 and float(torch.rand((), generator=generator)) < diversity:
         x = match_channels(x, surrogate.info.channels)
-        scale = 0.8 + 0.2 * float(torch.rand((), generator=generator))
-        inner = (max(2, int(size[0] * scale)), max(2, int(size[1] * scale)))
-        x = F.interpolate(x, size=inner, mode="bilinear", align_corners=False, antialias=True)
-        top = int(torch.randint(0, size[0] - inner[0] + 1, (), generator=generator))
-        left = int(torch.randint(0, size[1] - inner[1] + 1, (), generator=generator))
-        return F.pad(x, (left, size[1] - inner[1] - left, top, size[0] - inner[0] - top))
+        return transformed(x, transform, surrogate.info.input_size, generator)
     return as_input(x, surrogate)
 
 
@@ -91,18 +86,21 @@ def _smoothing_kernel(size: int, channels: int) -> Any:
 
 
 def gradient(adv: Any, surrogates: Sequence[Any], labels: Any, diversity: float,
-             generator: Any, loss: str = "ce", scales: int = 1, balance: bool = False) -> Any:
+             generator: Any, loss: str = "ce", scales: int = 1, balance: bool = False,
+             transform: str = "resize-pad", copies: int = 1) -> Any:
     """The attack's ascent direction at ``adv``: the gradient of the ensemble loss, each
-    surrogate seeing its own input-diverse view. ``scales`` > 1 averages over copies scaled
-    by 1/2^i (scale invariance, Lin et al. ICLR 2020). ``balance`` normalizes each
-    surrogate's gradient per image before summing, so that no single model dominates."""
+    surrogate seeing ``copies`` randomly transformed views (``transform``, with probability
+    ``diversity`` each). ``scales`` > 1 averages over copies scaled by 1/2^i (scale
+    invariance, Lin et al. ICLR 2020). ``balance`` normalizes each surrogate's gradient per
+    image before summing, so that no single model dominates."""
     import torch
 
     total = torch.zeros_like(adv)
     for s in surrogates:
         adv_ = adv.detach().requires_grad_(True)
-        value = sum(_loss(s.model(_adapt(adv_ / 2 ** i, s, diversity, generator)), labels, loss)
-                    for i in range(scales))
+        value = sum(_loss(s.model(_adapt(adv_ / 2 ** i, s, diversity, generator, transform)),
+                          labels, loss)
+                    for i in range(scales) for _ in range(copies))
         grad, = torch.autograd.grad(value, adv_)
         if balance:
             grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
@@ -113,11 +111,12 @@ def gradient(adv: Any, surrogates: Sequence[Any], labels: Any, diversity: float,
 def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: int = 10,
            momentum: float = 1.0, diversity: float = 0.5, seed: int = 0, labels: Any = None,
            loss: str = "ce", smoothing: int | str = 0, scales: int = 1,
-           balance: bool = False) -> Any:
+           balance: bool = False, transform: str = "resize-pad", copies: int = 1) -> Any:
     """MI-FGSM (Dong et al. CVPR 2018) with input diversity against the ensemble, optionally
     with translation-invariant smoothing of the gradient (``smoothing``: kernel size in
-    pixels of ``x``, 0 = off, ``auto``: :func:`smoothing_size`), scale invariance and a
-    balanced ensemble; ``x`` is
+    pixels of ``x``, 0 = off, ``auto``: :func:`smoothing_size`), scale invariance, a
+    balanced ensemble, and ``copies`` views per step by ``transform`` (:mod:`.diversity`);
+    ``x`` is
     ``(N, C, H, W)`` in [0, 1], L-infinity budget ``epsilon``.
 
     ``labels``: the classes to move away from; default the ensemble's clean prediction (the
@@ -139,7 +138,8 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
     alpha = 2.5 * epsilon / max(steps, 1)  # Madry et al.: reaches the boundary and moves along it
     adv, g = x.clone(), torch.zeros_like(x)
     for _ in range(steps):
-        grad = gradient(adv, surrogates, labels, diversity, generator, loss, scales, balance)
+        grad = gradient(adv, surrogates, labels, diversity, generator, loss, scales, balance,
+                        transform, copies)
         if kernel is not None:
             grad = F.conv2d(grad, kernel, padding=smoothing // 2, groups=x.shape[1])
             grad = grad[..., :x.shape[2], :x.shape[3]]
@@ -169,7 +169,8 @@ class AdversarialPerturbation:
         o = self.options
         return {"epsilon": o.epsilon, "steps": o.steps, "momentum": o.momentum,
                 "diversity": o.diversity, "loss": o.loss, "smoothing": o.smoothing,
-                "scales": o.scales, "balance": o.balance}
+                "scales": o.scales, "balance": o.balance, "transform": o.transform,
+                "copies": o.copies}
 
     def __call__(self, paths: Sequence[Path],
                  progress: ReportProgress | None = None) -> list[Outcome]:

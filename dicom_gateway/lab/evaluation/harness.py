@@ -93,9 +93,10 @@ def _perturbation(run: Run, models: dict[str, Trained], clean: dict[str, float],
     # oracle_labels (evaluation only) moves away from the true label: an upper bound
     y = s.test.labels if o["oracle_labels"] else None
     t0 = time.monotonic()
-    protected = torch.cat([attack(x[i:i + 64], surrogates, float(o["epsilon"]), int(o["steps"]),
-                                  float(o["momentum"]), float(o["diversity"]), seed=run.ev.seed,
-                                  labels=None if y is None else y[i:i + 64])
+    attack_options = {k: v for k, v in o.items()
+                      if k not in ("oracle_labels", "surrogates", "batch")}
+    protected = torch.cat([attack(x[i:i + 64], surrogates, seed=run.ev.seed,
+                                  labels=None if y is None else y[i:i + 64], **attack_options)
                            for i in range(0, len(x), 64)])
     seconds = time.monotonic() - t0
     protected = to_8bit(protected)

@@ -166,15 +166,18 @@ class _Adapted(torch.nn.Module):
 def _protect(study: TransferStudy, images: torch.Tensor, epsilon: float,
              extra: dict[str, Any], cache: Path) -> tuple[torch.Tensor, float]:
     """The images protected through the gateway's path, or the same protection cached (keyed
-    by the images, the options and the surrogate files' hashes), so that victims added later
-    are scored on exactly the images the earlier ones saw."""
+    by the images, the options with the method's defaults and the surrogate files' hashes), so
+    that victims added later are scored on exactly the images the earlier ones saw."""
     import hashlib
     import json
 
     options = {**study.options, "surrogates": [str(p) for p in study.surrogate_files],
                **extra, "epsilon": epsilon}
     h = hashlib.sha256(images.numpy().tobytes())
-    h.update(json.dumps({k: v for k, v in options.items() if k != "surrogates"},
+    # the key holds every attack setting the images were protected with, defaults included:
+    # a changed default must not find the images protected under the previous one
+    resolved = {**{k: v for k, v in DEFAULTS.items() if k != "batch"}, **options}
+    h.update(json.dumps({k: v for k, v in resolved.items() if k != "surrogates"},
                         sort_keys=True).encode())
     for f in options["surrogates"]:
         h.update(hashlib.sha256(Path(f).read_bytes()).digest())
