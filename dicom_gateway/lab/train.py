@@ -82,13 +82,9 @@ SLIGHTLY_ROBUST = 1 / 255
 Augment = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def random_affine(x: torch.Tensor, m: torch.Tensor | None = None,
-                  generator: torch.Generator | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The augmentation a practitioner uses at 224
-    (:func:`dicom_gateway.protect.diversity.practitioner_augment`)."""
-    out, masks = practitioner_augment(x, m, generator)
-    return out, masks
+# the augmentation a practitioner uses at 224 (random resized crop, flip, rotation, intensity
+# jitter); the attack's ``transform: augment`` draws from the same function
+random_affine: Augment = practitioner_augment
 
 
 def _fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:

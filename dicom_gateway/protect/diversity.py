@@ -6,9 +6,8 @@ under the changes an unknown model's pipeline makes and does not fit one surroga
   examples with input diversity", CVPR 2019): the image shrunk to 80-100 % at a random offset.
 - ``augment``: the augmentation a partner trains with (:func:`practitioner_augment`: random
   resized crop, flip, small rotation, brightness and contrast jitter), as expectation over
-  transformation (Athalye et
-  al., "Synthesizing robust adversarial examples", ICML 2018): a model trained to ignore these
-  changes sees what survives them.
+  transformation (Athalye et al., "Synthesizing robust adversarial examples", ICML 2018): a
+  model trained to ignore these changes sees what survives them.
 - ``block-shuffle``: the image cut into a 2x2 or 3x3 grid of blocks, the blocks
   shuffled and each turned by a small random angle (block shuffle and rotation, Wang et al.,
   "Boosting adversarial transferability by block shuffle and rotation", CVPR 2024), which
