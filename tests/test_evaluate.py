@@ -57,11 +57,30 @@ def test_report_structure(tiny_run: tuple[Path, Path, dict]) -> None:
     assert watermark["keepout_overlap_pixels"]["total"] == 0
     assert 0 < watermark["logo_area_fraction"]["max"] <= 1 / 16 + 1e-9
     assert watermark["quality"]["changed_outside_footprint"] == 0
-    assert set(unlearnable["defences"]) == {"iss_jpeg10", "adversarial_training"}
+    assert set(unlearnable["defences"]) == {"jpeg75_training", "iss_jpeg10",
+                                            "adversarial_training"}
     assert unlearnable["images"] == 96 + 96  # train and val are released, both protected
     for r in results["methods"].values():
         assert r["seconds_per_image"] > 0
         assert 0 < r["quality"]["ssim"] < 1
+    # retained skill: (accuracy - chance) / (clean - chance), chance the majority class
+    chance = perturbation["protected"]["chance"]
+    assert 0.5 <= chance < 1  # two classes: the majority is at least half
+    clean = results["clean"]["per_victim"]
+    skills = {v: (a - chance) / (clean[v] - chance)
+              for v, a in perturbation["protected"]["per_victim"].items()
+              if clean[v] - chance >= 0.10}
+    for v, skill in skills.items():
+        assert perturbation["protected"]["retained_skill"][v] == pytest.approx(skill, abs=1e-4)
+    black = [skills[v] for v in results["settings"]["black_box"] if v in skills]
+    if black:
+        assert perturbation["protected"]["black_box_retained_skill"] == pytest.approx(
+            sum(black) / len(black), abs=1e-3)
+    tp = unlearnable["trained_on_protected"]
+    for v, a in tp["per_victim"].items():
+        if clean[v] - chance >= 0.10:
+            assert tp["retained_skill"][v] == pytest.approx(
+                (a - chance) / (clean[v] - chance), abs=1e-4)
     # every target row is consistent with its measured number
     assert results["targets"]
     for t in results["targets"]:
@@ -140,7 +159,7 @@ def test_segmentation_set_runs_unlearnable_only(tmp_path: Path) -> None:
     u = results["methods"]["unlearnable"]
     assert set(u["trained_on_protected"]["per_victim"]) == {"unet-small", "fcn-small"}
     assert {t["target"].split(": ", 1)[1] for t in results["targets"]} == {
-        "Dice of victims trained on protected data / clean", "PSNR"}
+        "Dice of victims trained on protected data / clean"}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -152,3 +171,23 @@ def test_bad_arguments_get_a_clear_answer(tmp_path: Path, args: list[str], messa
     done = _evaluate(*args, "--out", str(tmp_path))
     assert done.returncode == 1
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_targets_are_in_retained_skill() -> None:
+    """The targets read retained skill, take the attacker's strongest filter, and leave
+    RetinaMNIST (clean models near chance) without targets."""
+    from dicom_gateway.lab.evaluation.targets import targets
+
+    defences = {"jpeg75": {"black_box_retained_skill": 0.1},
+                "median3": {"black_box_retained_skill": 0.2},
+                "gaussian1": {"black_box_retained_skill": 0.5},
+                "resize_crop": {"black_box_retained_skill": None}}
+    run = {"dataset": {"name": "pneumoniamnist"}, "metric": "accuracy", "methods": {
+        "p": {"method": "adversarial_perturbation", "defences": defences,
+              "protected": {"white_box_mean": 0.3, "black_box_retained_skill": 0.25}}}}
+    got = {t["target"]: (t["measured"], t["met"], t["gap"]) for t in targets(run)}
+    assert got == {"p: white-box accuracy": (0.3, False, 0.25),
+                   "p: black-box retained skill": (0.25, False, 0.05),
+                   "p: after JPEG q75, black-box retained skill": (0.1, True, 0.0),
+                   "p: after the strongest of median, Gaussian, resize-crop": (0.5, False, 0.15)}
+    assert targets({**run, "dataset": {"name": "retinamnist"}}) == []

@@ -19,7 +19,7 @@ from ...protect.quality import psnr, ssim
 from ..datasets import ImageSet
 from . import defences
 from .run import DEFAULT_METHODS, Evaluation, Run, attack_defences, log
-from .scoring import chance, mean, score, score_all, summary, to_8bit
+from .scoring import chance, mean, retained_skill, rounded, score, score_all, summary, to_8bit
 from .victims import Trained, as_surrogate, build
 from .watermark_run import evaluate_watermark
 
@@ -157,9 +157,40 @@ def _unlearnable(run: Run, clean: dict[str, float], options: dict[str, Any]) -> 
     trained = {a: run.train(a, p_train, p_val, ev.seed + 100 + i, "on-protected")
                for i, a in enumerate(names)}
     scores = score_all(trained, s.test.images, s.test)
-    dfs: dict[str, Any] = {}
     victim = ev.defence_victim or (run.black[0] if run.black else names[0])
-    squeezes = {"iss_jpeg10": lambda t: defences.jpeg(t, 10)}
+    dfs = _training_defences(run, victim, p_train, p_val)
+    rel = {a: round(scores[a] / clean[a], 4) if clean.get(a) else None for a in scores}
+    clean_ref = {a: clean.get(a) for a in scores}
+    ch = chance(s.test)
+    skill = {a: rounded(retained_skill(scores[a], clean.get(a), ch)) for a in scores}
+    return {"_examples": examples, "images": len(release), "options": o,
+            "rounds_run": result.rounds,
+            "seconds_per_image": round(seconds / len(release), 4),
+            "quality": {"psnr_db": round(psnr(release.images, protected), 2),
+                        "ssim": round(ssim(release.images, protected), 4)},
+            "trained_on_protected": {"per_victim": scores, "clean_reference": clean_ref,
+                                     "relative": rel,
+                                     "mean_relative": mean([v for v in rel.values()
+                                                             if v is not None]),
+                                     "chance": ch, "retained_skill": skill,
+                                     "mean_retained_skill": mean([v for v in skill.values()
+                                                                  if v is not None])},
+            "defence_victim": victim, "defences": dfs,
+            "defences_relative": {k: {a: round(v / clean[a], 4) if clean.get(a) else None
+                                      for a, v in d.items()} for k, d in dfs.items()},
+            "defences_retained_skill": {k: {a: rounded(retained_skill(v, clean.get(a), ch))
+                                            for a, v in d.items()} for k, d in dfs.items()}}
+
+
+def _training_defences(run: Run, victim: str, p_train: ImageSet, p_val: ImageSet
+                       ) -> dict[str, Any]:
+    """``victim`` trained on the release after the attacker's preprocessing (JPEG q75, ISS's
+    squeezes) and with adversarial training: its test score per defence."""
+    s, ev = run.splits, run.ev
+    dfs: dict[str, Any] = {}
+    # JPEG q75 at training time: the attacker's ordinary re-encoding; q10: ISS's squeeze
+    squeezes = {"jpeg75_training": lambda t: defences.jpeg(t, 75),
+                "iss_jpeg10": lambda t: defences.jpeg(t, 10)}
     if s.channels == 3:
         squeezes["iss_grayscale"] = defences.grayscale
     for name, fn in squeezes.items():
@@ -172,17 +203,4 @@ def _unlearnable(run: Run, clean: dict[str, float], options: dict[str, Any]) -> 
                                                progress=ev.progress)
         t = run.train(victim, p_train, p_val, ev.seed + 300, "adversarial-training", trainer)
         dfs["adversarial_training"] = {victim: round(score(t.model, s.test.images, s.test), 4)}
-    rel = {a: round(scores[a] / clean[a], 4) if clean.get(a) else None for a in scores}
-    clean_ref = {a: clean.get(a) for a in scores}
-    return {"_examples": examples, "images": len(release), "options": o,
-            "rounds_run": result.rounds,
-            "seconds_per_image": round(seconds / len(release), 4),
-            "quality": {"psnr_db": round(psnr(release.images, protected), 2),
-                        "ssim": round(ssim(release.images, protected), 4)},
-            "trained_on_protected": {"per_victim": scores, "clean_reference": clean_ref,
-                                     "relative": rel,
-                                     "mean_relative": mean([v for v in rel.values()
-                                                             if v is not None])},
-            "defence_victim": victim, "defences": dfs,
-            "defences_relative": {k: {a: round(v / clean[a], 4) if clean.get(a) else None
-                                      for a, v in d.items()} for k, d in dfs.items()}}
+    return dfs

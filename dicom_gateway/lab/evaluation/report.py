@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from .targets import lookup, targets
+
 __all__ = ["SEEDS", "targets", "write_report"]
 
 # The seeds' published figures (docs/references.md): MIAD-MARK (visible
@@ -26,55 +28,6 @@ SEEDS = {
 
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f} %"
-
-
-def _get(d: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
-def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets that this run measures: name, measured, target, met, gap."""
-    out: list[dict[str, Any]] = []
-    m = results["methods"]
-
-    def add(name: str, measured: float | None, bound: float, upper: bool = True,
-            unit: str = "") -> None:
-        if measured is None:
-            return
-        met = measured <= bound if upper else measured >= bound
-        gap = measured - bound if upper else bound - measured
-        out.append({"target": name, "measured": measured, "bound": bound,
-                    "direction": "<=" if upper else ">=", "unit": unit, "met": bool(met),
-                    "gap": round(max(gap, 0.0), 4)})
-
-    name = results["dataset"]["name"]
-    for label, r in m.items():
-        method = r.get("method", label)
-        if method in ("adversarial_perturbation", "adversarial_watermark"):
-            add(f"{label}: white-box accuracy", _get(r, "protected", "white_box_mean"), 0.05)
-            add(f"{label}: black-box accuracy / clean",
-                _get(r, "protected", "black_box_relative"), 0.40)
-            add(f"{label}: after JPEG q75, black-box / clean",
-                _get(r, "defences", "jpeg75", "black_box_relative"), 0.45)
-        if method == "adversarial_perturbation":
-            add(f"{label}: PSNR", r["quality"]["psnr_db"], 40.0, upper=False, unit="dB")
-        if method == "adversarial_watermark":
-            add(f"{label}: after removal network, black-box / clean",
-                _get(r, "defences", "removal_network", "black_box_relative"), 0.45)
-            add(f"{label}: keep-out overlap (pixels)",
-                float(r["keepout_overlap_pixels"]["total"]), 0.0)
-        if method == "unlearnable" and name == "msd-lung":
-            add(f"{label}: Dice of victims trained on protected data / clean",
-                _get(r, "trained_on_protected", "mean_relative"), 0.10)
-            add(f"{label}: PSNR", r["quality"]["psnr_db"], 45.0, upper=False, unit="dB")
-        if method == "unlearnable" and name == "pneumoniamnist":
-            add(f"{label}: accuracy of victims trained on protected data / clean",
-                _get(r, "trained_on_protected", "mean_relative"), 0.50)
-    return out
 
 
 def _table(rows: list[list[str]], head: list[str]) -> str:
@@ -178,7 +131,7 @@ def _seed_table(results: dict[str, Any]) -> str:
             [SEEDS["watermark_black_box"][0], f"{SEEDS['watermark_black_box'][1]} %",
              _pct(w["protected"]["black_box_mean"]), "held-out architectures"],
             [SEEDS["watermark_removal"][0], f"{SEEDS['watermark_removal'][1]} %",
-             _pct(_get(w, "defences", "removal_network", "black_box_mean")),
+             _pct(lookup(w, "defences", "removal_network", "black_box_mean")),
              "our removal network, black-box victims"]]
     if u and results["metric"] == "dice":
         tp = u["trained_on_protected"]
@@ -250,27 +203,17 @@ def write_report(results: dict[str, Any], examples: dict[str, dict[str, torch.Te
                          f"{rn['psnr_on_random_marks_after_db']} dB.")
         lines.append("")
         if method == "unlearnable":
-            tp = r["trained_on_protected"]
-            lines += [(f"Victims trained on the protected release ({r['rounds_run']} min-min "
-                       f"rounds), tested on the clean test split:"), "", _table(
-                          [[v, _pct(tp["clean_reference"][v]), _pct(s),
-                            f"{tp['relative'][v]}"] for v, s in tp["per_victim"].items()],
-                          ["victim", "trained on clean", "trained on protected", "ratio"]), "",
-                      f"Mean ratio {tp['mean_relative']}. Defences ({r['defence_victim']}):", ""]
-            lines += [_table([[k, _pct(v[r["defence_victim"]]),
-                               str(r["defences_relative"][k][r["defence_victim"]])]
-                              for k, v in r["defences"].items()],
-                             ["defence", f"test {metric}", "ratio to clean-trained"]), ""]
+            lines += _unlearnable_lines(r, metric)
         else:
             head = ["victim", "role", "clean", "protected", *r["defences"]]
             lines += [_table(_victim_rows(results, label), head), ""]
-            summary = [["protected", _pct(r["protected"]["white_box_mean"]),
-                        _pct(r["protected"]["black_box_mean"]),
-                        str(r["protected"]["black_box_relative"])]]
-            summary += [[k, _pct(v["white_box_mean"]), _pct(v["black_box_mean"]),
-                         str(v["black_box_relative"])] for k, v in r["defences"].items()]
+            summary = [[k, _pct(v["white_box_mean"]), _pct(v["black_box_mean"]),
+                        str(v["black_box_relative"]), str(v.get("black_box_retained_skill"))]
+                       for k, v in {"protected": r["protected"], **r["defences"]}.items()]
             lines += [_table(summary, ["condition", "white-box mean", "black-box mean",
-                                       "black-box / clean"]), ""]
+                                       "black-box / clean", "black-box retained skill"]), "",
+                      f"Chance (the test split's majority class): {r['protected'].get('chance')}.",
+                      ""]
         for plot in results["plots"]:
             if plot.rsplit("-", 1)[0] == _slug(label):
                 lines += [f"![{plot}]({plot})", ""]
@@ -278,6 +221,31 @@ def write_report(results: dict[str, Any], examples: dict[str, dict[str, torch.Te
         lines += [f"Skipped {method}: {why}.", ""]
     lines.append(_seed_table(results))
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _unlearnable_lines(r: dict[str, Any], metric: str) -> list[str]:
+    """The report's tables of victims trained on the protected release, and of the defences."""
+    lines: list[str] = []
+    tp = r["trained_on_protected"]
+    skill = tp.get("retained_skill", {})
+    lines += [(f"Victims trained on the protected release ({r['rounds_run']} min-min "
+               f"rounds), tested on the clean test split:"), "", _table(
+                  [[v, _pct(tp["clean_reference"][v]), _pct(s),
+                    f"{tp['relative'][v]}", str(skill.get(v))]
+                   for v, s in tp["per_victim"].items()],
+                  ["victim", "trained on clean", "trained on protected", "ratio",
+                   "retained skill"]), "",
+              (f"Mean ratio {tp['mean_relative']}, mean retained skill "
+               f"{tp.get('mean_retained_skill')} (chance {tp.get('chance')}). "
+               f"Defences ({r['defence_victim']}):"), ""]
+    dskill = r.get("defences_retained_skill", {})
+    lines += [_table([[k, _pct(v[r["defence_victim"]]),
+                       str(r["defences_relative"][k][r["defence_victim"]]),
+                       str(dskill.get(k, {}).get(r["defence_victim"]))]
+                      for k, v in r["defences"].items()],
+                     ["defence (at training time)", f"test {metric}",
+                      "ratio to clean-trained", "retained skill"]), ""]
+    return lines
 
 
 def _slug(label: str) -> str:

@@ -33,6 +33,7 @@ from ..train import accuracy
 from . import defences
 from .data import load_dataset
 from .gateway_path import protect_through_gateway
+from .scoring import MIN_CLEAN_SKILL, retained_skill
 from .victims import train_cached
 
 __all__ = ["DEFAULT_ABLATION", "DEFAULT_VICTIMS_224", "MIN_CLEAN_SKILL", "TransferStudy",
@@ -53,18 +54,6 @@ DEFAULT_ABLATION: list[tuple[str, dict[str, Any]]] = [
 ]
 
 DEFENCES = ("jpeg75", "median3", "gaussian1", "resize_crop")
-
-
-# A victim whose clean accuracy is within this of chance has too little skill to lose: its
-# retained skill divides by nearly zero (on 150 test images one answer moves accuracy by
-# 0.007), so it is reported but left out of the black-box mean. Set before the 7-victim run.
-MIN_CLEAN_SKILL = 0.10
-
-
-def retained_skill(acc: float, clean: float, chance: float) -> float | None:
-    """(acc - chance) / (clean - chance); None when the clean model is less than
-    :data:`MIN_CLEAN_SKILL` above chance (nothing to measure)."""
-    return None if clean - chance < MIN_CLEAN_SKILL else (acc - chance) / (clean - chance)
 
 
 @dataclass
