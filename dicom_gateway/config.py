@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from . import config_checks as checks
+from .deid.options import DeidOptionError, parse_deidentify
 from .errors import ConfigError, KeyFileError
 from .protect.options import NoneOptions, OptionError
 from .protect.registry import method_names, parse_options
@@ -185,12 +186,16 @@ def _profile(name: str, r: _Reader, base_dir: Path) -> ProfileConfig:
         raise r.error("expected a mapping with at least 'method'")
     method = r.get("method", str, check=lambda m: None if m in method_names()
                    else f"unknown method {m!r} (available: {', '.join(method_names())})")
-    common = {"method", "require_pixel_data", "on_unprotectable"}
+    common = {"method", "require_pixel_data", "on_unprotectable", "deidentify"}
     try:
         options = parse_options(method, {k: v for k, v in r.data.items() if k not in common},
                                 base_dir)
     except OptionError as exc:
         raise r.error(exc.problem, exc.key) from None
+    try:  # PS3.15 Annex E de-identification: deid/options.py, decision 0018
+        deidentify = parse_deidentify(r.data["deidentify"]) if r.has("deidentify") else None
+    except DeidOptionError as exc:
+        raise r.child("deidentify").error(exc.problem, exc.key or None) from None
     return ProfileConfig(
         name=name,
         method=method,
@@ -199,6 +204,7 @@ def _profile(name: str, r: _Reader, base_dir: Path) -> ProfileConfig:
                                check=lambda v: None if v in ("quarantine", "forward")
                                else "must be 'quarantine' or 'forward'"),
         options=options,
+        deidentify=deidentify,
     )
 
 
@@ -332,6 +338,10 @@ def _check_sealing(root: _Reader, seal: SealConfig | None, partners: Mapping[str
     if no_route.partner and no_route.profile:
         pairs.append(("no_route", no_route.partner, no_route.profile))
     for where, name, profile in pairs:
+        if profiles[profile].deidentify is not None and seal is None:
+            raise root.error(f"{where} sends profile {profile!r}, which de-identifies, to "
+                             f"{name!r}: its pseudonyms are keyed by the seal's uid_secret; add "
+                             "a 'seal' section (files from 'dicom-gateway keys init')", "seal")
         if profiles[profile].method == "none":
             continue
         if seal is None:

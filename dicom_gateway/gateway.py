@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 
+from .deid.service import DeidService, needs_deidentification
 from .endpoint import OpsEndpoint
 from .forwarder import ForwarderProcess
 from .metrics import Metrics, SnapshotCollector
@@ -51,7 +52,10 @@ class Gateway:
                              [n for n, p in config.partners.items() if p.key and config.seal])
         self.stage = ProtectionStage(config.profiles, self.metrics)
         sealer = SealService(config) if config.seal is not None else None
-        self.worker = StudyWorker(self.spool, self.stage, self.metrics, self._enqueue, sealer)
+        deid = DeidService(config) if config.seal is not None and \
+            needs_deidentification(config) else None
+        self.worker = StudyWorker(self.spool, self.stage, self.metrics, self._enqueue, sealer,
+                                  deid)
         self.assembler = StudyAssembler(self.spool, config.gateway.study_stable_seconds,
                                         self.worker, self.metrics, config.gateway.rescan_seconds)
         self.receiver = Receiver(config, self.spool, Router(config.routes), self.metrics,

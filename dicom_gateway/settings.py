@@ -17,6 +17,7 @@ from .route import Route
 
 __all__ = [
     "Config",
+    "DeidConfig",
     "GatewayConfig",
     "ListenConfig",
     "MethodOptions",
@@ -94,6 +95,17 @@ class PartnerConfig:
 
 
 @dataclass(frozen=True)
+class DeidConfig:
+    """A profile's de-identification: DICOM PS3.15 Annex E, the Basic Application Level
+    Confidentiality Profile with the named options (``deid/``; decision 0018)."""
+
+    options: frozenset[str] = frozenset()  # option names (deid/options.py: OPTIONS)
+    safe_private: tuple[tuple[int, str, int], ...] = ()  # (group, private creator, element)
+    allow_pixel_risk: frozenset[str] = frozenset()  # burned-in, ultrasound, ... sent anyway
+    max_date_shift_days: int = 365  # modified dates move back 1..N days per patient
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """A protection profile: a method and its settings, chosen by routes."""
 
@@ -102,6 +114,7 @@ class ProfileConfig:
     require_pixel_data: bool
     on_unprotectable: str  # "quarantine" (default, fail closed) or "forward"
     options: MethodOptions  # the method's own typed settings
+    deidentify: DeidConfig | None = None  # None: headers leave as received
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,12 @@ An instance that cannot be protected is quarantined for that partner (fail close
 profile says ``on_unprotectable: forward``. Only after all its outbox and quarantine entries are
 committed is an instance removed from ``work/``: a crash in between re-processes it (a possible
 duplicate delivery, never a loss).
+
+On a profile that de-identifies (``deidentify``, decision 0018), an instance whose pixels may
+show identifiers is quarantined before protection; the rest are protected once, and each
+partner's copy is de-identified with that partner's keys (header only: no protection method
+reads what de-identification changes), then sealed from the de-identified original, so the
+order is de-identify, protect, seal. Any failure there quarantines (``deid_failed``).
 """
 
 from __future__ import annotations
@@ -16,7 +22,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import SealError
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from .deid.service import DeidService
+from .errors import InstanceError, SealError
 from .metrics import Metrics
 from .protect import Outcome, StudyContext
 from .records import RoutingRecord, SetAsideReason
@@ -33,9 +43,10 @@ class StudyWorker:
     """Processes one released study (called by the assembler's thread)."""
 
     def __init__(self, spool: Spool, stage: ProtectionStage, metrics: Metrics,
-                 enqueue: Callable[[str, Entry], None], sealer: SealService | None = None
-                 ) -> None:
+                 enqueue: Callable[[str, Entry], None], sealer: SealService | None = None,
+                 deid: DeidService | None = None) -> None:
         self._sealer = sealer
+        self._deid = deid
         self._spool = spool
         self._stage = stage
         self._metrics = metrics
@@ -78,7 +89,10 @@ class StudyWorker:
         touched: set[str] = set()
         context: StudyContext | None = None  # read once, when a profile protects pixels
         for by_profile in batches.values():  # series by series: one batch per (series, profile)
-            for profile, items in by_profile.items():
+            for profile, all_items in by_profile.items():
+                items = self._screened(profile, all_items)
+                if not items:
+                    continue
                 method = self._stage.profile(profile).method
                 self._metrics.protect_batch_size.labels(method=method).observe(len(items))
                 if context is None and method != "none":
@@ -121,6 +135,9 @@ class StudyWorker:
             for partner in partners:
                 self._seal_for(study, entry, partner, profile, outcome)
             return
+        if self._stage.profile(profile).deidentify is not None:
+            self._deidentified(study, entry, partners, profile, output)
+            return
         staged = self._spool.stage_output(output)
         try:
             for partner in partners:
@@ -135,19 +152,82 @@ class StudyWorker:
         assert outcome.output is not None
         method = self._stage.profile(profile).method
         started = time.perf_counter()
+        source: Path | Dataset = entry.path
+        protected: Path | Dataset = outcome.output
+        reason = "deid_failed"
         try:
+            if self._stage.profile(profile).deidentify is not None:  # de-identify, then seal
+                source = self._deidentify(profile, partner, dcmread(entry.path))
+                protected = self._deidentify(profile, partner, protected if isinstance(
+                    protected, Dataset) else dcmread(protected))
+            reason = "seal_failed"
             if self._sealer is None or not self._sealer.has_partner(partner):
                 raise SealError("no_key", f"no seal key for partner {partner!r}")
-            sealed = self._sealer.seal(partner, entry.path, outcome.output, outcome.residual,
+            sealed = self._sealer.seal(partner, source, protected, outcome.residual,
                                        method, dict(outcome.parameters))
         except Exception as exc:  # never let protected pixels leave unsealed: quarantine
-            self._spool.quarantine(entry, partner, SetAsideReason(
-                "seal_failed", f"{type(exc).__name__}: {exc}", profile=profile))
-            self._metrics.quarantined.labels(partner=partner, reason="seal_failed").inc()
-            _log.warning("quarantined sop=%s for %s: seal failed: %s", entry.name, partner,
-                         type(exc).__name__)
+            self._set_aside(entry, partner, profile, InstanceError(
+                reason, f"{type(exc).__name__}: {exc}"))
             return
         self._metrics.seal_seconds.labels(partner=partner).observe(time.perf_counter() - started)
         staged = self._spool.stage_output(sealed)
         out = self._spool.commit_outbox(partner, f"{study}_{entry.sop_key}", staged)
         self._pending.setdefault(entry.path, []).append((partner, out))
+
+    # -- de-identification (decision 0018) ----------------------------------------------------
+    def _deidentify(self, profile: str, partner: str, ds: Dataset) -> Dataset:
+        if self._deid is None:
+            raise InstanceError("deid_failed", "the gateway has no de-identification keys")
+        return self._deid.deidentify(profile, partner, ds)
+
+    def _set_aside(self, entry: Entry, partner: str, profile: str, error: InstanceError) -> None:
+        """Quarantine ``entry`` for ``partner``; the log names the reason token only (the
+        message may quote a header value)."""
+        self._spool.quarantine(entry, partner, SetAsideReason(error.reason, str(error),
+                                                              profile=profile))
+        self._metrics.quarantined.labels(partner=partner, reason=error.reason).inc()
+        _log.warning("quarantined sop=%s for %s: %s", entry.name, partner, error.reason)
+
+    def _screened(self, profile: str, items: list[tuple[Entry, list[str]]]
+                  ) -> list[tuple[Entry, list[str]]]:
+        """``items`` less those whose pixels may show identifiers on a de-identifying profile
+        (quarantined with the rule's reason for each of their partners, never protected)."""
+        if self._stage.profile(profile).deidentify is None:
+            return items
+        kept = []
+        for entry, partners in items:
+            problem: InstanceError | None
+            try:
+                head = dcmread(entry.path, stop_before_pixels=True)
+                problem = (self._deid.screen(profile, head) if self._deid is not None else
+                           InstanceError("deid_failed", "the gateway has no de-identification "
+                                         "keys"))
+            except Exception as exc:  # unreadable: it cannot be de-identified either
+                problem = InstanceError("deid_failed", f"{type(exc).__name__}: {exc}")
+            if problem is None:
+                kept.append((entry, partners))
+                continue
+            for partner in partners:
+                self._set_aside(entry, partner, profile, problem)
+        return kept
+
+    def _deidentified(self, study: str, entry: Entry, partners: list[str], profile: str,
+                      output: Path | Dataset) -> None:
+        """A de-identified copy per partner into its outbox (a route that does not seal)."""
+        try:
+            ds = output if isinstance(output, Dataset) else dcmread(output)
+        except Exception as exc:
+            for partner in partners:
+                self._set_aside(entry, partner, profile, InstanceError(
+                    "deid_failed", f"{type(exc).__name__}: {exc}"))
+            return
+        for partner in partners:
+            try:
+                copy = self._deidentify(profile, partner, ds)
+            except Exception as exc:  # never send a header that is not de-identified
+                self._set_aside(entry, partner, profile, InstanceError(
+                    "deid_failed", f"{type(exc).__name__}: {exc}"))
+                continue
+            out = self._spool.commit_outbox(partner, f"{study}_{entry.sop_key}",
+                                            self._spool.stage_output(copy))
+            self._pending.setdefault(entry.path, []).append((partner, out))

@@ -108,12 +108,25 @@ def method_options() -> dict[str, set[str]]:
     return options
 
 
+def deidentify_options() -> set[str]:
+    """Keys of a profile's ``deidentify`` block, from its own parsing (an unknown key is
+    answered with the allowed ones), like :func:`method_options`."""
+    from dicom_gateway.deid import DeidOptionError, parse_deidentify
+
+    with pytest.raises(DeidOptionError) as caught:
+        parse_deidentify({"\0probe": 0})
+    listed = re.search(r"allowed: ([^)]*)\)", caught.value.problem)
+    assert listed and caught.value.key == "\0probe", caught.value.problem
+    return {k.strip() for k in listed.group(1).split(",")}
+
+
 def config_keys(tmp: Path) -> set[str]:
     """Every configuration key path the code accepts, in the documentation's notation."""
     example = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     keys = consulted_keys([example, _full_config(tmp)])
     for opts in method_options().values():
         keys.update(f"profiles.<name>.{k}" for k in opts)
+    keys.update(f"profiles.<name>.deidentify.{k}" for k in deidentify_options())
     return keys
 
 

@@ -34,9 +34,11 @@ class SealService:
     def has_partner(self, name: str) -> bool:
         return name in self._partners
 
-    def seal(self, partner: str, source: Path, protected: Path | Dataset, residual: Any,
-             method: str, parameters: dict[str, Any]) -> Dataset:
-        original = dcmread(source)
+    def seal(self, partner: str, source: Path | Dataset, protected: Path | Dataset,
+             residual: Any, method: str, parameters: dict[str, Any]) -> Dataset:
+        """``source`` is the instance before protection: on a de-identifying profile the
+        de-identified one, so the payload never holds a removed identifier (decision 0018)."""
+        original = source if isinstance(source, Dataset) else dcmread(source)
         out = protected if isinstance(protected, Dataset) else dcmread(protected)
         return seal(original, out, residual, method, dict(parameters), self._gateway,
                     self._config.gateway_id, self._partners[partner], self._config.uid_root,
