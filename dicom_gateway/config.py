@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from . import config_checks as checks
+from .config_tls import listen_tls, partner_tls
 from .deid.options import DeidOptionError, parse_deidentify
 from .errors import ConfigError, KeyFileError
 from .protect.options import NoneOptions, OptionError
@@ -106,10 +107,14 @@ class _Reader:
         return [self.child(i) for i in range(len(self.data))]
 
 
-def _listen(r: _Reader, default_host: str, default_port: int) -> ListenConfig:
-    r.mapping(["host", "port"])
+def _listen(r: _Reader, default_host: str, default_port: int,
+            tls: tuple[Path, Sequence[str]] | None = None) -> ListenConfig:
+    """A listen address; ``tls`` (base directory, allowed callers): a DICOM listener, which
+    may have a ``tls`` block (``config_tls``)."""
+    r.mapping(["host", "port", "tls"] if tls else ["host", "port"])
     return ListenConfig(r.get("host", str, default_host),
-                        r.get("port", int, default_port, check=checks.port))
+                        r.get("port", int, default_port, check=checks.port),
+                        listen_tls(r.child("tls"), *tls) if tls and r.has("tls") else None)
 
 
 def _retry(r: _Reader, base: RetryConfig) -> RetryConfig:
@@ -142,7 +147,7 @@ def _gateway(r: _Reader, base_dir: Path) -> GatewayConfig:
         raise callers_r.error("must list at least one calling AE title")
     return GatewayConfig(
         ae_title=r.get("ae_title", str, check=checks.ae_title),
-        listen=_listen(r.child("listen"), "127.0.0.1", 11112),
+        listen=_listen(r.child("listen"), "127.0.0.1", 11112, (base_dir, callers)),
         allowed_callers=callers,
         spool_dir=base_dir / r.get("spool_dir", str),
         max_associations=r.get("max_associations", int, 10, check=checks.positive),
@@ -159,7 +164,7 @@ def _gateway(r: _Reader, base_dir: Path) -> GatewayConfig:
 def _partner(r: _Reader, gateway_ae: str, retry: RetryConfig, base_dir: Path) -> PartnerConfig:
     r.mapping(["name", "ae_title", "host", "port", "calling_ae_title", "associations",
                "max_pdu_bytes", "connect_timeout_seconds", "acse_timeout_seconds",
-               "dimse_timeout_seconds", "idle_release_seconds", "retry", "key"])
+               "dimse_timeout_seconds", "idle_release_seconds", "retry", "key", "tls"])
     key = r.get("key", str, None)
     return PartnerConfig(
         name=r.get("name", str, check=checks.name),
@@ -175,6 +180,7 @@ def _partner(r: _Reader, gateway_ae: str, retry: RetryConfig, base_dir: Path) ->
         idle_release_seconds=r.get("idle_release_seconds", float, 10.0, check=checks.positive),
         retry=_retry(r.child("retry"), retry) if r.has("retry") else retry,
         key=str(base_dir / key) if key else None,
+        tls=partner_tls(r.child("tls"), base_dir) if r.has("tls") else None,
     )
 
 

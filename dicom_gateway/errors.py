@@ -7,6 +7,7 @@
     ├── DeviceError            the protection device asked for is not there (protection.device)
     ├── DependencyError        a feature needs a package that is not installed (names both)
     ├── KeyFileError           a key file is missing, malformed or too open (names the file)
+    ├── TLSFileError           a TLS certificate, key or CA file cannot be used (file and key)
     ├── SurrogateError         a surrogate model file cannot be used (names the file)
     ├── DatasetError           labelled training data cannot be read or does not fit the task
     ├── SpoolError             the spool cannot take or give an entry (disk full, permissions)
@@ -45,6 +46,7 @@ __all__ = [
     "SealError",
     "SpoolError",
     "SurrogateError",
+    "TLSFileError",
 ]
 
 
@@ -83,6 +85,18 @@ class DependencyError(GatewayError):
 
 class KeyFileError(GatewayError):
     """A key file is missing, malformed or too open; the message names the file."""
+
+
+class TLSFileError(GatewayError):
+    """A TLS certificate, private key or CA file cannot be used (decision 0019).
+
+    ``key`` names the setting that gave the file (``certificate``, ``private_key``,
+    ``client_ca``, ``ca``); the message names the file and the problem.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class SurrogateError(GatewayError):

@@ -8,13 +8,17 @@ re-negotiated when an instance needs a context it lacks, and released when idle.
 
 Outcomes: success or warning return normally; :class:`PartnerUnavailable` means retry later
 (``scope`` "partner" when the partner could not be reached at all, "instance" when only this
-send went wrong), :class:`PartnerRefused` means give up on this instance.
+send went wrong), :class:`PartnerRefused` means give up on this instance. With
+``partners[].tls`` the association runs over TLS (:mod:`.tls`); a failed handshake is
+``tls_certificate`` (the partner's certificate is not the trusted one) or ``tls_handshake``,
+and unusable certificate files of our own ``tls_files``: all retried like an unreachable partner.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -26,9 +30,10 @@ from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from .errors import PartnerRefused, PartnerUnavailable
+from .errors import PartnerRefused, PartnerUnavailable, TLSFileError
 from .logsafe import quiet_pynetdicom
 from .settings import PartnerConfig
+from .tls import PartnerTLSLink
 
 __all__ = ["PartnerLink", "classify_status"]
 
@@ -64,6 +69,7 @@ class PartnerLink:
         self._ae.dimse_timeout = partner.dimse_timeout_seconds
         self._ae.network_timeout = partner.dimse_timeout_seconds
         self._ae.connection_timeout = partner.connect_timeout_seconds
+        self._tls: PartnerTLSLink | None = None
         self._assoc: Association | None = None
         self._wanted: dict[str, set[str]] = {}
         self._last_used = 0.0
@@ -168,26 +174,43 @@ class PartnerLink:
             contexts.extend(wanted)
         p = self._partner
         connected: list[bool] = []  # pynetdicom reports a refused TCP connect as an abort
+        tls_args = self._tls_args()
         self.associating = True
         try:
             assoc = self._ae.associate(
-                p.host, p.port, ae_title=p.ae_title, contexts=contexts,
+                p.host, p.port, ae_title=p.ae_title, contexts=contexts, tls_args=tls_args,
                 evt_handlers=[(evt.EVT_CONN_OPEN, lambda e: connected.append(True))])
         except Exception as exc:  # socket errors surface here on some pynetdicom paths
             raise PartnerUnavailable("connection_failed", str(exc)) from None
         finally:
             self.associating = False
         if not assoc.is_established:
+            where = f"{p.ae_title}@{p.host}:{p.port}"
+            failure = self._tls.failure() if self._tls is not None else None
+            if failure is not None:
+                raise PartnerUnavailable(failure[0], f"{failure[1]} ({where})")
             reason = "connection_failed" if not connected else (
                 "association_rejected" if assoc.is_rejected else "association_aborted")
-            raise PartnerUnavailable(reason,
-                                     f"cannot associate with {p.ae_title}@{p.host}:{p.port}")
+            raise PartnerUnavailable(reason, f"cannot associate with {where}")
         sock = assoc.dul.socket
         # pynetdicom never sets TCP_NODELAY; without it ~45 ms/instance
         if sock is not None and sock.socket is not None:
             sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._assoc = assoc
         self._last_used = time.monotonic()
+
+    def _tls_args(self) -> tuple[ssl.SSLContext, str] | None:
+        """The TLS context for the next association (None: plain TCP); files that do not load
+        (since the configuration was checked) fail the attempt as ``tls_files``."""
+        tls = self._partner.tls
+        if tls is None:
+            return None
+        try:
+            if self._tls is None:
+                self._tls = PartnerTLSLink(tls, self._partner.host, self._partner.name)
+            return self._tls.tls_args()
+        except TLSFileError as exc:
+            raise PartnerUnavailable("tls_files", str(exc)) from None
 
     @staticmethod
     def _transcoded(path: Path) -> Dataset:

@@ -29,6 +29,7 @@ from .settings import Config
 from .spool import Entry, Spool
 from .stage import ProtectionStage, configure_device
 from .study import StudyAssembler
+from .tls import INBOUND_REFUSALS
 from .worker import StudyWorker
 
 __all__ = ["Gateway"]
@@ -50,6 +51,9 @@ class Gateway:
             lambda: [f.snapshot for f in self.forwarders.values()]))
         self.metrics.declare({p.method for p in config.profiles.values()},
                              [n for n, p in config.partners.items() if p.key and config.seal])
+        self.metrics.declare_links(config.gateway.listen.tls is not None,
+                                   {n: p.tls is not None for n, p in config.partners.items()},
+                                   INBOUND_REFUSALS)
         self.stage = ProtectionStage(config.profiles, self.metrics)
         sealer = SealService(config) if config.seal is not None else None
         deid = DeidService(config) if config.seal is not None and \
@@ -75,6 +79,11 @@ class Gateway:
         _log.info("spool recovered at %s: %s", self.spool.root, counts)
         self.spool.start_pool()
         for forwarder in self.forwarders.values():
+            p = forwarder.partner
+            if p.tls is None:
+                _log.warning("partner %s (%s@%s:%d) over PLAIN TCP, without TLS "
+                             "(partners[].tls): headers and pixels cross the network in clear",
+                             p.name, p.ae_title, p.host, p.port)
             forwarder.start()
         self.assembler.start()
         self._supervisor.start()

@@ -8,7 +8,7 @@ The catalogue with meanings is in ``docs/metrics.md``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import Metric
@@ -55,6 +55,14 @@ class Metrics:
         self.receive_seconds = Histogram(
             "receive_duration_seconds", "Time from C-STORE request to response, per instance",
             namespace=_NS, registry=r, buckets=_STAGE_BUCKETS)
+        self.tls_refusals = Counter(
+            "inbound_tls_refusals", "Inbound connections refused by TLS: failed handshakes by "
+            "reason, and calling_ae_mismatch (certificate not the one pinned for the calling AE)",
+            ["reason"], namespace=_NS, registry=r)
+        self.plain_tcp_links = Gauge(
+            "plain_tcp_links", "1 for a DICOM link configured without TLS, 0 with TLS (link: "
+            "listener or partner; partner: its name, empty for the listener)",
+            ["link", "partner"], namespace=_NS, registry=r)
 
         # assemble + protect
         self.open_studies = Gauge(
@@ -88,6 +96,17 @@ class Metrics:
             self.protect_batch_size.labels(method=method)
         for partner in sealed_partners:
             self.seal_seconds.labels(partner=partner)
+
+    def declare_links(self, listener_tls: bool, partners_tls: Mapping[str, bool],
+                      refusal_reasons: Iterable[str]) -> None:
+        """Set ``plain_tcp_links`` for the listener and every partner (1: plain TCP), and
+        create the inbound TLS refusal series at zero when the listener uses TLS."""
+        self.plain_tcp_links.labels(link="listener", partner="").set(0 if listener_tls else 1)
+        for name, tls in partners_tls.items():
+            self.plain_tcp_links.labels(link="partner", partner=name).set(0 if tls else 1)
+        if listener_tls:
+            for reason in refusal_reasons:
+                self.tls_refusals.labels(reason=reason)
 
 
 class ForwardMetrics:

@@ -3,7 +3,11 @@
 A C-STORE is answered Success only after the instance and its routing decision are fsync'd in
 the spool's inbox (decision 0001). The answer never waits on a partner. Every outcome is a named
 status from PS3.4 Annex B.2.3 / PS3.7 Annex C with an ErrorComment; the handler never raises.
-Unknown calling AE titles are rejected at association time by pynetdicom's allow-list.
+Unknown calling AE titles are rejected at association time by pynetdicom's allow-list. With
+``gateway.listen.tls`` every connection is TLS with a client certificate from the configured CA
+(the handshake runs in the connection's thread); a calling AE title pinned to certificates is
+rejected (A-ASSOCIATE-RJ, calling AE title not recognized) when its certificate is another
+(decision 0019).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .records import RoutingRecord
 from .route import Destination, Router
 from .settings import Config
 from .spool import Spool, safe_key
+from .tls import ListenerTLS
 
 __all__ = ["Receiver", "Status", "accept_storage"]
 
@@ -121,6 +126,12 @@ def _read_header(event: evt.Event) -> tuple[Dataset, bool]:
     return ds, True
 
 
+def _peer(event: evt.Event) -> str:
+    """``host:port`` of the remote end of the event's association."""
+    info = event.assoc.requestor.address_info
+    return f"{info.address}:{info.port}" if info is not None else "?"
+
+
 def _answer(status: int, comment: str = "") -> Dataset:
     rsp = Dataset()
     rsp.Status = status
@@ -159,10 +170,13 @@ class Receiver:
         self._open: set[int] = set()
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
+        self._tls: ListenerTLS | None = None
         self.port: int | None = None
 
     def start(self) -> None:
         g = self._config.gateway
+        if g.listen.tls is not None:  # TLSFileError (names the file) if it broke since the load
+            self._tls = ListenerTLS(g.listen.tls, g.acse_timeout_seconds)
         ae = AE(ae_title=g.ae_title)
         ae.maximum_pdu_size = g.max_pdu_bytes
         ae.maximum_associations = g.max_associations
@@ -179,12 +193,21 @@ class Receiver:
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_CONN_CLOSE, self._handle_close),
         ]
+        if self._tls is not None:
+            handlers.append((evt.EVT_REQUESTED, self._handle_requested))
         server = ae.start_server((g.listen.host, g.listen.port), block=False,
-                                 evt_handlers=handlers)
+                                 evt_handlers=handlers,
+                                 ssl_context=self._tls.ssl_context if self._tls else None)
         assert server is not None  # block=False returns the running server
         self._server = server
         self.port = server.server_address[1]
-        _log.info("listening as %s on %s:%d", g.ae_title, g.listen.host, self.port)
+        if self._tls is not None:
+            _log.info("listening as %s on %s:%d with TLS (client certificates required)",
+                      g.ae_title, g.listen.host, self.port)
+        else:
+            _log.warning("listening as %s on %s:%d over PLAIN TCP, without TLS "
+                         "(gateway.listen.tls): headers and pixels cross the network in clear",
+                         g.ae_title, g.listen.host, self.port)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -196,11 +219,36 @@ class Receiver:
         return self._server is not None
 
     # -- association bookkeeping ------------------------------------------------------------
-    @staticmethod
-    def _handle_open(event: evt.Event) -> None:
+    def _handle_open(self, event: evt.Event) -> None:
         sock = event.assoc.dul.socket
-        if sock is not None and sock.socket is not None:
-            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is None or sock.socket is None:
+            return
+        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is None:
+            return
+        refused = self._tls.handshake(sock.socket)
+        if refused is None:
+            return
+        reason, detail = refused
+        self._metrics.tls_refusals.labels(reason=reason).inc()
+        _log.warning("TLS handshake refused from %s: %s (%s)", _peer(event), reason, detail)
+        event.assoc.acse_timeout = 0  # no A-ASSOCIATE-RQ can follow: end the association now
+        sock.close()
+
+    def _handle_requested(self, event: evt.Event) -> None:
+        """A calling AE title pinned to certificates must have come with one of them."""
+        assert self._tls is not None and event.assoc.dul.socket is not None
+        request = event.assoc.requestor.primitive
+        calling = str(request.calling_ae_title).strip() if request is not None else ""
+        sock = event.assoc.dul.socket.socket
+        problem = self._tls.caller_problem(calling, sock) if sock is not None else "no socket"
+        if problem is None:
+            return
+        self._metrics.tls_refusals.labels(reason="calling_ae_mismatch").inc()
+        self._metrics.associations.labels(result="rejected").inc()
+        _log.warning("association from %s rejected: %s", _peer(event), problem)
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent: calling AE not recognized
+        event.assoc.kill()
 
     def _handle_accepted(self, event: evt.Event) -> None:
         with self._lock:

@@ -16,14 +16,17 @@ from typing import Any, Protocol
 from .route import Route
 
 __all__ = [
+    "CallerPin",
     "Config",
     "DeidConfig",
     "GatewayConfig",
     "ListenConfig",
+    "ListenTLS",
     "MethodOptions",
     "MetricsConfig",
     "NoRoute",
     "PartnerConfig",
+    "PartnerTLS",
     "ProfileConfig",
     "ProtectionConfig",
     "RetryConfig",
@@ -40,9 +43,45 @@ class MethodOptions(Protocol):
 
 
 @dataclass(frozen=True)
+class CallerPin:
+    """The client certificates a calling AE title may present on a TLS listener: a subject
+    common name or a SHA-256 fingerprint of the certificate (lowercase hex) from either list."""
+
+    subject_cn: tuple[str, ...] = ()
+    sha256: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ListenTLS:
+    """TLS on the DICOM listener (PS3.15 Annex B, BCP 195; decision 0019): the gateway's
+    certificate chain and key, and the CA that client certificates must chain to (always
+    required: mutual authentication). ``callers`` pins calling AE titles to certificates."""
+
+    certificate: str
+    private_key: str
+    client_ca: str
+    callers: Mapping[str, CallerPin] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PartnerTLS:
+    """TLS towards a partner: the partner's certificate is checked against ``ca`` (with its
+    host name when ``check_hostname``) and/or pinned by SHA-256 fingerprint; the gateway shows
+    ``certificate`` (with ``private_key``) when given."""
+
+    ca: str | None = None
+    sha256: tuple[str, ...] = ()
+    check_hostname: bool = True
+    server_name: str | None = None  # the name checked (and sent as SNI); default: the host
+    certificate: str | None = None
+    private_key: str | None = None
+
+
+@dataclass(frozen=True)
 class ListenConfig:
     host: str
     port: int
+    tls: ListenTLS | None = None  # None: plain TCP (announced at start)
 
 
 @dataclass(frozen=True)
@@ -92,6 +131,7 @@ class PartnerConfig:
     idle_release_seconds: float = 10.0
     retry: RetryConfig = field(default_factory=RetryConfig)
     key: str | None = None  # the partner's public key file (``keys partner``) for the seal
+    tls: PartnerTLS | None = None  # None: plain TCP (announced at start)
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,9 @@ class GatewayProcess:
 
 
 def send(port: int, datasets: list[Any], calling: str = "HOSPITAL_PACS",
-         called: str = "EGRESS_GW") -> list[int]:
-    """C-STORE datasets (or file paths) with pynetdicom; return each status (-1: no response)."""
+         called: str = "EGRESS_GW", tls_args: Any = None) -> list[int]:
+    """C-STORE datasets (or file paths) with pynetdicom; return each status (-1: no response).
+    ``tls_args``: ``(ssl.SSLContext, server name)`` to associate over TLS."""
     from pydicom import dcmread
     from pynetdicom import AE, build_context
 
@@ -148,7 +149,7 @@ def send(port: int, datasets: list[Any], calling: str = "HOSPITAL_PACS",
         classes.setdefault(str(ds.SOPClassUID), set()).add(str(ds.file_meta.TransferSyntaxUID))
     ae = AE(ae_title=calling)
     contexts = [build_context(c, [t]) for c, ts in classes.items() for t in sorted(ts)]
-    assoc = ae.associate("127.0.0.1", port, ae_title=called, contexts=contexts)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, contexts=contexts, tls_args=tls_args)
     if not assoc.is_established:
         raise ConnectionRefusedError(f"association rejected={assoc.is_rejected}")
     statuses = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections import Counter
@@ -44,6 +45,8 @@ class RecordingSCP:
         Write each received instance there as ``<SOPInstanceUID>.dcm`` (as received).
     hash_pixels : bool
         Decode and hash the pixels of each instance on receipt (None if undecodable).
+    ssl_context : ssl.SSLContext, optional
+        Serve DICOM over TLS with this (server) context; plain TCP by default.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class RecordingSCP:
         accept_transfer_syntaxes: Sequence[str] | None = None,
         store_dir: Path | None = None,
         hash_pixels: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.port = port or free_port()
@@ -64,6 +68,7 @@ class RecordingSCP:
         self.accept_transfer_syntaxes = list(accept_transfer_syntaxes or ALL_TRANSFER_SYNTAXES)
         self.store_dir = store_dir
         self.hash_pixels = hash_pixels
+        self.ssl_context = ssl_context
         self._cond = threading.Condition()
         self._server: ThreadedAssociationServer | None = None
         self.reset()
@@ -93,7 +98,8 @@ class RecordingSCP:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_CONN_OPEN, self._on_conn_open),
         ]
-        self._server = ae.start_server((LOCALHOST, self.port), block=False, evt_handlers=handlers)
+        self._server = ae.start_server((LOCALHOST, self.port), block=False, evt_handlers=handlers,
+                                       ssl_context=self.ssl_context)
         return self
 
     def stop(self) -> None:

@@ -40,12 +40,16 @@ def normalize(path: str) -> str:
     names ``<name>`` (profiles) and ``<tag>`` (route tag matchers)."""
     path = re.sub(r"\[\d+\]", "[]", path)
     path = re.sub(r"^profiles\.[^.]+", "profiles.<name>", path)
+    path = re.sub(r"^(gateway\.listen\.tls\.callers)\.[^.]+", r"\1.<ae>", path)
     return re.sub(r"(\.match\.tags)\..+$", r"\1.<tag>", path)
 
 
 def _full_config(tmp: Path) -> dict[str, Any]:
     """The example configuration plus values for what it leaves commented out (the seal, a
-    partner key, ``no_route`` as a mapping), so that every section is parsed."""
+    partner key, ``no_route`` as a mapping, TLS with throwaway certificates), so that every
+    section is parsed."""
+    from peers_tls import TestCA
+
     from dicom_gateway.seal.keys import init_gateway_keys, new_partner_key
 
     init_gateway_keys(tmp / "keys")
@@ -56,6 +60,14 @@ def _full_config(tmp: Path) -> dict[str, Any]:
                     "gateway_id": "EGRESS_GW", "uid_root": "1.2.826.0.1.3680043.10.1234"}
     data["partners"][0]["key"] = str(tmp / "keys" / "uni-x.pub")
     data["no_route"] = {"partner": "uni-x", "profile": "passthrough"}
+    ca = TestCA(tmp / "tls", "hospital")
+    gateway = ca.issue("gateway")
+    own = {"certificate": str(gateway.cert), "private_key": str(gateway.key)}
+    caller = data["gateway"]["allowed_callers"][0]
+    data["gateway"]["listen"]["tls"] = {**own, "client_ca": str(ca.cert), "callers": {
+        caller: {"subject_cn": "pacs", "sha256": gateway.sha256}}}
+    data["partners"][0]["tls"] = {**own, "ca": str(ca.cert), "sha256": [gateway.sha256],
+                                  "check_hostname": False, "server_name": "pacs.example"}
     return data
 
 
@@ -208,8 +220,11 @@ def test_every_config_key_is_documented_and_nothing_else(accepted: set[str]) -> 
 
 
 def test_the_parse_reaches_every_key_in_the_parser_source(accepted: set[str]) -> None:
-    source = Path(config_module.__file__).read_text(encoding="utf-8")
-    missing = unreached(key_literals(source), accepted)
+    from dicom_gateway import config_tls
+
+    literals = set().union(*(key_literals(Path(m.__file__ or "").read_text(encoding="utf-8"))
+                             for m in (config_module, config_tls)))
+    missing = unreached(literals, accepted)
     assert not missing, (f"config.py reads keys {sorted(missing)} that the test configurations "
                          "never reach: give _full_config a value for their section")
 
