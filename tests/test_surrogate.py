@@ -75,11 +75,13 @@ def test_torchscript_model_with_description(tmp_path: Path) -> None:
     assert load_surrogate(bare).info.mean == (0.5,)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_a_vit_surrogate_loads_and_gives_the_attack_a_gradient(tmp_path: Path,
-                                                                channels: int) -> None:
-    """``vit-tiny``, the transformer family for 224x224 ensembles: saved, loaded back with the
-    same outputs, and differentiable through the attack (grey images as three channels)."""
+@pytest.mark.parametrize("arch, channels", [("vit-tiny", 1), ("vit-tiny", 3),
+                                            ("convnext-nano", 1)])
+def test_a_224_family_surrogate_loads_and_gives_the_attack_a_gradient(
+        tmp_path: Path, arch: str, channels: int) -> None:
+    """``vit-tiny`` and ``convnext-nano``, the other families of 224x224 ensembles: saved,
+    loaded back with the same outputs, and differentiable through the attack (grey images as
+    three channels)."""
     from dicom_gateway.protect.perturbation import attack
     from dicom_gateway.protect.surrogate import (
         SurrogateInfo,
@@ -88,7 +90,7 @@ def test_a_vit_surrogate_loads_and_gives_the_attack_a_gradient(tmp_path: Path,
         save_surrogate,
     )
 
-    info = SurrogateInfo("vit-tiny", "classification", (224, 224), channels, ("a", "b"),
+    info = SurrogateInfo(arch, "classification", (224, 224), channels, ("a", "b"),
                          (0.5,) * channels, (0.25,) * channels)
     torch.manual_seed(0)
     model = build_model(info).eval()

@@ -139,7 +139,7 @@ def _add_train_surrogate(sub: Any) -> None:
                    help="labelled images: .npz (MedMNIST layout), .h5 (images/labels masks), a "
                         "folder of class folders, or a folder of images with masks")
     t.add_argument("--arch", choices=["cnn-small", "resnet10", "resnet18", "vit-tiny",
-                                      "unet-small"],
+                                      "convnext-nano", "unet-small"],
                    help="default: cnn-small below 64 px, resnet10 from 64 px up, or "
                         "unet-small with --task segmentation")
     t.add_argument("--out", required=True, help="surrogate file to write")

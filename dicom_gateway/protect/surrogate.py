@@ -117,6 +117,19 @@ def _vit_tiny(channels: int, classes: int) -> nn.Module:
                                     conv_stem_configs=stem), channels)
 
 
+def _convnext_nano(channels: int, classes: int) -> nn.Module:
+    """A small ConvNeXt for 224x224 inputs (Liu et al., CVPR 2022): 4x4 patchify stem,
+    7x7 depthwise blocks with LayerNorm, widths 24-48-96-192, depths 1-1-2-1, ~0.6 M parameters.
+    A surrogate of the family the other surrogates do not reach (decision 0017); layer scale
+    0.1, not ImageNet's 1e-6, so that a few epochs from scratch move the blocks."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    blocks = [CNBlockConfig(24, 48, 1), CNBlockConfig(48, 96, 1), CNBlockConfig(96, 192, 2),
+              CNBlockConfig(192, None, 1)]
+    return _Grey3(ConvNeXt(blocks, stochastic_depth_prob=0.0, layer_scale=0.1,
+                           num_classes=classes), channels)
+
+
 class _UNetSmall(nn.Module):
     """A three-level U-Net (Ronneberger et al. 2015), 16-32-64 channels, for small patches;
     outputs one logit per class channel (a single foreground logit for binary masks)."""
@@ -150,6 +163,7 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "resnet18": _resnet18,
     "resnet10": _resnet10,
     "vit-tiny": _vit_tiny,
+    "convnext-nano": _convnext_nano,
     "unet-small": _unet_small,
 }
 SEGMENTATION_ARCHITECTURES = frozenset({"unet-small"})
