@@ -9,13 +9,17 @@ Commands (a contract other tools and users rely on)::
     dicom-gateway protect --config FILE --profile NAME [--partner NAME] IN... --out DIR
     dicom-gateway train-surrogate --data PATH --arch NAME --out FILE [--task ...]
     dicom-gateway protect-dataset --method unlearnable --data PATH --out DIR
+    dicom-gateway audit verify|sent|study --config FILE [...]
+    dicom-gateway trace --config FILE FILE...
 
 Errors are one line on stderr and a non-zero exit code (2: configuration, 1: anything else).
 This is the boundary: a :class:`~dicom_gateway.errors.GatewayError` (every failure the gateway
 raises on purpose, its message written for the user) or an ``OSError`` is printed as it is;
 anything else is a bug, reported as an internal error. Set ``DICOM_GATEWAY_DEBUG=1`` to see a
 traceback instead. ``verify`` and ``restore`` also exit 3 when nothing is invalid but
-some instance is not sealed (:mod:`.seal.command`).
+some instance is not sealed (:mod:`.seal.command`); ``trace`` exits 3 when some file
+identifies no partner (:mod:`.audit_command`). Operator actions (``spool retry``, ``spool
+purge``, and ``keys`` given ``--config``) are recorded in the audit trail before they act.
 """
 
 from __future__ import annotations
@@ -89,7 +93,29 @@ def _spool(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .spool import Spool
 
     config = load_config(args.config)
+    args.loaded = config
     return Spool(config.gateway.spool_dir)
+
+
+def _operator(args: argparse.Namespace, action: str, entries: list[Entry] | None = None,
+              **fields: Any) -> None:
+    """Record an operator action in the configuration's audit trail before it acts (decision
+    0020): an AuditError stops the command there. Entries are named by keyed hashes."""
+    from .audit import open_trail
+    from .audit.events import entry_sop, operator
+
+    config = getattr(args, "loaded", None)
+    if config is None:
+        from .config import load_config
+
+        config = load_config(args.config)
+    trail = open_trail(config, create=True)
+    if trail is None:
+        return
+    if entries is not None:
+        fields["count"] = len(entries)
+        fields["instances"] = [trail.identifier(entry_sop(e.name)) for e in entries]
+    trail.append("operator", operator(action, **fields))
 
 
 def _cmd_spool_list(args: argparse.Namespace) -> int:
@@ -131,7 +157,10 @@ def _selected(spool, args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _cmd_spool_retry(args: argparse.Namespace) -> int:
     spool = _spool(args)
     n = 0
-    for group, entry in _selected(spool, args):
+    chosen = list(_selected(spool, args))
+    _operator(args, "spool retry", [e for _, e in chosen], state=args.state,
+              partner=args.partner)
+    for group, entry in chosen:
         spool.requeue(args.state, entry, group)
         n += 1
     where = "outbox (delivery)" if args.state == "failed" else "inbox (protection)"
@@ -145,7 +174,10 @@ def _cmd_spool_retry(args: argparse.Namespace) -> int:
 def _cmd_spool_purge(args: argparse.Namespace) -> int:
     spool = _spool(args)
     n = 0
-    for _, entry in _selected(spool, args):
+    chosen = list(_selected(spool, args))
+    _operator(args, "spool purge", [e for _, e in chosen], state=args.state,
+              partner=args.partner, older_than=getattr(args, "older_than", None))
+    for _, entry in chosen:
         spool.purge(args.state, entry)
         n += 1
     print(f"purged {n} entr{'y' if n == 1 else 'ies'} from {args.state}/")
@@ -163,6 +195,8 @@ def _cmd_keys_init(args: argparse.Namespace) -> int:
     from .seal.keys import init_gateway_keys
 
     keys = init_gateway_keys(Path(args.out))
+    if args.config:
+        _operator(args, "keys init", key_id=keys.key_id)
     print(f"gateway keys in {args.out}: gateway-signing.key and uid-secret.key (0600, keep "
           f"private), gateway-signing.pub (give to partners); key id {keys.key_id}")
     return 0
@@ -172,6 +206,8 @@ def _cmd_keys_partner(args: argparse.Namespace) -> int:
     from .seal.keys import new_partner_key
 
     key = new_partner_key(args.name, Path(args.out), args.suite)
+    if args.config:
+        _operator(args, "keys partner", name=key.name, key_id=key.key_id, suite=key.suite_name)
     print(f"partner key {key.name} ({key.suite_name}) in {args.out}: {key.name}.key (0600, the "
           f"partner keeps it), {key.name}.pub (the gateway's 'key'); key id {key.key_id}")
     return 0
@@ -196,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_gateway_commands(sub)
     _add_partner_commands(sub)
+    from .audit_command import add_parsers as add_audit_commands
+
+    add_audit_commands(sub)
     from .lab.command import add_parsers as add_lab_commands
 
     add_lab_commands(sub)
@@ -246,11 +285,13 @@ def _add_partner_commands(sub: Any) -> None:
     ksub = k.add_subparsers(dest="keys_command", required=True)
     ki = ksub.add_parser("init", help="the gateway identity: signing key and UID secret")
     ki.add_argument("--out", required=True, help="folder (files are never overwritten)")
+    ki.add_argument("--config", help="record the new key id in this configuration's audit trail")
     ki.set_defaults(func=_cmd_keys_init)
     kp = ksub.add_parser("partner", help="an HPKE key pair for a partner")
     kp.add_argument("--name", required=True)
     kp.add_argument("--out", required=True)
     kp.add_argument("--suite", default="x25519", choices=["x25519", "mlkem768-x25519"])
+    kp.add_argument("--config", help="record the new key id in this configuration's audit trail")
     kp.set_defaults(func=_cmd_keys_partner)
 
     v = sub.add_parser("verify", help="check the seal of protected files (partner tool)")

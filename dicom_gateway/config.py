@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from . import config_checks as checks
+from .config_audit import audit_settings
 from .config_tls import listen_tls, partner_tls
 from .deid.options import DeidOptionError, parse_deidentify
 from .errors import ConfigError, KeyFileError
@@ -36,7 +37,6 @@ from .settings import (
 )
 
 __all__ = ["load_config", "parse_config"]
-
 
 
 class _Reader:
@@ -260,7 +260,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
     base = base_dir if base_dir is not None else Path.cwd()
     root = _Reader(source, data).mapping(
         ["gateway", "metrics", "retry", "protection", "profiles", "partners", "routes",
-         "no_route", "log_level", "seal"])
+         "no_route", "log_level", "seal", "audit"])
     gateway = _gateway(root.child("gateway"), base)
     mr = root.child("metrics").mapping(["enabled", "listen"])
     metrics = MetricsConfig(mr.get("enabled", bool, True),
@@ -302,8 +302,9 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
         threads=pr_r.get("threads", int, 0, check=checks.non_negative))
     seal = _seal(root, gateway.ae_title, base) if root.has("seal") else None
     _check_sealing(root, seal, partners, profiles, routes, no_route)
+    audit = audit_settings(root.child("audit"), gateway.spool_dir, base)  # decision 0020
     return Config(source, gateway, metrics, profiles, partners, tuple(routes), no_route, level,
-                  protection, seal)
+                  protection, seal, audit)
 
 
 def _seal(root: _Reader, gateway_ae: str, base: Path) -> SealConfig:

@@ -16,6 +16,11 @@ association is rejected or aborted while another worker of the same partner hold
 (or is opening one), that worker stands aside for :data:`FEWER_ASSOCIATIONS_SECONDS` and its
 entry goes back to the queue at once, without an attempt charged or the partner held; after that
 it tries again.
+
+Each delivery, retry and dead letter is recorded in the audit trail (decision 0020). A delivery
+whose ``forwarded`` record cannot be written stays in the outbox and counts as a failed attempt
+(reason ``audit_unavailable``, holding the partner): it is sent again later, a duplicate at
+worst, and nothing is removed from the outbox that the trail does not show as delivered.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import PartnerRefused, PartnerUnavailable
+from .audit import AuditTrail
+from .audit.events import entry_ids
+from .errors import AuditError, PartnerRefused, PartnerUnavailable
 from .forward import PartnerLink
 from .metrics import ForwardMetrics
 from .records import RetryState, SetAsideReason
@@ -63,8 +70,10 @@ class _Item:
 class PartnerQueue:
     """The outbox of one partner: scheduling, workers, outcomes."""
 
-    def __init__(self, partner: PartnerConfig, spool: Spool, metrics: ForwardMetrics) -> None:
+    def __init__(self, partner: PartnerConfig, spool: Spool, metrics: ForwardMetrics,
+                 audit: AuditTrail | None = None) -> None:
         self.partner = partner
+        self._audit = audit
         self._spool = spool
         self._metrics = metrics
         self._retry = partner.retry
@@ -185,6 +194,11 @@ class PartnerQueue:
             _log.exception("unexpected error forwarding %s to %s", item.entry.name, name)
             self._failed(item, PartnerUnavailable("internal_error", repr(exc), scope="instance"))
         else:
+            if not self._note("forwarded", item.entry, result=result):
+                self._failed(item, PartnerUnavailable(
+                    "audit_unavailable", "delivered, but the audit trail is not writable: the "
+                    "instance stays in the outbox and is sent again", scope="partner"))
+                return
             elapsed = time.perf_counter() - started
             self._metrics.forward_seconds.labels(partner=name).observe(elapsed)
             self._metrics.forwarded_instances.labels(partner=name, result=result).inc()
@@ -209,6 +223,7 @@ class PartnerQueue:
         except FileNotFoundError:
             return
         self._metrics.dead_letters.labels(partner=self.partner.name, reason=reason).inc()
+        self._note("failed", item.entry, reason=reason, attempts=attempts)
         _log.error("gave up on %s for %s: %s", item.entry.name, self.partner.name, message)
 
     def _too_many(self, worker: int, exc: PartnerUnavailable) -> bool:
@@ -264,6 +279,7 @@ class PartnerQueue:
             it.due = now + delay
             self._spool.record_attempt(it.entry, RetryState(
                 it.attempts, str(exc), exc.reason, time.time() + delay))
+            self._note("retry", it.entry, reason=exc.reason, attempts=it.attempts)
             self._metrics.forward_retries.labels(partner=self.partner.name, reason=exc.reason).inc()
             with self._cond:
                 heapq.heappush(self._heap, it)
@@ -272,3 +288,15 @@ class PartnerQueue:
         _log.warning("forward to %s failed (%s): %s; %d entr%s rescheduled%s", self.partner.name,
                      exc.reason, exc, rescheduled, "y" if rescheduled == 1 else "ies",
                      f", {given_up} given up (failed/)" if given_up else "")
+
+    def _note(self, event: str, entry: Entry, **fields: object) -> bool:
+        """Record ``event`` for an outbox entry; False (logged) when the trail cannot take it."""
+        if self._audit is None:
+            return True
+        try:
+            self._audit.append(event, {**entry_ids(self._audit, entry.name),
+                                       "partner": self.partner.name, **fields})
+        except AuditError as exc:
+            _log.error("audit: %s (%s of %s for %s)", exc, event, entry.name, self.partner.name)
+            return False
+        return True

@@ -12,6 +12,7 @@
     ├── DatasetError           labelled training data cannot be read or does not fit the task
     ├── SpoolError             the spool cannot take or give an entry (disk full, permissions)
     ├── RecordError            a spool record (routing, retry state, reason) cannot be read
+    ├── AuditError             the audit trail cannot be written, or does not verify
     ├── InstanceError          this instance cannot be processed: quarantine it with the reason
     │   ├── ProtectionError    a protection method failed on it (fail closed)
     │   └── PixelError         its pixel data cannot be handled losslessly
@@ -30,6 +31,7 @@ other exception is a bug and is reported as an internal error.
 from __future__ import annotations
 
 __all__ = [
+    "AuditError",
     "ConfigError",
     "DatasetError",
     "DeliveryError",
@@ -117,6 +119,11 @@ class SpoolError(GatewayError):
 
 class RecordError(GatewayError):
     """A JSON record of the spool is corrupt, or from a release newer than this one."""
+
+
+class AuditError(GatewayError):
+    """The audit trail cannot be written (the work that needed the record is refused: fail
+    closed), or it does not verify; the message names the file and, when known, the record."""
 
 
 class InstanceError(GatewayError):

@@ -33,6 +33,7 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
+from .audit import TrailSpec
 from .metrics import ForwardMetrics
 from .settings import PartnerConfig
 from .spool import Entry, Spool
@@ -48,9 +49,9 @@ class ForwarderProcess:
     """Parent-side handle of one partner's forwarder process."""
 
     def __init__(self, partner: PartnerConfig, spool_root: Path, rescan_seconds: float,
-                 log_level: str) -> None:
+                 log_level: str, audit: TrailSpec | None = None) -> None:
         self.partner = partner
-        self._args = (partner, str(spool_root), rescan_seconds, log_level)
+        self._args = (partner, str(spool_root), rescan_seconds, log_level, audit)
         self._proc: Any = None
         self._commands: Any = None
         self._events: Any = None
@@ -127,7 +128,7 @@ def _die_with_parent() -> None:
 
 
 def _child_main(partner: PartnerConfig, root: str, rescan_seconds: float, log_level: str,
-                commands: Any, events: Any, parent_pid: int) -> None:
+                audit: TrailSpec | None, commands: Any, events: Any, parent_pid: int) -> None:
     from .delivery import PartnerQueue
 
     _die_with_parent()
@@ -140,7 +141,8 @@ def _child_main(partner: PartnerConfig, root: str, rescan_seconds: float, log_le
     lock = os.open(outbox / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(lock, fcntl.LOCK_EX)  # an orphan of a killed gateway may still hold it briefly
     metrics = ForwardMetrics()
-    partner_queue = PartnerQueue(partner, spool, metrics)
+    partner_queue = PartnerQueue(partner, spool, metrics,
+                                 audit.open() if audit is not None else None)
     partner_queue.start()
     stop = threading.Event()
 

@@ -9,7 +9,9 @@
 Processes: this one receives, assembles and protects; each partner has a forwarder process
 (:mod:`.forwarder`) running its :class:`~.delivery.PartnerQueue`. Threads here: pynetdicom's
 (one per inbound association), the assembler, a supervisor that restarts dead forwarders, and
-the ops HTTP server. See ``docs/architecture.md``.
+the ops HTTP server. See ``docs/architecture.md``. Every process writes its events into the
+audit trail (:mod:`.audit`, decision 0020); the start is refused when the trail cannot be
+written.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import logging
 import os
 import threading
 
+from . import __version__
+from .audit import open_trail
 from .deid.service import DeidService, needs_deidentification
 from .endpoint import OpsEndpoint
+from .errors import GatewayError
 from .forwarder import ForwarderProcess
 from .metrics import Metrics, SnapshotCollector
 from .receive import Receiver
@@ -44,8 +49,11 @@ class Gateway:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.spool = Spool(config.gateway.spool_dir)
+        self.audit = open_trail(config, create=True)
+        spec = self.audit.spec if self.audit is not None else None
         self.forwarders = {name: ForwarderProcess(p, config.gateway.spool_dir,
-                                                  config.gateway.rescan_seconds, config.log_level)
+                                                  config.gateway.rescan_seconds, config.log_level,
+                                                  spec)
                            for name, p in config.partners.items()}
         self.metrics.registry.register(SnapshotCollector(
             lambda: [f.snapshot for f in self.forwarders.values()]))
@@ -55,19 +63,22 @@ class Gateway:
                                    {n: p.tls is not None for n, p in config.partners.items()},
                                    INBOUND_REFUSALS)
         self.stage = ProtectionStage(config.profiles, self.metrics)
-        sealer = SealService(config) if config.seal is not None else None
+        sealer = self.sealer = SealService(config) if config.seal is not None else None
         deid = DeidService(config) if config.seal is not None and \
             needs_deidentification(config) else None
         self.worker = StudyWorker(self.spool, self.stage, self.metrics, self._enqueue, sealer,
-                                  deid)
+                                  deid, self.audit)
         self.assembler = StudyAssembler(self.spool, config.gateway.study_stable_seconds,
                                         self.worker, self.metrics, config.gateway.rescan_seconds)
         self.receiver = Receiver(config, self.spool, Router(config.routes), self.metrics,
-                                 self.assembler.note_arrival)
+                                 self.assembler.note_arrival, self.audit)
         self.endpoint: OpsEndpoint | None = None
         self._stop = threading.Event()
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self.metrics.spool_free_bytes.set_function(self.spool.free_bytes)
+        audit = self.audit
+        self.metrics.audit_last_sequence.set_function(audit.last_seq if audit else lambda: -1.0)
+        self.metrics.audit_writable.set_function(lambda: float(bool(audit and audit.healthy)))
 
     def _enqueue(self, partner: str, entry: Entry) -> None:
         self.forwarders[partner].add(entry)
@@ -77,6 +88,10 @@ class Gateway:
         self.metrics.protection_device.labels(device=device).set(1)
         counts = self.spool.recover()
         _log.info("spool recovered at %s: %s", self.spool.root, counts)
+        if self.audit is not None:  # AuditError: no start without a writable trail
+            self.audit.append("gateway_started", {
+                "version": __version__, "pid": os.getpid(), "partners": sorted(self.forwarders),
+                "key_ids": self.sealer.key_ids() if self.sealer is not None else {}})
         self.spool.start_pool()
         for forwarder in self.forwarders.values():
             p = forwarder.partner
@@ -104,6 +119,11 @@ class Gateway:
             forwarder.stop(timeout=forwarder.partner.dimse_timeout_seconds + 10)
         if self.endpoint is not None:
             self.endpoint.stop()
+        if self.audit is not None:
+            try:
+                self.audit.append("gateway_stopped", {"pid": os.getpid()})
+            except GatewayError as exc:
+                _log.error("audit: %s", exc)
         _log.info("stopped")
 
     def wait(self) -> None:

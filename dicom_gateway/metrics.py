@@ -87,6 +87,14 @@ class Metrics:
 
         self.spool_free_bytes = Gauge(
             "spool_free_bytes", "Free bytes on the spool's filesystem", namespace=_NS, registry=r)
+        self.audit_last_sequence = Gauge(
+            "audit_last_sequence", "Sequence number of the last record in the audit trail "
+            "(-1: none, or audit.enabled is false); a drop means records were removed",
+            namespace=_NS, registry=r)
+        self.audit_writable = Gauge(
+            "audit_writable", "1 while the gateway process's last audit record was written; 0 "
+            "after a failed one (C-STOREs are refused meanwhile) or with audit.enabled false",
+            namespace=_NS, registry=r)
 
     def declare(self, methods: Iterable[str], sealed_partners: Iterable[str]) -> None:
         """Create the labelled stage series of a configuration at zero, so that dashboards and

@@ -8,6 +8,10 @@ Unknown calling AE titles are rejected at association time by pynetdicom's allow
 (the handshake runs in the connection's thread); a calling AE title pinned to certificates is
 rejected (A-ASSOCIATE-RJ, calling AE title not recognized) when its certificate is another
 (decision 0019).
+
+Every association accepted or rejected and every instance stored is recorded in the audit
+trail (decision 0020) before the answer: an instance whose ``received`` record cannot be written
+is withdrawn from the spool and answered ``0xA700`` (fail closed).
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import uid_to_sop_class
 from pynetdicom.transport import ThreadedAssociationServer
 
-from .errors import SpoolError
+from .audit import AuditTrail
+from .errors import AuditError, SpoolError
 from .logsafe import quiet_pynetdicom
 from .metrics import Metrics
 from .records import RoutingRecord
 from .route import Destination, Router
 from .settings import Config
-from .spool import Spool, safe_key
+from .spool import Entry, Spool, safe_key
 from .tls import ListenerTLS
 
 __all__ = ["Receiver", "Status", "accept_storage"]
@@ -160,8 +165,9 @@ class Receiver:
     """
 
     def __init__(self, config: Config, spool: Spool, router: Router, metrics: Metrics,
-                 on_stored: Callable[[str], None]) -> None:
+                 on_stored: Callable[[str], None], audit: AuditTrail | None = None) -> None:
         self._config = config
+        self._audit = audit
         self._spool = spool
         self._router = router
         self._metrics = metrics
@@ -232,6 +238,8 @@ class Receiver:
         reason, detail = refused
         self._metrics.tls_refusals.labels(reason=reason).inc()
         _log.warning("TLS handshake refused from %s: %s (%s)", _peer(event), reason, detail)
+        self._record("association_rejected", peer=_peer(event), calling_ae="", reason=reason,
+                     tls=True)
         event.assoc.acse_timeout = 0  # no A-ASSOCIATE-RQ can follow: end the association now
         sock.close()
 
@@ -247,6 +255,8 @@ class Receiver:
         self._metrics.tls_refusals.labels(reason="calling_ae_mismatch").inc()
         self._metrics.associations.labels(result="rejected").inc()
         _log.warning("association from %s rejected: %s", _peer(event), problem)
+        self._record("association_rejected", peer=_peer(event), calling_ae=calling[:16],
+                     reason="calling_ae_mismatch", tls=True)
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent: calling AE not recognized
         event.assoc.kill()
 
@@ -255,10 +265,27 @@ class Receiver:
             self._open.add(id(event.assoc))
         self._metrics.associations.labels(result="accepted").inc()
         self._metrics.associations_active.inc()
+        self._record("association_accepted", peer=_peer(event),
+                     calling_ae=event.assoc.requestor.ae_title.strip(),
+                     called_ae=event.assoc.acceptor.ae_title.strip(), tls=self._tls is not None)
 
     def _handle_rejected(self, event: evt.Event) -> None:
         self._metrics.associations.labels(result="rejected").inc()
         _log.warning("association rejected (calling AE not allowed or limit reached)")
+        calling = event.assoc.requestor.ae_title.strip()[:16]
+        self._record("association_rejected", peer=_peer(event), calling_ae=calling,
+                     reason="calling_ae_not_allowed" if calling not in self._allowed
+                     else "association_limit", tls=self._tls is not None)
+
+    def _record(self, event: str, **fields: object) -> None:
+        """An association event into the audit trail (a failure is logged: the C-STOREs that
+        follow are refused while the trail cannot be written)."""
+        if self._audit is None:
+            return
+        try:
+            self._audit.append(event, fields)
+        except AuditError as exc:
+            _log.error("audit: %s", exc)
 
     def _handle_close(self, event: evt.Event) -> None:
         with self._lock:
@@ -320,15 +347,34 @@ class Receiver:
         try:
             with _data_set(event).getbuffer() as body:  # the received bytes, written without a copy
                 size = len(header) + len(body)
-                self._spool.store_incoming(sop, [header, body], record)
+                entry = self._spool.store_incoming(sop, [header, body], record)
         except SpoolError as exc:
             _log.error("spool refused sop=%s: %s", sop, exc)
             label = "out_of_resources" if exc.out_of_space else "error"
             raise _Refusal(Status.OUT_OF_RESOURCES, label, str(exc)) from None
+        self._audit_received(entry, record, sop)
         self._on_stored(safe_key(study))
         _log.info("stored sop=%s study=%s from=%s to=%s", sop, study, calling,
                   ",".join(d.partner for d in destinations))
         return "stored", "", size
+
+    def _audit_received(self, entry: Entry, record: RoutingRecord, sop: str) -> None:
+        """The ``received`` record (with the routing decision), durable before Success; if it
+        cannot be written the instance is withdrawn and refused (a re-send replaces it)."""
+        if self._audit is None:
+            return
+        a = self._audit
+        try:
+            a.append("received", {
+                "study": a.identifier(record.study), "series": a.identifier(record.series),
+                "sop": a.identifier(sop), "calling_ae": record.calling_ae,
+                "destinations": [{"partner": d.partner, "profile": d.profile, "route": d.route}
+                                 for d in record.destinations]})
+        except AuditError as exc:
+            self._spool.withdraw(entry)
+            _log.error("audit trail not writable: refused sop=%s: %s", sop, exc)
+            raise _Refusal(Status.OUT_OF_RESOURCES, "out_of_resources",
+                           "audit trail not writable") from None
 
     def _route(self, ds: Dataset, calling: str, called: str) -> list[Destination]:
         try:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from .route import Route
 
 __all__ = [
+    "AuditConfig",
     "CallerPin",
     "Config",
     "DeidConfig",
@@ -185,6 +186,16 @@ class SealConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The audit trail (decision 0020): hash-chained JSON Lines, one file per UTC day, in
+    ``dir``; ``secret`` keys the chain and the identifiers' hashes (None: the seal's
+    ``uid_secret``, else ``audit-secret.key`` created in ``dir``)."""
+
+    dir: Path
+    secret: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     gateway: GatewayConfig
@@ -196,3 +207,4 @@ class Config:
     log_level: str = "INFO"
     protection: ProtectionConfig = field(default_factory=ProtectionConfig)
     seal: SealConfig | None = None
+    audit: AuditConfig | None = None  # None: no audit trail (``audit.enabled: false``)

@@ -154,6 +154,14 @@ class Spool:
             raise spool_error(exc, "store an instance") from None
         return entry
 
+    def withdraw(self, entry: Entry) -> None:
+        """Take back an inbox entry just stored but not acknowledged (its audit record could
+        not be written); the sender re-sends it. Gone already (claimed): left to the worker."""
+        with self._lock:
+            entry.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            fsync_dir(entry.path.parent)
+
     def record(self, entry: Entry) -> RoutingRecord | None:
         """The routing record of an inbox/work entry (None if it is missing or unreadable)."""
         try:

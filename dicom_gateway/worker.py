@@ -12,6 +12,11 @@ show identifiers is quarantined before protection; the rest are protected once, 
 partner's copy is de-identified with that partner's keys (header only: no protection method
 reads what de-identification changes), then sealed from the de-identified original, so the
 order is de-identify, protect, seal. Any failure there quarantines (``deid_failed``).
+
+Each step is recorded in the audit trail (decision 0020) before its file is committed:
+``protected``, ``deidentified``, ``sealed`` or ``prepared`` (an unsealed copy), ``quarantined``.
+A record that cannot be written raises: the study goes back to the inbox, nothing more of it
+leaves until the trail takes records again (fail closed).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from .audit import AuditTrail
+from .audit.events import ids, manifest_sha256, outgoing, parameters_sha256
 from .deid.service import DeidService
 from .errors import InstanceError, SealError
 from .metrics import Metrics
@@ -44,7 +51,8 @@ class StudyWorker:
 
     def __init__(self, spool: Spool, stage: ProtectionStage, metrics: Metrics,
                  enqueue: Callable[[str, Entry], None], sealer: SealService | None = None,
-                 deid: DeidService | None = None) -> None:
+                 deid: DeidService | None = None, audit: AuditTrail | None = None) -> None:
+        self._audit = audit
         self._sealer = sealer
         self._deid = deid
         self._spool = spool
@@ -78,6 +86,8 @@ class StudyWorker:
             if record is None or not record.destinations:  # never drop silently: keep it
                 self._spool.quarantine(entry, "_inbox", SetAsideReason(
                     "missing_route_record", "no readable routing record beside it"))
+                self._note("quarantined", entry, partner="_inbox", profile=None,
+                           reason="missing_route_record")
                 self._metrics.quarantined.labels(partner="_inbox",
                                                  reason="missing_route_record").inc()
                 continue
@@ -126,12 +136,16 @@ class StudyWorker:
                         outcome.error.reason, str(outcome.error), profile=profile))
                     self._metrics.quarantined.labels(partner=partner,
                                                      reason=outcome.error.reason).inc()
+                    self._note("quarantined", entry, partner=partner, profile=profile,
+                               reason=outcome.error.reason)
                 _log.warning("quarantined sop=%s for %s: %s", entry.name, ",".join(partners),
                              outcome.error)
                 return
         assert output is not None
         method = self._stage.profile(profile).method
         if method != "none" and outcome.error is None:  # protected: sealed per partner
+            self._note("protected", entry, profile=profile, method=method,
+                       parameters_sha256=parameters_sha256(outcome.parameters))
             for partner in partners:
                 self._seal_for(study, entry, partner, profile, outcome)
             return
@@ -141,6 +155,8 @@ class StudyWorker:
         staged = self._spool.stage_output(output)
         try:
             for partner in partners:
+                self._note("prepared", entry, partner=partner, profile=profile, method=method,
+                           protected=False, out=None)
                 out = self._spool.commit_outbox(partner, f"{study}_{entry.sop_key}",
                                                 self._spool.stage_output(staged))
                 self._pending.setdefault(entry.path, []).append((partner, out))
@@ -170,6 +186,10 @@ class StudyWorker:
                 reason, f"{type(exc).__name__}: {exc}"))
             return
         self._metrics.seal_seconds.labels(partner=partner).observe(time.perf_counter() - started)
+        if isinstance(source, Dataset):
+            self._deid_note(entry, partner, profile, source)
+        self._note("sealed", entry, partner=partner, profile=profile, method=method,
+                   manifest_sha256=manifest_sha256(sealed), out=outgoing(sealed))
         staged = self._spool.stage_output(sealed)
         out = self._spool.commit_outbox(partner, f"{study}_{entry.sop_key}", staged)
         self._pending.setdefault(entry.path, []).append((partner, out))
@@ -186,6 +206,7 @@ class StudyWorker:
         self._spool.quarantine(entry, partner, SetAsideReason(error.reason, str(error),
                                                               profile=profile))
         self._metrics.quarantined.labels(partner=partner, reason=error.reason).inc()
+        self._note("quarantined", entry, partner=partner, profile=profile, reason=error.reason)
         _log.warning("quarantined sop=%s for %s: %s", entry.name, partner, error.reason)
 
     def _screened(self, profile: str, items: list[tuple[Entry, list[str]]]
@@ -228,6 +249,23 @@ class StudyWorker:
                 self._set_aside(entry, partner, profile, InstanceError(
                     "deid_failed", f"{type(exc).__name__}: {exc}"))
                 continue
+            self._deid_note(entry, partner, profile, copy)
+            self._note("prepared", entry, partner=partner, profile=profile,
+                       method=self._stage.profile(profile).method, protected=False,
+                       out=outgoing(copy))
             out = self._spool.commit_outbox(partner, f"{study}_{entry.sop_key}",
                                             self._spool.stage_output(copy))
             self._pending.setdefault(entry.path, []).append((partner, out))
+
+    # -- the audit trail (decision 0020) ------------------------------------------------------
+    def _note(self, event: str, entry: Entry, **fields: object) -> None:
+        """Record ``event`` for ``entry`` (named by keyed hashes); AuditError propagates."""
+        if self._audit is not None:
+            study = entry.path.parent.name  # work/<study>/: the study's spool key
+            self._audit.append(event, {**ids(self._audit, study, entry.sop_key), **fields})
+
+    def _deid_note(self, entry: Entry, partner: str, profile: str, copy: Dataset) -> None:
+        settings = self._stage.profile(profile).deidentify
+        if settings is not None:
+            self._note("deidentified", entry, partner=partner, profile=profile,
+                       options=sorted(settings.options), pseudonym=str(copy.get("PatientID", "")))

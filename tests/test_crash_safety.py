@@ -1,9 +1,15 @@
 """Acceptance (c): the gateway process is SIGKILLed at several moments while a 200-instance
 study streams through; after each restart every instance the sender saw acknowledged reaches
-the partner. Prints lost (must be 0) and duplicate deliveries."""
+the partner. Prints lost (must be 0) and duplicate deliveries.
+
+Issue 13 acceptance (e), first part: after those SIGKILLs the audit trail's chain verifies
+(``dicom-gateway audit verify``), every acknowledged instance has its ``received`` record and
+every delivered one its ``forwarded`` record."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -128,3 +134,26 @@ def test_sigkill_at_many_moments_loses_nothing(tmp_path: Path) -> None:
           f"lost={len(lost)} duplicates={scp.duplicates}")
     assert len(kills) >= 5
     assert not lost
+    _check_audit_trail(gw, tmp_path / "spool", sender.acked, scp.received_sops)
+
+
+def _check_audit_trail(gw: GatewayProcess, spool: Path, acked: set[str],
+                       delivered: set[str]) -> None:
+    from dicom_gateway.audit import AuditTrail
+    from dicom_gateway.seal.keys import read_secret
+
+    done = subprocess.run([sys.executable, "-m", "dicom_gateway.cli", "audit", "verify",
+                           "--config", str(gw.config_path)], capture_output=True, text=True,
+                          timeout=120)
+    print(done.stdout.strip())
+    assert done.returncode == 0 and "audit trail OK" in done.stdout, done.stdout + done.stderr
+    trail = AuditTrail(spool / "audit", read_secret(spool / "audit" / "audit-secret.key"))
+    records = list(trail.records())
+    received = {r.fields["sop"] for r in records if r.event == "received"}
+    forwarded = {r.fields["sop"] for r in records if r.event == "forwarded"}
+    starts = sum(r.event == "gateway_started" for r in records)
+    recovered = sum(r.event == "audit_recovered" for r in records)
+    print(f"audit: {len(records)} records, {starts} starts, {recovered} cut-short lines dropped")
+    assert starts >= 6
+    assert {trail.identifier(sop) for sop in acked} <= received
+    assert {trail.identifier(sop) for sop in delivered} <= forwarded

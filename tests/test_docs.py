@@ -220,10 +220,10 @@ def test_every_config_key_is_documented_and_nothing_else(accepted: set[str]) -> 
 
 
 def test_the_parse_reaches_every_key_in_the_parser_source(accepted: set[str]) -> None:
-    from dicom_gateway import config_tls
+    from dicom_gateway import config_audit, config_tls
 
     literals = set().union(*(key_literals(Path(m.__file__ or "").read_text(encoding="utf-8"))
-                             for m in (config_module, config_tls)))
+                             for m in (config_module, config_tls, config_audit)))
     missing = unreached(literals, accepted)
     assert not missing, (f"config.py reads keys {sorted(missing)} that the test configurations "
                          "never reach: give _full_config a value for their section")

@@ -1,4 +1,5 @@
-"""No patient data in logs or metrics, even at DEBUG (decision 0011)."""
+"""No patient data in logs or metrics, even at DEBUG (decision 0011), and none in the audit
+trail: neither patient data nor an original UID (decision 0020)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ from peers import RecordingSCP
 SECRETS = ("SECRET^PATIENT", "PID-SECRET-42", "19010203", "ACC-SECRET-7")
 
 
+def assert_clean_audit_trail(spool: Path, datasets: list[object]) -> None:
+    """The audit trail under ``spool`` exists and holds no secret and no original UID."""
+    text = "".join(p.read_text() for p in sorted((spool / "audit").glob("*.jsonl")))
+    assert '"event":"received"' in text and '"event":"forwarded"' in text
+    uids = [str(getattr(ds, k)) for ds in datasets
+            for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+    for value in (*SECRETS, *uids):
+        assert value not in text
+
+
 def test_logs_and_metrics_carry_no_patient_data(tmp_path: Path,
                                                 recording_scp: RecordingSCP) -> None:
     raw = base_config(tmp_path / "spool", [partner("recorder", recording_scp.port)],
@@ -21,9 +32,9 @@ def test_logs_and_metrics_carry_no_patient_data(tmp_path: Path,
     with GatewayProcess(raw, tmp_path) as gw:
         ds = sample(PatientName=SECRETS[0], PatientID=SECRETS[1], PatientBirthDate=SECRETS[2],
                     AccessionNumber=SECRETS[3])
+        other = sample(PatientName=SECRETS[0], Modality="ZZ")
         assert send(gw.port, [ds]) == [0]
-        assert send(gw.port, [sample(PatientName=SECRETS[0], Modality="ZZ")],
-                    calling="MODALITY") == [0]
+        assert send(gw.port, [other], calling="MODALITY") == [0]
         assert recording_scp.wait_for_count(2, timeout=30) == 2
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics").read()
     log = gw.log_path.read_text()
@@ -31,6 +42,7 @@ def test_logs_and_metrics_carry_no_patient_data(tmp_path: Path,
     for secret in SECRETS:
         assert secret not in log
         assert secret.encode() not in metrics
+    assert_clean_audit_trail(tmp_path / "spool", [ds, other])
 
 
 def test_tls_errors_carry_no_patient_data(tmp_path: Path) -> None:
@@ -69,3 +81,7 @@ def test_tls_errors_carry_no_patient_data(tmp_path: Path) -> None:
     for secret in SECRETS:
         assert secret not in log
         assert secret.encode() not in metrics
+    text = "".join(p.read_text() for p in (tmp_path / "spool" / "audit").glob("*.jsonl"))
+    assert '"reason":"no_certificate"' in text and '"tls":true' in text
+    for value in (*SECRETS, ds.StudyInstanceUID, ds.SOPInstanceUID):
+        assert value not in text

@@ -45,6 +45,7 @@ __all__ = [
     "load_signing_public",
     "new_partner_key",
     "read_private",
+    "read_secret",
 ]
 
 SUITES = ("x25519", "mlkem768-x25519")
@@ -81,6 +82,17 @@ def read_private(path: Path) -> bytes:
         raise KeyFileError(f"{path}: cannot read the private key: {exc.strerror or exc}") from None
 
 
+def read_secret(path: Path) -> bytes:
+    """A hex secret of at least 16 bytes from a private key file (``uid-secret.key``)."""
+    try:
+        secret = bytes.fromhex(read_private(path).decode().strip())
+    except ValueError:
+        raise KeyFileError(f"{path}: not a hex secret") from None
+    if len(secret) < 16:
+        raise KeyFileError(f"{path}: secret shorter than 16 bytes")
+    return secret
+
+
 @dataclass(frozen=True)
 class GatewayKeys:
     signing: ed25519.Ed25519PrivateKey
@@ -108,12 +120,7 @@ def load_gateway_keys(signing_key: Path, uid_secret: Path) -> GatewayKeys:
         raise KeyFileError(f"{signing_key}: not a PEM private key ({exc})") from None
     if not isinstance(signing, ed25519.Ed25519PrivateKey):
         raise KeyFileError(f"{signing_key}: not an Ed25519 private key")
-    try:
-        secret = bytes.fromhex(read_private(uid_secret).decode().strip())
-    except ValueError:
-        raise KeyFileError(f"{uid_secret}: not a hex secret") from None
-    if len(secret) < 16:
-        raise KeyFileError(f"{uid_secret}: secret shorter than 16 bytes")
+    secret = read_secret(uid_secret)
     return GatewayKeys(signing, key_id(signing.public_key().public_bytes(*_RAW)), secret)
 
 

@@ -31,6 +31,11 @@ class SealService:
         self._partners: dict[str, PartnerKey] = {
             name: load_partner_key(Path(p.key)) for name, p in config.partners.items() if p.key}
 
+    def key_ids(self) -> dict[str, str]:
+        """The key ids in use: ``gateway`` (the signing key) and each partner's by name."""
+        return {"gateway": self._gateway.key_id,
+                **{name: key.key_id for name, key in self._partners.items()}}
+
     def has_partner(self, name: str) -> bool:
         return name in self._partners
 
