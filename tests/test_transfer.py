@@ -250,3 +250,17 @@ def test_an_ablation_lever_needs_a_label_and_options(tmp_path: Path, surrogates:
     assert main([*args, "TI:smoothing"]) == 1
     assert "expected key=value, got 'smoothing'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_victim_families() -> None:
+    """The 224x224 victims are of distinct families, and a victim shares its family with the
+    surrogate architectures of that family (then it is not held out)."""
+    from dicom_gateway.lab.evaluation.victims import family
+
+    panel = ["shufflenetv2-x0.5", "mobilenetv3-small-224", "regnetx-400mf", "densenet-small",
+             "convnext-small", "vit-small", "efficientnet-b0-224", "squeezenet-224"]
+    assert len({family(v) for v in panel}) == len(panel)
+    assert family("convnext-small") == family("convnext-nano")
+    assert family("vit-small") == family("vit-tiny")
+    assert family("resnet10") != family("densenet-small")
+    assert family("plain-cnn") == "plain-cnn"  # unknown: its own family

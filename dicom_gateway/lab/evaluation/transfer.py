@@ -34,7 +34,7 @@ from . import defences
 from .data import load_dataset
 from .gateway_path import protect_through_gateway
 from .scoring import MIN_CLEAN_SKILL, retained_skill
-from .victims import train_cached
+from .victims import family, train_cached
 
 __all__ = ["DEFAULT_ABLATION", "DEFAULT_VICTIMS_224", "MIN_CLEAN_SKILL", "TransferStudy",
            "retained_skill", "run_transfer"]
@@ -112,6 +112,9 @@ class _Scorer:
     def __init__(self, white: dict[str, Any], black: dict[str, Any], test: ImageSet) -> None:
         assert test.labels is not None
         self.white, self.black, self.labels = white, black, test.labels
+        # victims of a family the ensemble holds are scored but not held out
+        families = {family(s.info.arch) for s in white.values()}
+        self.in_family = frozenset(n for n in black if family(n) in families)
         counts = torch.bincount(test.labels)
         self.chance = float(counts.max()) / len(test.labels)
         self.clean = self.accuracies(test.images)
@@ -125,7 +128,7 @@ class _Scorer:
     def summary(self, images: torch.Tensor) -> dict[str, Any]:
         acc = self.accuracies(images)
         rs = {n: retained_skill(acc[n], self.clean[n], self.chance) for n in acc}
-        black = [v for n in self.black if (v := rs[n]) is not None]
+        black = [v for n in self.black if n not in self.in_family and (v := rs[n]) is not None]
         worst = max(black) if black else None
         white = [acc[n] for n in self.white]
         return {"accuracy": acc,
@@ -137,8 +140,10 @@ class _Scorer:
                 "worst_black_box_retained_skill": None if worst is None else round(worst, 4),
                 "black_box_retained_skill_floor0": round(
                     sum(max(v, 0.0) for v in black) / len(black), 4) if black else None,
-                "black_box_accuracy": round(sum(acc[n] for n in self.black)
-                                            / max(len(self.black), 1), 4)}
+                "black_box_accuracy": round(
+                    sum(acc[n] for n in self.black if n not in self.in_family)
+                    / max(len(self.black) - len(self.in_family), 1), 4),
+                "in_family": sorted(self.in_family)}
 
 
 class _Adapted(torch.nn.Module):

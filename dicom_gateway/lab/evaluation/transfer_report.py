@@ -106,6 +106,17 @@ def _plots(results: dict[str, Any], examples: dict[str, torch.Tensor], out: Path
     return ["frontier.png", "examples.png"]
 
 
+def _family_note(results: dict[str, Any]) -> str:
+    """Which victims share a family with a surrogate (scored, not held out)."""
+    frontier = results.get("frontier") or [{}]
+    inside = frontier[0].get("protected", {}).get("in_family", [])
+    if not inside:
+        return "Every victim is of a family none of the surrogates belongs to (held out)."
+    return (f"In-family victims (a surrogate of the same family is in the ensemble): "
+            f"{', '.join(inside)}. They are scored and listed, but the black-box means, the "
+            "worst victim and the targets are over the held-out victims only.")
+
+
 def write_transfer_report(results: dict[str, Any], examples: dict[str, torch.Tensor],
                           out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -131,6 +142,7 @@ def write_transfer_report(results: dict[str, Any], examples: dict[str, torch.Ten
              "A victim less than 0.10 above chance on the clean test images has no skill to "
              "lose: it is listed, its retained skill is n/a, and it is left out of the "
              "black-box means.", "",
+             _family_note(results), "",
              "Attack options: `" + json.dumps(results["options"], sort_keys=True) + "`", "",
              "## Targets", "",
              _table(["target", "measured", "bound", "met", "missed by"],

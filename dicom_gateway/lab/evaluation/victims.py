@@ -175,6 +175,8 @@ ARCHITECTURES: dict[str, Architecture] = {
                                    "DenseNet, growth 16, blocks 4-8-12-8"),
     "convnext-small": Architecture(_small_224("convnext"), 3, None,
                                    "ConvNeXt, widths 32-64-128-256, depths 2-2-4-2", lr=1e-3),
+    "squeezenet-224": Architecture(_torchvision("squeezenet1_1"), 3, None,
+                                   "SqueezeNet 1.1 (torchvision)", lr=1e-3),
     "vit-small": Architecture(_small_224("vit"), 3, None,
                               "ViT, conv stem to 16x16 tokens, 6 layers, width 192, 3 heads",
                               lr=5e-4),
@@ -185,6 +187,20 @@ ARCHITECTURES: dict[str, Architecture] = {
     "fcn-small": Architecture(_fcn_small, None, None, "dilated FCN, no skips"),
 }
 SEGMENTATION = frozenset({"unet-small", "fcn-small"})
+# the model family of the victims' and the surrogates' architectures: a victim of a family
+# the protection's ensemble holds is not held out (the transfer study reports it apart)
+FAMILIES = {"resnet10": "ResNet", "resnet18": "ResNet", "vit-tiny": "ViT", "vit-small": "ViT",
+            "convnext-nano": "ConvNeXt", "convnext-small": "ConvNeXt",
+            "shufflenetv2": "ShuffleNet", "shufflenetv2-x0.5": "ShuffleNet",
+            "mobilenetv3-small": "MobileNet", "mobilenetv3-small-224": "MobileNet",
+            "densenet121": "DenseNet", "densenet-small": "DenseNet",
+            "efficientnet-b0": "EfficientNet", "efficientnet-b0-224": "EfficientNet",
+            "regnetx-400mf": "RegNet", "squeezenet-224": "SqueezeNet"}
+
+
+def family(arch: str) -> str:
+    """The family of ``arch`` (:data:`FAMILIES`; an unknown architecture is its own)."""
+    return FAMILIES.get(arch, arch)
 RECIPES = ("light", "practitioner")
 
 
