@@ -146,8 +146,9 @@ class StudyWorker:
         if method != "none" and outcome.error is None:  # protected: sealed per partner
             self._note("protected", entry, profile=profile, method=method,
                        parameters_sha256=parameters_sha256(outcome.parameters))
+            read: list[tuple[Dataset, Dataset]] = []  # on a de-identifying profile: once
             for partner in partners:
-                self._seal_for(study, entry, partner, profile, outcome)
+                self._seal_for(study, entry, partner, profile, outcome, read)
             return
         if self._stage.profile(profile).deidentify is not None:
             self._deidentified(study, entry, partners, profile, output)
@@ -164,7 +165,10 @@ class StudyWorker:
             staged.unlink(missing_ok=True)
 
     def _seal_for(self, study: str, entry: Entry, partner: str, profile: str,
-                  outcome: Outcome) -> None:
+                  outcome: Outcome, read: list[tuple[Dataset, Dataset]]) -> None:
+        """Seal ``outcome`` for ``partner`` (de-identified first on a de-identifying profile:
+        the received and the protected instance are read into ``read`` for the first partner
+        and copied from there for each, as de-identification never changes its input)."""
         assert outcome.output is not None
         method = self._stage.profile(profile).method
         started = time.perf_counter()
@@ -173,9 +177,11 @@ class StudyWorker:
         reason = "deid_failed"
         try:
             if self._stage.profile(profile).deidentify is not None:  # de-identify, then seal
-                source = self._deidentify(profile, partner, dcmread(entry.path))
-                protected = self._deidentify(profile, partner, protected if isinstance(
-                    protected, Dataset) else dcmread(protected))
+                if not read:
+                    read.append((dcmread(entry.path), protected if isinstance(
+                        protected, Dataset) else dcmread(protected)))
+                source = self._deidentify(profile, partner, read[0][0])
+                protected = self._deidentify(profile, partner, read[0][1])
             reason = "seal_failed"
             if self._sealer is None or not self._sealer.has_partner(partner):
                 raise SealError("no_key", f"no seal key for partner {partner!r}")
