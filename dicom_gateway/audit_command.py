@@ -5,6 +5,7 @@
     dicom-gateway audit verify --config FILE
     dicom-gateway audit sent --config FILE --partner P [--since T1] [--until T2]
     dicom-gateway audit study --config FILE STUDY_UID
+    dicom-gateway audit ref --config FILE UID...
     dicom-gateway trace --config FILE FILE_OR_FOLDER...
 
 Exit status: ``audit verify`` 0 when the chain verifies, 1 at the first bad record (named by
@@ -22,11 +23,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .audit import AuditTrail, Ledger, open_trail, trace_file
+from .audit import AuditTrail, Ledger, identifier_key, open_trail, trace_file
 from .audit.ledger import Delivery, parse_time
 from .audit.trace import Finding
 from .config import load_config
 from .errors import AuditError
+from .logsafe import log_reference
 from .settings import Config
 
 __all__ = ["add_parsers"]
@@ -182,8 +184,21 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return 3 if unknown else 0
 
 
+def _cmd_ref(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    trail = open_trail(config)
+    if trail is None and config.seal is None:
+        raise AuditError(f"{args.config}: neither an audit trail nor a seal section: log lines "
+                         "name UIDs under a key made for each run of the gateway")
+    key = identifier_key(config, trail)
+    for uid in args.uids:
+        print(f"{uid}: log {log_reference(key, uid)}"
+              + (f", audit trail {trail.identifier(uid)}" if trail is not None else ""))
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
-    """Add ``audit verify|sent|study`` and ``trace`` to the command line's subparsers."""
+    """Add ``audit verify|sent|study|ref`` and ``trace`` to the command line's subparsers."""
     a = sub.add_parser("audit", help="check and query the audit trail")
     asub = a.add_subparsers(dest="audit_command", required=True)
     v = asub.add_parser("verify", help="check the whole chain; name the first bad record")
@@ -199,6 +214,10 @@ def add_parsers(sub: Any) -> None:
     st.add_argument("--config", required=True)
     st.add_argument("study_uid")
     st.set_defaults(func=_cmd_study)
+    r = asub.add_parser("ref", help="how log lines and the trail name a UID (uid#...)")
+    r.add_argument("--config", required=True)
+    r.add_argument("uids", nargs="+", metavar="UID")
+    r.set_defaults(func=_cmd_ref)
     t = sub.add_parser("trace", help="which partner received a DICOM file found outside")
     t.add_argument("--config", required=True)
     t.add_argument("inputs", nargs="+", help="files or folders")

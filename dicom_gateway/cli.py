@@ -9,8 +9,10 @@ Commands (a contract other tools and users rely on)::
     dicom-gateway protect --config FILE --profile NAME [--partner NAME] IN... --out DIR
     dicom-gateway train-surrogate --data PATH --arch NAME --out FILE [--task ...]
     dicom-gateway protect-dataset --method unlearnable --data PATH --out DIR
-    dicom-gateway audit verify|sent|study --config FILE [...]
+    dicom-gateway audit verify|sent|study|ref --config FILE [...]
     dicom-gateway trace --config FILE FILE...
+    dicom-gateway keys init|partner|escrow --out DIR [...]
+    dicom-gateway escrow open --key FILE FILE...
 
 Errors are one line on stderr and a non-zero exit code (2: configuration, 1: anything else).
 This is the boundary: a :class:`~dicom_gateway.errors.GatewayError` (every failure the gateway
@@ -18,7 +20,8 @@ raises on purpose, its message written for the user) or an ``OSError`` is printe
 anything else is a bug, reported as an internal error. Set ``DICOM_GATEWAY_DEBUG=1`` to see a
 traceback instead. ``verify`` and ``restore`` also exit 3 when nothing is invalid but
 some instance is not sealed (:mod:`.seal.command`); ``trace`` exits 3 when some file
-identifies no partner (:mod:`.audit_command`). Operator actions (``spool retry``, ``spool
+identifies no partner (:mod:`.audit_command`); ``escrow open`` exits 3 when some file carries
+no escrow (:mod:`.deid.escrow_command`). Operator actions (``spool retry``, ``spool
 purge``, and ``keys`` given ``--config``) are recorded in the audit trail before they act.
 """
 
@@ -51,10 +54,12 @@ def _setup_logging(level: str) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .config import load_config
     from .gateway import Gateway
+    from .logsafe import scrub_logs
 
     config = load_config(args.config)
     _setup_logging(config.log_level)
     gateway = Gateway(config)
+    scrub_logs(gateway.log_key)
     try:
         gateway.start()
     except OSError as exc:
@@ -213,6 +218,24 @@ def _cmd_keys_partner(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys_escrow(args: argparse.Namespace) -> int:
+    from .deid.escrow import new_escrow_key
+
+    key = new_escrow_key(Path(args.out), args.name)
+    if args.config:
+        _operator(args, "keys escrow", name=args.name, key_id=key.key_id)
+    print(f"escrow key {args.name} in {args.out}: {args.name}.key (0600, the hospital keeps it "
+          f"away from the gateway), {args.name}.pub (a profile's deidentify.escrow); key id "
+          f"{key.key_id}")
+    return 0
+
+
+def _cmd_escrow_open(args: argparse.Namespace) -> int:
+    from .deid.escrow_command import run_escrow_open
+
+    return run_escrow_open(args.key, args.inputs)
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .seal.command import run_verify
 
@@ -293,6 +316,18 @@ def _add_partner_commands(sub: Any) -> None:
     kp.add_argument("--suite", default="x25519", choices=["x25519", "mlkem768-x25519"])
     kp.add_argument("--config", help="record the new key id in this configuration's audit trail")
     kp.set_defaults(func=_cmd_keys_partner)
+    ke = ksub.add_parser("escrow", help="the hospital's re-identification escrow key pair")
+    ke.add_argument("--name", default="hospital-escrow", help="file names NAME.key, NAME.pub")
+    ke.add_argument("--out", required=True, help="folder (files are never overwritten)")
+    ke.add_argument("--config", help="record the new key id in this configuration's audit trail")
+    ke.set_defaults(func=_cmd_keys_escrow)
+
+    es = sub.add_parser("escrow", help="re-identification escrow (hospital tool)")
+    esub = es.add_subparsers(dest="escrow_command", required=True)
+    eo = esub.add_parser("open", help="print the original identifiers of de-identified files")
+    eo.add_argument("--key", required=True, help="the hospital's escrow private key (NAME.key)")
+    eo.add_argument("inputs", nargs="+", help="files or folders")
+    eo.set_defaults(func=_cmd_escrow_open)
 
     v = sub.add_parser("verify", help="check the seal of protected files (partner tool)")
     v.add_argument("--gateway-key", required=True, help="the gateway's gateway-signing.pub")

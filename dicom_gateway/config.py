@@ -199,7 +199,8 @@ def _profile(name: str, r: _Reader, base_dir: Path) -> ProfileConfig:
     except OptionError as exc:
         raise r.error(exc.problem, exc.key) from None
     try:  # PS3.15 Annex E de-identification: deid/options.py, decision 0018
-        deidentify = parse_deidentify(r.data["deidentify"]) if r.has("deidentify") else None
+        deidentify = (parse_deidentify(r.data["deidentify"], base_dir)  # escrow: relative path
+                      if r.has("deidentify") else None)
     except DeidOptionError as exc:
         raise r.child("deidentify").error(exc.problem, exc.key or None) from None
     return ProfileConfig(

@@ -1,8 +1,9 @@
 """The HTTP endpoint for ops: ``/metrics`` (Prometheus text), ``/healthz`` and ``/readyz``.
 
 ``/healthz`` answers 200 while the process's threads are alive (restart it otherwise);
-``/readyz`` answers 200 only when the gateway also accepts associations and the spool is
-writable (send traffic elsewhere otherwise), as MONAI Deploy Informatics Gateway does.
+``/readyz`` answers 200 only when the gateway also accepts associations, the spool is
+writable and the audit trail takes records (send traffic elsewhere otherwise), as MONAI Deploy
+Informatics Gateway does.
 """
 
 from __future__ import annotations

@@ -49,9 +49,11 @@ class ForwarderProcess:
     """Parent-side handle of one partner's forwarder process."""
 
     def __init__(self, partner: PartnerConfig, spool_root: Path, rescan_seconds: float,
-                 log_level: str, audit: TrailSpec | None = None) -> None:
+                 log_level: str, audit: TrailSpec | None = None,
+                 log_key: bytes | None = None) -> None:
         self.partner = partner
-        self._args = (partner, str(spool_root), rescan_seconds, log_level, audit)
+        self._args = (partner, str(spool_root), rescan_seconds, log_level, audit,
+                      log_key if log_key is not None else os.urandom(32))
         self._proc: Any = None
         self._commands: Any = None
         self._events: Any = None
@@ -128,13 +130,16 @@ def _die_with_parent() -> None:
 
 
 def _child_main(partner: PartnerConfig, root: str, rescan_seconds: float, log_level: str,
-                audit: TrailSpec | None, commands: Any, events: Any, parent_pid: int) -> None:
+                audit: TrailSpec | None, log_key: bytes, commands: Any, events: Any,
+                parent_pid: int) -> None:
     from .delivery import PartnerQueue
+    from .logsafe import scrub_logs
 
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     logging.basicConfig(level=getattr(logging, log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    scrub_logs(log_key)
     spool = Spool(Path(root))
     outbox = Path(root) / "outbox" / partner.name
     outbox.mkdir(parents=True, exist_ok=True)

@@ -16,15 +16,17 @@ written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+import time
 
 from . import __version__
-from .audit import open_trail
+from .audit import identifier_key, open_trail
 from .deid.service import DeidService, needs_deidentification
 from .endpoint import OpsEndpoint
-from .errors import GatewayError
+from .errors import AuditError, GatewayError
 from .forwarder import ForwarderProcess
 from .metrics import Metrics, SnapshotCollector
 from .receive import Receiver
@@ -40,6 +42,8 @@ from .worker import StudyWorker
 __all__ = ["Gateway"]
 
 _log = logging.getLogger(__name__)
+#: how often an unwritable audit trail is tried again (an ``audit_resumed`` record)
+AUDIT_RETRY_SECONDS = 5.0
 
 
 class Gateway:
@@ -51,9 +55,11 @@ class Gateway:
         self.spool = Spool(config.gateway.spool_dir)
         self.audit = open_trail(config, create=True)
         spec = self.audit.spec if self.audit is not None else None
+        #: the key of the UID references in log lines (``logsafe.scrub_logs``, decision 0011)
+        self.log_key = identifier_key(config, self.audit)
         self.forwarders = {name: ForwarderProcess(p, config.gateway.spool_dir,
                                                   config.gateway.rescan_seconds, config.log_level,
-                                                  spec)
+                                                  spec, self.log_key)
                            for name, p in config.partners.items()}
         self.metrics.registry.register(SnapshotCollector(
             lambda: [f.snapshot for f in self.forwarders.values()]))
@@ -134,9 +140,16 @@ class Gateway:
         self._stop.set()
 
     def _supervise(self) -> None:
+        next_audit_try = 0.0
         while not self._stop.wait(1.0):
             for forwarder in self.forwarders.values():
                 forwarder.ensure_running()
+            if self.audit is not None and not self.audit.healthy and \
+                    time.monotonic() >= next_audit_try:
+                next_audit_try = time.monotonic() + AUDIT_RETRY_SECONDS
+                with contextlib.suppress(AuditError):  # still failing: /readyz stays 503
+                    self.audit.append("audit_resumed", {"pid": os.getpid()})
+                    _log.warning("audit trail writable again: instances are accepted")
 
     def healthy(self) -> tuple[bool, str]:
         dead = [f"forwarder {f.partner.name}" for f in self.forwarders.values() if not f.alive]
@@ -152,4 +165,6 @@ class Gateway:
             return False, "not accepting associations"
         if not os.access(self.spool.root / "inbox", os.W_OK):
             return False, "spool not writable"
+        if self.audit is not None and not self.audit.healthy:
+            return False, "audit trail not writable (instances are refused with 0xA700)"
         return True, "ok"

@@ -144,6 +144,7 @@ class DeidConfig:
     safe_private: tuple[tuple[int, str, int], ...] = ()  # (group, private creator, element)
     allow_pixel_risk: frozenset[str] = frozenset()  # burned-in, ultrasound, ... sent anyway
     max_date_shift_days: int = 365  # modified dates move back 1..N days per patient
+    escrow: str | None = None  # the hospital's escrow public key (PEM X25519); None: no escrow
 
 
 @dataclass(frozen=True)

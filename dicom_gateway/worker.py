@@ -11,7 +11,9 @@ On a profile that de-identifies (``deidentify``, decision 0018), an instance who
 show identifiers is quarantined before protection; the rest are protected once, and each
 partner's copy is de-identified with that partner's keys (header only: no protection method
 reads what de-identification changes), then sealed from the de-identified original, so the
-order is de-identify, protect, seal. Any failure there quarantines (``deid_failed``).
+order is de-identify, protect, seal. Any failure there quarantines (``deid_failed``). On a
+profile with ``deidentify.escrow`` the copy that leaves carries the re-identification escrow
+(decision 0021).
 
 Each step is recorded in the audit trail (decision 0020) before its file is committed:
 ``protected``, ``deidentified``, ``sealed`` or ``prepared`` (an unsealed copy), ``quarantined``.
@@ -180,7 +182,7 @@ class StudyWorker:
                 if not read:
                     read.append((dcmread(entry.path), protected if isinstance(
                         protected, Dataset) else dcmread(protected)))
-                source = self._deidentify(profile, partner, read[0][0])
+                source = self._deidentify(profile, partner, read[0][0], escrow=False)
                 protected = self._deidentify(profile, partner, read[0][1])
             reason = "seal_failed"
             if self._sealer is None or not self._sealer.has_partner(partner):
@@ -201,10 +203,13 @@ class StudyWorker:
         self._pending.setdefault(entry.path, []).append((partner, out))
 
     # -- de-identification (decision 0018) ----------------------------------------------------
-    def _deidentify(self, profile: str, partner: str, ds: Dataset) -> Dataset:
+    def _deidentify(self, profile: str, partner: str, ds: Dataset, escrow: bool = True
+                    ) -> Dataset:
+        """``ds`` de-identified for ``partner``; ``escrow``: a copy that leaves carries the
+        profile's re-identification escrow (decision 0021), the seal's source does not."""
         if self._deid is None:
             raise InstanceError("deid_failed", "the gateway has no de-identification keys")
-        return self._deid.deidentify(profile, partner, ds)
+        return self._deid.deidentify(profile, partner, ds, escrow)
 
     def _set_aside(self, entry: Entry, partner: str, profile: str, error: InstanceError) -> None:
         """Quarantine ``entry`` for ``partner``; the log names the reason token only (the

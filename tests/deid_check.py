@@ -3,13 +3,25 @@
 The table's codes come from ``dicom_gateway.deid.table`` (the standard's data); what each code
 must look like at the receiver is this module's own reading of PS3.15 E.1.1 and of the
 resolutions decision 0018 documents, so the gateway's engine is not used to judge itself.
+Also the setup the end-to-end de-identification tests share (tests/test_deid.py with in-process
+Storage SCPs, tests/test_deid_orthanc.py with Orthanc): the fixed gateway secret, the made-up
+identifiers filled into the real series, the pseudonym recomputed from its documented formula,
+the gateway configuration, and the check of every received instance at every partner.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
+from typing import Any
 
+import pydicom
+from gwutil import base_config, partner, with_seal
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -18,7 +30,20 @@ from dicom_gateway.deid.table import basic_action, option_action
 from dicom_gateway.seal.uids import derive_uid
 from dicom_gateway.settings import DeidConfig
 
-__all__ = ["Report", "check_instance", "render_table"]
+__all__ = ["IDENTIFIERS", "REAL_SERIES_BLOCK", "SAFE", "SECRET", "Report", "check_instance",
+           "check_received", "fill", "gateway_config", "pseudonym", "render_table"]
+
+SECRET = bytes(range(32))  # a fixed gateway secret: the documented tables stay reproducible
+SAFE = [{"tag": "0019,xxB0", "creator": "SIEMENS CT VA0  COAD"}]  # Feed per Rotation
+IDENTIFIERS = {"PatientName": "DOE^JANE^Q", "PatientID": "MRN-4711-X",
+               "PatientBirthDate": "19580317", "AccessionNumber": "ACC-98765",
+               "ReferringPhysicianName": "HOUSE^GREGORY", "InstitutionName": "Plainsboro General",
+               "InstitutionAddress": "1 Hospital Road, Plainsboro", "StationName": "CTROOM7",
+               "DeviceSerialNumber": "SN-55501", "OperatorsName": "TECH^TINA"}
+# the profile the real series are sent through (dates shifted, so the shift shows)
+REAL_SERIES_BLOCK: dict[str, Any] = {
+    "options": ["retain-longitudinal-modified-dates", "retain-patient-characteristics",
+                "clean-descriptors", "retain-safe-private"], "safe_private": SAFE}
 
 SET_BY_GATEWAY = {"PatientIdentityRemoved", "DeidentificationMethod",
                   "DeidentificationMethodCodeSequence", "LongitudinalTemporalInformationModified",
@@ -30,6 +55,42 @@ _TEXT = {"LO", "SH", "ST", "LT", "UT", "UC", "PN"}
 class Report:
     shift: int = 0
     rows: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
+    width: int = 40  # values longer than this are cut in the rows
+
+
+def pseudonym(partner_name: str, patient_id: str, issuer: str = "") -> str:
+    """The documented pseudonym, computed here without the gateway's code."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+               info=b"dicom-gateway de-identification v1\0" + partner_name.encode()).derive(SECRET)
+    mac = hmac.new(key, f"pseudonym\0patient\0{issuer}\0{patient_id}".encode(),
+                   hashlib.sha256).digest()
+    return "ANON" + base64.b32encode(mac[:10]).decode()
+
+
+def fill(files: list[Path], patient_id: str = IDENTIFIERS["PatientID"], **extra: Any) -> None:
+    """Write :data:`IDENTIFIERS` (then ``extra``) into each file, with this Patient ID."""
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for keyword, value in {**IDENTIFIERS, **extra}.items():
+            setattr(ds, keyword, value)
+        ds.PatientID = patient_id
+        ds.save_as(f, enforce_file_format=True)
+
+
+def gateway_config(tmp_path: Path, ports: dict[str, int], deidentify: dict[str, Any],
+                   method: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One route 'research' to every partner (name -> DICOM port) under a de-identifying
+    profile, sealed with the fixed :data:`SECRET`."""
+    raw = base_config(tmp_path / "spool", [partner(n, port) for n, port in ports.items()],
+                      [{"name": "research", "match": {}, "to": list(ports), "profile": "research"}])
+    raw["profiles"]["research"] = {**(method or {"method": "none"}), "deidentify": deidentify}
+    with_seal(raw, tmp_path / "keys")
+    secret = tmp_path / "keys" / "gateway" / "uid-secret.key"
+    secret.write_text(SECRET.hex() + "\n")  # fixed: reproducible pseudonyms in the docs table
+    return raw
 
 
 def _expected(elem: DataElement, config: DeidConfig) -> tuple[str, str]:
@@ -70,7 +131,7 @@ def _private(elem: DataElement, source: Dataset, config: DeidConfig) -> str:
     return "K" if (group, name, element & 0xFF) in config.safe_private else "X"
 
 
-def _short(elem: DataElement | None) -> str:
+def _short(elem: DataElement | None, width: int = 40) -> str:
     if elem is None:
         return "(absent)"
     if elem.VR == "SQ":
@@ -80,7 +141,7 @@ def _short(elem: DataElement | None) -> str:
     text = ("\\".join(str(v) for v in elem.value) if elem.VM > 1 else
             "" if elem.value is None else str(elem.value))
     text = text.replace("|", "/")
-    return (text[:37] + "...") if len(text) > 40 else text or "(empty)"
+    return (text[:width - 3] + "...") if len(text) > width else text or "(empty)"
 
 
 def _days(before: str, after: str) -> int:
@@ -126,29 +187,68 @@ def check_instance(source: Dataset, got: Dataset, config: DeidConfig, secret: by
         keyword = elem.keyword or keyword_for_tag(elem.tag)
         target = got.get(elem.tag)
         if prefix == "" and keyword in SET_BY_GATEWAY:
-            report.rows.append((f"{elem.tag}", keyword, "", "set", _short(elem), _short(target)))
+            report.rows.append((f"{elem.tag}", keyword, "", "set", _short(elem, report.width),
+                                _short(target, report.width)))
             continue
         code, action = (("private", _private(elem, source, config)) if elem.tag.is_private
                         else _expected(elem, config))
         _check(elem, target, action, report, secret, partner)
         label = keyword if not elem.tag.is_private else f"private {keyword or ''}".strip()
-        report.rows.append((f"{prefix}{elem.tag}", label, code or "-", action, _short(elem),
-                            _short(target)))
+        report.rows.append((f"{prefix}{elem.tag}", label, code or "-", action,
+                            _short(elem, report.width), _short(target, report.width)))
         if elem.VR == "SQ" and target is not None and action in ("K", "C", "U"):
             assert len(target.value) == len(elem.value), f"{keyword}: items"
             for before, after in zip(elem.value, target.value, strict=True):
                 check_instance(before, after, config, secret, partner, prefix + "> ", report)
     if prefix == "":
-        extra = {e.keyword for e in got if e.tag not in source}
+        added = [e for e in got if e.tag not in source]
+        extra = {e.keyword for e in added}
         assert extra <= SET_BY_GATEWAY, f"attributes added: {sorted(extra - SET_BY_GATEWAY)}"
+        report.rows += [(f"{e.tag}", e.keyword, "", "set", "(absent)", _short(e, report.width))
+                        for e in added]
     return report
 
 
-def render_table(rows: list[tuple[str, str, str, str, str, str]], block: dict[str, object]
-                 ) -> str:
+def check_received(received: dict[str, list[Dataset]], originals: Iterable[Dataset],
+                   config: DeidConfig, shown: Iterable[str] = (), width: int = 40
+                   ) -> tuple[dict[str, int], dict[tuple[str, str], Report]]:
+    """Check every instance each partner received (name -> datasets) against its original.
+
+    Each is checked attribute by attribute (:func:`check_instance`); Patient ID and Patient's
+    Name must be the partner's pseudonym of the original Patient ID; every original study must
+    have reached every partner, and all of one partner's studies (of the one patient) must be
+    shifted by the same number of days, a different one at each partner. Returns the shift per
+    partner and the reports of the ``shown`` original SOP Instance UIDs, by (partner, UID).
+    """
+    originals = list(originals)
+    studies = {str(ds.StudyInstanceUID) for ds in originals}
+    shifts: dict[tuple[str, str], set[int]] = {}
+    reports: dict[tuple[str, str], Report] = {}
+    for name, datasets in received.items():
+        by_derived = {derive_uid(SECRET, name, str(ds.SOPInstanceUID)): ds for ds in originals}
+        assert len(datasets) == len(originals), f"{name}: {len(datasets)} instances"
+        for got in datasets:
+            source = by_derived[str(got.SOPInstanceUID)]
+            report = check_instance(source, got, config, SECRET, name, report=Report(width=width))
+            want = pseudonym(name, str(source.PatientID))
+            assert str(got.PatientID) == str(got.PatientName) == want, f"{name}: pseudonym"
+            shifts.setdefault((name, str(source.StudyInstanceUID)), set()).add(report.shift)
+            if str(source.SOPInstanceUID) in shown:
+                reports[(name, str(source.SOPInstanceUID))] = report
+        assert {s for p, s in shifts if p == name} == studies, f"{name}: studies"
+    assert all(len(s) == 1 for s in shifts.values()), shifts  # one shift per study
+    per_partner = {n: {s for (p, _), v in shifts.items() if p == n for s in v} for n in received}
+    assert all(len(s) == 1 for s in per_partner.values()), per_partner  # across the studies
+    by_partner = {n: next(iter(s)) for n, s in per_partner.items()}
+    assert len(set(by_partner.values())) == len(by_partner), by_partner  # unrelated partners
+    return by_partner, reports
+
+
+def render_table(rows: list[tuple[str, str, str, str, str, str]], block: dict[str, object],
+                 partner_name: str = "acme") -> str:
     """The Markdown table docs/deidentification.md shows (first received instance)."""
-    lines = [f"Profile: `deidentify: {block}` (method `none`), partner `acme`, gateway secret "
-             "fixed for the test run.", "",
+    lines = [f"Profile: `deidentify: {block}` (method `none`), partner `{partner_name}`, "
+             "gateway secret fixed for the test run.", "",
              "| tag | attribute | Table E.1-1 | action | sent by the hospital | received |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {t} | {k} | {c} | {a} | {o} | {r} |" for t, k, c, a, o, r in rows]

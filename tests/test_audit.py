@@ -278,17 +278,25 @@ def test_a_store_the_trail_cannot_record_is_refused(tmp_path: Path,
             real = gw.audit.append
 
             def failing(event: str, fields: Any = None) -> Any:
-                if event == "received":
-                    raise AuditError("disk full (test)")
-                return real(event, fields)
+                assert gw.audit is not None
+                gw.audit.healthy = False  # as the real append does on an OSError
+                raise AuditError("disk full (test)")
 
             monkeypatch.setattr(gw.audit, "append", failing)
             ds = sample()
             assert send(gw.receiver.port or 0, [ds]) == [0xA700]
             assert not list((tmp_path / "spool" / "inbox").rglob(f"{ds.SOPInstanceUID}*"))
+            assert gw.ready() == (False, "audit trail not writable (instances are refused "
+                                         "with 0xA700)")
             monkeypatch.setattr(gw.audit, "append", real)
+            deadline = time.monotonic() + 20  # the supervisor tries again every 5 s
+            while not gw.ready()[0] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert gw.ready() == (True, "ok")
             assert send(gw.receiver.port or 0, [ds]) == [0]  # the re-send is taken
             assert scp.wait_for_count(1, timeout=30) == 1
+        events = [r.event for r in gw.audit.spec.open().records()]
+        assert events.index("audit_resumed") < events.index("received")
 
 
 # -- acceptance (f): trace ----------------------------------------------------------------------

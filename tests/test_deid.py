@@ -10,9 +10,6 @@ pydicom's examples through a running gateway to in-process Storage SCPs.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 from datetime import date
@@ -21,6 +18,15 @@ from typing import Any
 
 import pydicom
 import pytest
+from deid_check import (
+    IDENTIFIERS,
+    REAL_SERIES_BLOCK,
+    SAFE,
+    SECRET,
+    fill,
+    gateway_config,
+    pseudonym,
+)
 from gwutil import base_config, partner, running_gateway, send, with_seal
 from peers import RecordingSCP, copy_ct_series
 from peers_data import shared_data_dir
@@ -37,16 +43,9 @@ from dicom_gateway.seal.uids import derive_uid
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_DOC = ROOT / "docs" / "deidentification.md"
-SECRET = bytes(range(32))  # a fixed gateway secret: the documented table stays reproducible
 RESEARCH = ["retain-longitudinal-modified-dates", "retain-patient-characteristics",
             "retain-device-identity", "retain-institution-identity", "clean-descriptors",
             "retain-safe-private"]
-SAFE = [{"tag": "0019,xxB0", "creator": "SIEMENS CT VA0  COAD"}]  # Feed per Rotation
-IDENTIFIERS = {"PatientName": "DOE^JANE^Q", "PatientID": "MRN-4711-X",
-               "PatientBirthDate": "19580317", "AccessionNumber": "ACC-98765",
-               "ReferringPhysicianName": "HOUSE^GREGORY", "InstitutionName": "Plainsboro General",
-               "InstitutionAddress": "1 Hospital Road, Plainsboro", "StationName": "CTROOM7",
-               "DeviceSerialNumber": "SN-55501", "OperatorsName": "TECH^TINA"}
 
 
 # -- the standard, written out by hand --------------------------------------------------------
@@ -101,18 +100,6 @@ COLUMN_SPOT_CHECKS = {
 }
 ADDED = {"PatientIdentityRemoved", "DeidentificationMethod",
          "DeidentificationMethodCodeSequence", "LongitudinalTemporalInformationModified"}
-
-
-def pseudonym(partner_name: str, patient_id: str, issuer: str = "") -> str:
-    """The documented pseudonym, computed here without the gateway's code."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-               info=b"dicom-gateway de-identification v1\0" + partner_name.encode()).derive(SECRET)
-    mac = hmac.new(key, f"pseudonym\0patient\0{issuer}\0{patient_id}".encode(),
-                   hashlib.sha256).digest()
-    return "ANON" + base64.b32encode(mac[:10]).decode()
 
 
 def rich_dataset(patient_id: str = "MRN-4711-X", study_uid: str | None = None) -> Dataset:
@@ -313,13 +300,7 @@ def test_a_deidentifying_route_needs_the_seal_secret(tmp_path: Path) -> None:
 # -- end to end through the gateway --------------------------------------------------------------
 def _gateway_config(tmp_path: Path, scps: dict[str, RecordingSCP], deidentify: dict[str, Any],
                     method: dict[str, Any] | None = None) -> dict[str, Any]:
-    raw = base_config(tmp_path / "spool", [partner(n, s.port) for n, s in scps.items()],
-                      [{"name": "research", "match": {}, "to": list(scps), "profile": "research"}])
-    raw["profiles"]["research"] = {**(method or {"method": "none"}), "deidentify": deidentify}
-    with_seal(raw, tmp_path / "keys")
-    secret = tmp_path / "keys" / "gateway" / "uid-secret.key"
-    secret.write_text(SECRET.hex() + "\n")  # fixed: reproducible pseudonyms in the docs table
-    return raw
+    return gateway_config(tmp_path, {n: s.port for n, s in scps.items()}, deidentify, method)
 
 
 def test_pixels_that_may_show_identifiers_are_quarantined_with_the_reason(
@@ -393,27 +374,16 @@ def test_restore_gives_original_pixels_and_no_removed_identifier(tmp_path: Path)
 
 
 # -- acceptance (a): the real CT series through a de-identifying route -------------------------
-def _fill(files: list[Path], patient_id: str) -> None:
-    for f in files:
-        ds = pydicom.dcmread(f)
-        for keyword, value in IDENTIFIERS.items():
-            setattr(ds, keyword, value)
-        ds.PatientID = patient_id
-        ds.save_as(f, enforce_file_format=True)
-
-
+# (the same against Orthanc, with an MR study too: tests/test_deid_orthanc.py)
 def test_real_ct_series_checked_attribute_by_attribute(tmp_path: Path) -> None:
-    from deid_check import check_instance, render_table
+    from deid_check import check_received, render_table
 
     if shared_data_dir() is None:
         pytest.skip("shared test data absent: the real CT series (set DICOM_GATEWAY_DATA)")
     first = copy_ct_series(tmp_path / "study1")
     second = copy_ct_series(tmp_path / "study2", study_uid=generate_uid(), fresh_uids=True)
-    _fill(first + second, IDENTIFIERS["PatientID"])
-    originals = {str(pydicom.dcmread(f).SOPInstanceUID): pydicom.dcmread(f)
-                 for f in first + second}
-    block = {"options": ["retain-longitudinal-modified-dates", "retain-patient-characteristics",
-                         "clean-descriptors", "retain-safe-private"], "safe_private": SAFE}
+    fill(first + second)
+    block = REAL_SERIES_BLOCK
     with RecordingSCP(store_dir=tmp_path / "acme") as acme, \
             RecordingSCP(store_dir=tmp_path / "beta") as beta:
         raw = _gateway_config(tmp_path, {"acme": acme, "beta": beta}, block)
@@ -421,26 +391,12 @@ def test_real_ct_series_checked_attribute_by_attribute(tmp_path: Path) -> None:
             assert send(gw.receiver.port or 0, first + second) == [0] * 36
             assert acme.wait_for_count(36, timeout=60) == 36
             assert beta.wait_for_count(36, timeout=60) == 36
-    config = parse_deidentify(block)
     shown = str(pydicom.dcmread(first[0]).SOPInstanceUID)  # slice 1 of the real study
-    shifts: dict[tuple[str, str], set[int]] = {}
-    rows = []
-    for name in ("acme", "beta"):
-        by_original = {derive_uid(SECRET, name, uid): ds for uid, ds in originals.items()}
-        for path in sorted((tmp_path / name).glob("*.dcm")):
-            got = pydicom.dcmread(path)
-            source = by_original[str(got.SOPInstanceUID)]
-            report = check_instance(source, got, config, SECRET, name)
-            assert got.PatientID == pseudonym(name, IDENTIFIERS["PatientID"])
-            shifts.setdefault((name, str(source.StudyInstanceUID)), set()).add(report.shift)
-            if name == "acme" and str(source.SOPInstanceUID) == shown:
-                rows = report.rows
-    assert len(shifts) == 4 and all(len(s) == 1 for s in shifts.values())
-    per_partner = {n: {s for (p, _), v in shifts.items() if p == n for s in v}
-                   for n in ("acme", "beta")}
-    assert len(per_partner["acme"]) == 1 and len(per_partner["beta"]) == 1  # both studies
-    assert per_partner["acme"] != per_partner["beta"]
-    table = render_table(rows, block)
+    received = {name: [pydicom.dcmread(p) for p in sorted((tmp_path / name).glob("*.dcm"))]
+                for name in ("acme", "beta")}
+    _, reports = check_received(received, [pydicom.dcmread(f) for f in first + second],
+                                parse_deidentify(block), [shown])
+    table = render_table(reports["acme", shown].rows, block)
     if os.environ.get("DICOM_GATEWAY_WRITE_DEID_TABLE"):
         text = TABLE_DOC.read_text(encoding="utf-8")
         start = text.index("<!-- table:start -->")

@@ -28,7 +28,7 @@ def test_cli_contract() -> None:
     assert {"serve", "check-config", "spool", "demo", "protect", "protect-dataset",
             "train-surrogate", "keys", "verify", "restore"} <= set(sub.choices)  # type: ignore[attr-defined]
     keys = {a.dest: a for a in sub.choices["keys"]._actions}["keys_command"]  # type: ignore[attr-defined]
-    assert set(keys.choices) == {"init", "partner"}
+    assert set(keys.choices) == {"init", "partner", "escrow"}
     spool = sub.choices["spool"]  # type: ignore[attr-defined]
     spool_sub = {a.dest: a for a in spool._actions}["spool_command"]
     assert set(spool_sub.choices) == {"list", "retry", "purge"}

@@ -3,10 +3,10 @@ every event that matters, with no identifiers in it; its queries and leak tracin
 
 from .chain import AuditKeys, Record
 from .events import EVENTS
-from .keyfile import open_trail, secret_path
+from .keyfile import identifier_key, open_trail, secret_path
 from .ledger import Ledger
 from .trace import Finding, trace_file
 from .trail import AuditTrail, TrailSpec, Verdict
 
 __all__ = ["EVENTS", "AuditKeys", "AuditTrail", "Finding", "Ledger", "Record", "TrailSpec",
-           "Verdict", "open_trail", "secret_path", "trace_file"]
+           "Verdict", "identifier_key", "open_trail", "secret_path", "trace_file"]

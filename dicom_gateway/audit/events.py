@@ -11,6 +11,8 @@ event                      fields
 ``gateway_started``        ``version``, ``pid``, ``partners``, ``key_ids`` (gateway, partners)
 ``gateway_stopped``        ``pid``
 ``audit_recovered``        ``dropped_bytes``, ``after_seq``: a line cut short by a crash
+``audit_resumed``          ``pid``: the trail is writable again after a failed append (the
+                           gateway refused instances, ``/readyz`` 503, until this record)
 ``association_accepted``   ``peer`` (address:port), ``calling_ae``, ``called_ae``, ``tls``
 ``association_rejected``   ``peer``, ``calling_ae``, ``reason``, ``tls``
 ``received``               ``study``, ``series``, ``sop`` (hashes), ``calling_ae``,
@@ -26,7 +28,8 @@ event                      fields
 ``failed``                 ``study``, ``sop``, ``partner``, ``reason``, ``attempts``
 ``quarantined``            ``study``, ``sop``, ``partner``, ``profile``, ``reason``
 ``operator``               ``action`` (``spool retry``, ``spool purge``, ``keys init``,
-                           ``keys partner``), ``user``, ``uid``, and what it acted on
+                           ``keys partner``, ``keys escrow``), ``user``, ``uid``, and what it
+                           acted on
 =========================  =====================================================================
 """
 
@@ -49,7 +52,8 @@ __all__ = ["EVENTS", "entry_ids", "entry_sop", "ids", "manifest_sha256", "operat
            "parameters_sha256"]
 
 EVENTS = frozenset({
-    "gateway_started", "gateway_stopped", "audit_recovered", "association_accepted",
+    "gateway_started", "gateway_stopped", "audit_recovered", "audit_resumed",
+    "association_accepted",
     "association_rejected", "received", "protected", "deidentified", "sealed", "prepared",
     "forwarded", "retry", "failed", "quarantined", "operator"})
 

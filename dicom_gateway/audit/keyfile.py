@@ -16,9 +16,10 @@ from pathlib import Path
 from ..errors import AuditError
 from ..seal.keys import read_secret
 from ..settings import Config
+from .chain import AuditKeys
 from .trail import AuditTrail
 
-__all__ = ["OWN_SECRET", "open_trail", "secret_path"]
+__all__ = ["OWN_SECRET", "identifier_key", "open_trail", "secret_path"]
 
 _log = logging.getLogger(__name__)
 OWN_SECRET = "audit-secret.key"
@@ -61,3 +62,15 @@ def open_trail(config: Config, create: bool = False) -> AuditTrail | None:
     if not path.exists():
         raise AuditError(f"{path}: no audit secret yet: no gateway has written this trail")
     return AuditTrail(config.audit.dir, read_secret(path))
+
+
+def identifier_key(config: Config, trail: AuditTrail | None) -> bytes:
+    """The key under which log lines name UIDs (``logsafe.log_reference``): the trail's
+    identifier key, so that a log reference is the prefix of the trail's name for the UID; with
+    the trail off, the same derivation from the seal's ``uid_secret``; with neither, a random
+    key for this run of the gateway (references then hold within one run only)."""
+    if trail is not None:
+        return trail.keys.ids
+    if config.seal is not None:
+        return AuditKeys.derive(read_secret(Path(config.seal.uid_secret))).ids
+    return os.urandom(32)

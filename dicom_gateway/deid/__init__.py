@@ -2,8 +2,9 @@
 
 ``table`` (the action table), ``options`` (the options and the ``deidentify`` block),
 ``pseudonym`` (keyed pseudonyms and date shifts), ``clean`` (dates and free text), ``engine``
-(one instance for one partner), ``screen`` (pixels that may show identifiers), ``service``
-(what the gateway's worker uses).
+(one instance for one partner), ``screen`` (pixels that may show identifiers), ``escrow`` (the
+removed identifiers encrypted to the hospital's escrow key, decision 0021) and its command
+``escrow_command``, ``service`` (what the gateway's worker uses).
 """
 
 from .engine import Deidentifier

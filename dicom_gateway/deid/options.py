@@ -9,10 +9,12 @@ into De-identification Method Code Sequence (0012,0064) with the Basic Profile's
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
-from ..errors import GatewayError
+from ..errors import GatewayError, KeyFileError
 from ..settings import DeidConfig
+from .escrow import load_escrow_public
 
 __all__ = ["BASIC_PROFILE", "KEYS", "OPTIONS", "PIXEL_RISKS", "DeidOptionError",
            "parse_deidentify"]
@@ -34,7 +36,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
 }
 # instances whose pixels may show identifiers; quarantined unless the profile allows them
 PIXEL_RISKS = ("burned-in", "ultrasound", "secondary-capture", "photograph")
-KEYS = ("options", "safe_private", "allow_pixel_risk", "max_date_shift_days")
+KEYS = ("options", "safe_private", "allow_pixel_risk", "max_date_shift_days", "escrow")
 _PRIVATE_TAG = re.compile(r"^\(?([0-9A-Fa-f]{4}),\s*[xX]{2}([0-9A-Fa-f]{2})\)?$")
 
 
@@ -79,9 +81,26 @@ def _safe_private(data: dict[str, Any]) -> tuple[tuple[int, str, int], ...]:
     return tuple(kept)
 
 
-def parse_deidentify(data: Any) -> DeidConfig:
+def _escrow(data: dict[str, Any], base_dir: Path | None) -> str | None:
+    """The escrow public key's path (relative to ``base_dir``), checked by loading it."""
+    value = data.get("escrow")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise DeidOptionError("escrow", "expected the path of the hospital's escrow public key "
+                              "(NAME.pub from 'dicom-gateway keys escrow')")
+    path = (base_dir if base_dir is not None else Path.cwd()) / value
+    try:
+        load_escrow_public(path)
+    except KeyFileError as exc:
+        raise DeidOptionError("escrow", str(exc)) from None
+    return str(path)
+
+
+def parse_deidentify(data: Any, base_dir: Path | None = None) -> DeidConfig:
     """The ``deidentify`` block as settings; a :class:`DeidOptionError` names the problem.
-    ``{}`` (or ``true``) is the Basic Profile without options."""
+    ``{}`` (or ``true``) is the Basic Profile without options. ``base_dir``: where a relative
+    ``escrow`` path starts (the configuration file's folder; default the working folder)."""
     if data is True:
         data = {}
     if not isinstance(data, dict):
@@ -102,4 +121,4 @@ def parse_deidentify(data: Any) -> DeidConfig:
                               "1..3650")
     return DeidConfig(options=options, safe_private=safe,
                       allow_pixel_risk=_names(data, "allow_pixel_risk", PIXEL_RISKS),
-                      max_date_shift_days=days)
+                      max_date_shift_days=days, escrow=_escrow(data, base_dir))

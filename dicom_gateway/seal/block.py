@@ -10,6 +10,10 @@ offset VR   content
 0x03   OB   HPKE ciphertext of the restoration payload (length in the manifest)
 ====== ==== ==========================================================
 
+The block is found by its creator: the group may also hold the re-identification escrow, a
+block of its own (``DICOM-GATEWAY ESCROW 1``, ``deid/escrow.py``); :func:`remove_block`
+removes the whole group, both blocks.
+
 Payload plaintext: 4-byte big-endian header length, the JSON header (original UIDs by derived
 UID, original values of the other attributes the gateway changed, residual layout), then the
 residual (original - protected, stored values) inside the bounding box of its non-zero support,
