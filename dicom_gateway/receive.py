@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
-from io import BytesIO
-from typing import cast
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import uid_to_sop_class
@@ -36,6 +31,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from .audit import AuditTrail
 from .errors import AuditError, SpoolError
+from .intake import Refusal, Status, data_set, read_header, request
 from .logsafe import quiet_pynetdicom
 from .metrics import Metrics
 from .records import RoutingRecord
@@ -50,20 +46,7 @@ _log = logging.getLogger(__name__)
 
 quiet_pynetdicom()
 
-# Pixel Data, Float Pixel Data, Double Float Pixel Data
-_PIXEL_TAGS = frozenset((0x7FE00010, 0x7FE00008, 0x7FE00009))
 _VERIFICATION = uid_to_sop_class("1.2.840.10008.1.1")
-
-
-class Status:
-    """The C-STORE statuses this SCP answers with (PS3.4 B.2.3, PS3.7 C)."""
-
-    SUCCESS = 0x0000
-    PROCESSING_FAILURE = 0x0110  # unexpected error inside the gateway
-    NOT_AUTHORIZED = 0x0124  # no route: the gateway is not allowed to take this instance
-    OUT_OF_RESOURCES = 0xA700  # spool full or not writable
-    DATASET_MISMATCH = 0xA900  # data set does not match the SOP class / request
-    CANNOT_UNDERSTAND = 0xC000  # data set cannot be parsed
 
 
 def accept_storage(ae: AE) -> None:
@@ -71,64 +54,6 @@ def accept_storage(ae: AE) -> None:
     for cx in StoragePresentationContexts:
         assert cx.abstract_syntax is not None  # pynetdicom's own contexts all name theirs
         ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-
-
-def _request(event: evt.Event) -> C_STORE:
-    """The request of an ``EVT_C_STORE`` event (the only event whose request is read here)."""
-    return cast(C_STORE, event.request)
-
-
-def _data_set(event: evt.Event) -> BytesIO:
-    """The encoded data set of the C-STORE request (pynetdicom always hands one over here)."""
-    stream = _request(event).DataSet
-    if stream is None:
-        raise AttributeError("the C-STORE request carries no data set")
-    return stream
-
-
-def _read_header(event: evt.Event) -> tuple[Dataset, bool]:
-    """Parse the data set up to (not including) its pixel data; check nothing is truncated.
-
-    Returns the header and whether pixel data follows. Routing sees every attribute before the
-    pixel data (in practice all of them); the pixel bytes are neither copied nor decoded.
-    """
-    syntax = event.context.transfer_syntax
-    if syntax.is_deflated:  # rare: let pynetdicom inflate and decode it whole
-        ds = event.dataset
-        return ds, any(tag in ds for tag in _PIXEL_TAGS)
-    stream = _data_set(event)
-    total = stream.seek(0, 2)
-    stream.seek(0)
-    ds = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian,
-                      stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
-    for elem in ds.elements():
-        value = getattr(elem, "value", None)
-        length = getattr(elem, "length", 0xFFFFFFFF)
-        if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) != length:
-            raise _Refusal(Status.CANNOT_UNDERSTAND, "invalid",
-                           f"element {elem.tag} truncated: {len(value)} of {length} bytes")
-    start = stream.tell()
-    stream.seek(0)
-    if start >= total:
-        return ds, False
-    endian = "<" if syntax.is_little_endian else ">"
-    with stream.getbuffer() as buf:
-        head = bytes(buf[start:start + 12])
-        if syntax.is_implicit_VR:
-            length, value_at = struct.unpack(endian + "L", head[4:8])[0], start + 8
-        elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
-            length, value_at = struct.unpack(endian + "L", head[8:12])[0], start + 12
-        else:
-            length, value_at = struct.unpack(endian + "H", head[6:8])[0], start + 8
-        if length == 0xFFFFFFFF:  # encapsulated: fragments end with a Sequence Delimiter
-            delimiter = struct.pack(endian + "HHL", 0xFFFE, 0xE0DD, 0)
-            complete = (bytes(buf[total - 8:total]) == delimiter
-                        or delimiter in bytes(buf[value_at:]))
-        else:
-            complete = total - value_at >= length
-    if not complete:
-        raise _Refusal(Status.CANNOT_UNDERSTAND, "invalid", "Pixel Data truncated")
-    return ds, True
 
 
 def _peer(event: evt.Event) -> str:
@@ -143,12 +68,6 @@ def _answer(status: int, comment: str = "") -> Dataset:
     if comment:
         rsp.ErrorComment = comment[:64]  # LO
     return rsp
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, label: str, comment: str) -> None:
-        super().__init__(comment)
-        self.status, self.label, self.comment = status, label, comment
 
 
 class Receiver:
@@ -302,12 +221,12 @@ class Receiver:
         try:
             label, comment, size = self._store(event, calling)
             status = Status.SUCCESS
-        except _Refusal as refusal:
+        except Refusal as refusal:
             status, label, comment, size = refusal.status, refusal.label, refusal.comment, 0
             _log.warning("C-STORE refused sop=%s from=%s status=0x%04X: %s",
-                         _request(event).AffectedSOPInstanceUID, calling, status, comment)
+                         request(event).AffectedSOPInstanceUID, calling, status, comment)
         except Exception:  # never let an exception reach pynetdicom (it would answer 0xC211)
-            _log.exception("C-STORE failed sop=%s", _request(event).AffectedSOPInstanceUID)
+            _log.exception("C-STORE failed sop=%s", request(event).AffectedSOPInstanceUID)
             status, label, comment, size = Status.PROCESSING_FAILURE, "error", "internal error", 0
         self._metrics.received_instances.labels(calling_ae=ae_label, status=label).inc()
         if size:
@@ -316,23 +235,23 @@ class Receiver:
         return _answer(status, comment)
 
     def _store(self, event: evt.Event, calling: str) -> tuple[str, str, int]:
-        req = _request(event)
+        req = request(event)
         try:
-            ds, has_pixels = _read_header(event)
+            ds, has_pixels = read_header(event)
             study = str(ds.StudyInstanceUID or "")
             series = str(ds.SeriesInstanceUID or "")
             sop = str(ds.SOPInstanceUID or "")
             sop_class = str(ds.SOPClassUID or "")
-        except _Refusal:
+        except Refusal:
             raise
         except Exception as exc:
-            raise _Refusal(Status.CANNOT_UNDERSTAND, "invalid",
+            raise Refusal(Status.CANNOT_UNDERSTAND, "invalid",
                            f"cannot parse data set: {type(exc).__name__}") from None
         if not (study and series and sop and sop_class):
-            raise _Refusal(Status.DATASET_MISMATCH, "invalid",
+            raise Refusal(Status.DATASET_MISMATCH, "invalid",
                            "missing Study/Series/SOP Instance UID or SOP Class UID")
         if sop != req.AffectedSOPInstanceUID or sop_class != req.AffectedSOPClassUID:
-            raise _Refusal(Status.DATASET_MISMATCH, "invalid",
+            raise Refusal(Status.DATASET_MISMATCH, "invalid",
                            "SOP Class/Instance UID differ from the C-STORE request")
 
         called = event.assoc.acceptor.ae_title.strip()
@@ -345,13 +264,13 @@ class Receiver:
         record = RoutingRecord(calling, called, study, series, tuple(destinations))
         header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
         try:
-            with _data_set(event).getbuffer() as body:  # the received bytes, written without a copy
+            with data_set(event).getbuffer() as body:  # the received bytes, written without a copy
                 size = len(header) + len(body)
                 entry = self._spool.store_incoming(sop, [header, body], record)
         except SpoolError as exc:
             _log.error("spool refused sop=%s: %s", sop, exc)
             label = "out_of_resources" if exc.out_of_space else "error"
-            raise _Refusal(Status.OUT_OF_RESOURCES, label, str(exc)) from None
+            raise Refusal(Status.OUT_OF_RESOURCES, label, str(exc)) from None
         self._audit_received(entry, record, sop)
         self._on_stored(safe_key(study))
         _log.info("stored sop=%s study=%s from=%s to=%s", sop, study, calling,
@@ -373,14 +292,14 @@ class Receiver:
         except AuditError as exc:
             self._spool.withdraw(entry)
             _log.error("audit trail not writable: refused sop=%s: %s", sop, exc)
-            raise _Refusal(Status.OUT_OF_RESOURCES, "out_of_resources",
+            raise Refusal(Status.OUT_OF_RESOURCES, "out_of_resources",
                            "audit trail not writable") from None
 
     def _route(self, ds: Dataset, calling: str, called: str) -> list[Destination]:
         try:
             destinations = self._router.destinations(ds, calling, called)
         except Exception as exc:
-            raise _Refusal(Status.CANNOT_UNDERSTAND, "invalid",
+            raise Refusal(Status.CANNOT_UNDERSTAND, "invalid",
                            f"cannot read routing attributes: {type(exc).__name__}") from None
         if destinations:
             return destinations
@@ -390,10 +309,10 @@ class Receiver:
             return [Destination(no_route.partner, no_route.profile, "no_route")]
         if no_route.action == "discard":
             return []
-        raise _Refusal(Status.NOT_AUTHORIZED, "no_route", "no route matches this instance")
+        raise Refusal(Status.NOT_AUTHORIZED, "no_route", "no route matches this instance")
 
     def _check_pixels(self, has_pixels: bool, destinations: list[Destination]) -> None:
         needs = [d for d in destinations if self._config.profiles[d.profile].require_pixel_data]
         if needs and not has_pixels:
-            raise _Refusal(Status.DATASET_MISMATCH, "invalid",
+            raise Refusal(Status.DATASET_MISMATCH, "invalid",
                            f"no pixel data, but profile {needs[0].profile!r} needs it")
