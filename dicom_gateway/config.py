@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import config_checks as checks
 from .config_audit import audit_settings
+from .config_limits import LIMIT_KEYS, connection_limits
 from .config_tls import listen_tls, partner_tls
+from .config_yaml import read_yaml
 from .deid.options import DeidOptionError, parse_deidentify
 from .errors import ConfigError, KeyFileError
 from .protect.options import NoneOptions, OptionError
@@ -137,7 +137,8 @@ def _retry(r: _Reader, base: RetryConfig) -> RetryConfig:
 def _gateway(r: _Reader, base_dir: Path) -> GatewayConfig:
     r.mapping(["ae_title", "listen", "allowed_callers", "spool_dir", "max_associations",
                "study_stable_seconds", "max_pdu_bytes", "acse_timeout_seconds",
-               "dimse_timeout_seconds", "network_timeout_seconds", "rescan_seconds"])
+               "dimse_timeout_seconds", "network_timeout_seconds", "rescan_seconds",
+               "max_dataset_bytes", *LIMIT_KEYS])  # config_limits: decision 0022
     callers_r = r.child("allowed_callers")
     if not r.has("allowed_callers"):
         raise r.error("required key is missing (list the AE titles allowed to send)",
@@ -158,6 +159,8 @@ def _gateway(r: _Reader, base_dir: Path) -> GatewayConfig:
         network_timeout_seconds=r.get("network_timeout_seconds", float, 60.0,
                                       check=checks.positive),
         rescan_seconds=r.get("rescan_seconds", float, 5.0, check=checks.positive),
+        max_dataset_bytes=r.get("max_dataset_bytes", int, 1 << 30, check=checks.positive),
+        limits=connection_limits(r),
     )
 
 
@@ -381,16 +384,4 @@ def _no_route(root: _Reader, partners: Mapping[str, PartnerConfig],
 def load_config(path: str | Path) -> Config:
     """Read and validate the YAML configuration at ``path``."""
     p = Path(path)
-    source = str(p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", exc)
-        raise ConfigError(source, "", f"invalid YAML: {where}{problem}") from None
-    return parse_config(data, source, p.resolve().parent)
+    return parse_config(read_yaml(p), str(p), p.resolve().parent)

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .audit import AuditTrail
 from .audit.events import entry_ids
@@ -48,6 +49,7 @@ __all__ = ["FEWER_ASSOCIATIONS_SECONDS", "PartnerQueue", "backoff_seconds"]
 _log = logging.getLogger(__name__)
 _seq = itertools.count()
 FEWER_ASSOCIATIONS_SECONDS = 600.0  # how long a worker stands aside after a refused association
+_LOOKAHEAD = 32  # queued entries whose SOP class and transfer syntax a new association proposes
 _REFUSED_ASSOCIATION = frozenset({"association_rejected", "association_aborted"})
 
 
@@ -115,6 +117,22 @@ class PartnerQueue:
         for entry in self._spool.outbox_entries(self.partner.name):
             self.add(entry)
 
+    def _upcoming(self) -> list[Path]:
+        """The files of the next :data:`_LOOKAHEAD` queued entries, in order (read by a link that
+        opens an association, so that it proposes their transfer syntaxes too). A walk down the
+        heap from its root: O(k log k) under the lock, whatever the queue's length."""
+        paths: list[Path] = []
+        with self._cond:
+            heap = self._heap
+            frontier = [(heap[0], 0)] if heap else []
+            while frontier and len(paths) < _LOOKAHEAD:
+                item, i = heapq.heappop(frontier)  # items are unique by seq: i never compared
+                paths.append(item.entry.path)
+                for child in (2 * i + 1, 2 * i + 2):
+                    if child < len(heap):
+                        heapq.heappush(frontier, (heap[child], child))
+        return paths
+
     def _oldest_age(self) -> float:
         with self._cond:
             oldest = min((i.since for i in self._known.values()), default=None)
@@ -145,7 +163,7 @@ class PartnerQueue:
     def start(self) -> None:
         self.rescan()
         for i in range(self.partner.associations):
-            self._links.append(PartnerLink(self.partner))
+            self._links.append(PartnerLink(self.partner, upcoming=self._upcoming))
             t = threading.Thread(target=self._work, args=(i,),
                                  name=f"forward-{self.partner.name}-{i}", daemon=True)
             t.start()
@@ -180,7 +198,8 @@ class PartnerQueue:
         started = time.perf_counter()
         try:
             size = item.entry.path.stat().st_size
-            result = link.send(item.entry.path)
+            sent = link.send(item.entry.path)
+            result = sent.result
         except FileNotFoundError:  # purged by an operator meanwhile
             self._forget(item)
         except PartnerRefused as exc:
@@ -203,6 +222,10 @@ class PartnerQueue:
             self._metrics.forward_seconds.labels(partner=name).observe(elapsed)
             self._metrics.forwarded_instances.labels(partner=name, result=result).inc()
             self._metrics.forwarded_bytes.labels(partner=name).inc(size)
+            if sent.reencoded is not None:
+                original, encoded = sent.reencoded
+                self._metrics.reencoded_instances.labels(partner=name, original=original,
+                                                         sent=encoded).inc()
             self._metrics.partner_up.labels(partner=name).set(1)
             self._spool.delivered(item.entry)
             with self._cond:

@@ -44,6 +44,8 @@ __all__ = ["Gateway"]
 _log = logging.getLogger(__name__)
 #: how often an unwritable audit trail is tried again (an ``audit_resumed`` record)
 AUDIT_RETRY_SECONDS = 5.0
+#: below this much free space in the spool's file system ``/readyz`` says not ready
+READY_MIN_FREE_BYTES = 16 * 1024 * 1024
 
 
 class Gateway:
@@ -165,6 +167,9 @@ class Gateway:
             return False, "not accepting associations"
         if not os.access(self.spool.root / "inbox", os.W_OK):
             return False, "spool not writable"
+        free = self.spool.free_bytes()
+        if free < READY_MIN_FREE_BYTES:  # every C-STORE would be answered 0xA700
+            return False, f"spool full ({free} bytes free)"
         if self.audit is not None and not self.audit.healthy:
             return False, "audit trail not writable (instances are refused with 0xA700)"
         return True, "ok"

@@ -2,7 +2,8 @@
 
 Names follow Prometheus conventions: prefix ``dicom_gateway_``, base units, counters end in
 ``_total``. Labels come only from small fixed sets (``partner``, ``calling_ae`` from the
-allow-list, ``status``, ``reason``, ``method``, ``result``); never UIDs or patient data.
+allow-list, ``status``, ``reason``, ``method``, ``result``, transfer syntax keywords of the
+standard in ``original`` and ``sent``); never UIDs or patient data.
 The catalogue with meanings is in ``docs/metrics.md``.
 """
 
@@ -59,6 +60,21 @@ class Metrics:
             "inbound_tls_refusals", "Inbound connections refused by TLS: failed handshakes by "
             "reason, and calling_ae_mismatch (certificate not the one pinned for the calling AE)",
             ["reason"], namespace=_NS, registry=r)
+        self.connections_refused = Counter(  # admission gate (decision 0022)
+            "inbound_connections_refused", "Inbound connections ended by the gateway before an "
+            "association, by reason (handshake_timeout, too_many_pending, too_many_from_source, "
+            "malformed, calling_ae_not_allowed, association_limit)",
+            ["reason"], namespace=_NS, registry=r)
+        self.connections_pending = Gauge(
+            "inbound_connections_pending", "Inbound connections not associated yet (accepted, "
+            "A-ASSOCIATE-RQ not complete or not yet admitted)", namespace=_NS, registry=r)
+        self.association_requests_waiting = Gauge(
+            "association_requests_waiting", "A-ASSOCIATE-RQs waiting for one of "
+            "gateway.max_associations to end", namespace=_NS, registry=r)
+        self.association_wait_seconds = Histogram(
+            "association_wait_duration_seconds", "Time an admitted A-ASSOCIATE-RQ waited for a "
+            "free association (0: one was free)", namespace=_NS, registry=r,
+            buckets=_STAGE_BUCKETS)
         self.plain_tcp_links = Gauge(
             "plain_tcp_links", "1 for a DICOM link configured without TLS, 0 with TLS (link: "
             "listener or partner; partner: its name, empty for the listener)",
@@ -128,6 +144,11 @@ class ForwardMetrics:
         self.forwarded_bytes = Counter(
             "forwarded_bytes", "File bytes of instances delivered to a partner",
             ["partner"], namespace=_NS, registry=r)
+        self.reencoded_instances = Counter(
+            "reencoded_instances", "Instances delivered in another transfer syntax than they "
+            "were stored in, because the partner rejected theirs (decision 0024), by the "
+            "syntaxes' keywords (original, sent)",
+            ["partner", "original", "sent"], namespace=_NS, registry=r)
         self.forward_attempts = Counter(
             "forward_attempts", "C-STORE attempts towards a partner (first tries and retries)",
             ["partner"], namespace=_NS, registry=r)

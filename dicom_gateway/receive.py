@@ -3,15 +3,18 @@
 A C-STORE is answered Success only after the instance and its routing decision are fsync'd in
 the spool's inbox (decision 0001). The answer never waits on a partner. Every outcome is a named
 status from PS3.4 Annex B.2.3 / PS3.7 Annex C with an ErrorComment; the handler never raises.
-Unknown calling AE titles are rejected at association time by pynetdicom's allow-list. With
-``gateway.listen.tls`` every connection is TLS with a client certificate from the configured CA
-(the handshake runs in the connection's thread); a calling AE title pinned to certificates is
-rejected (A-ASSOCIATE-RJ, calling AE title not recognized) when its certificate is another
-(decision 0019).
+Unknown calling AE titles are rejected at association time (by the admission gate; under TLS
+by pynetdicom's allow-list). With ``gateway.listen.tls`` every connection is TLS with a client
+certificate from the configured CA (the handshake runs in the connection's thread); a calling
+AE title pinned to certificates is rejected (A-ASSOCIATE-RJ, calling AE title not recognized)
+when its certificate is another (decision 0019).
 
 Every association accepted or rejected and every instance stored is recorded in the audit
 trail (decision 0020) before the answer: an instance whose ``received`` record cannot be written
 is withdrawn from the spool and answered ``0xA700`` (fail closed).
+
+Connections reach pynetdicom through the admission gate (:mod:`.admission`, decision 0022): only
+complete A-ASSOCIATE-RQs, and at most ``gateway.max_associations`` at a time.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import uid_to_sop_class
 from pynetdicom.transport import ThreadedAssociationServer
 
+from .admission import Admission
 from .audit import AuditTrail
 from .errors import AuditError, SpoolError
 from .intake import Refusal, Status, data_set, read_header, request
@@ -101,10 +105,9 @@ class Receiver:
     def start(self) -> None:
         g = self._config.gateway
         if g.listen.tls is not None:  # TLSFileError (names the file) if it broke since the load
-            self._tls = ListenerTLS(g.listen.tls, g.acse_timeout_seconds)
+            self._tls = ListenerTLS(g.listen.tls, g.limits.handshake_timeout_seconds)
         ae = AE(ae_title=g.ae_title)
         ae.maximum_pdu_size = g.max_pdu_bytes
-        ae.maximum_associations = g.max_associations
         ae.require_calling_aet = list(g.allowed_callers)
         ae.acse_timeout = g.acse_timeout_seconds
         ae.dimse_timeout = g.dimse_timeout_seconds
@@ -120,10 +123,9 @@ class Receiver:
         ]
         if self._tls is not None:
             handlers.append((evt.EVT_REQUESTED, self._handle_requested))
-        server = ae.start_server((g.listen.host, g.listen.port), block=False,
-                                 evt_handlers=handlers,
-                                 ssl_context=self._tls.ssl_context if self._tls else None)
-        assert server is not None  # block=False returns the running server
+        admission = Admission(g, self._metrics, self._tls is not None, self._record)  # 0022
+        server = admission.serve(ae, (g.listen.host, g.listen.port), handlers,
+                                 self._tls.ssl_context if self._tls else None)
         self._server = server
         self.port = server.server_address[1]
         if self._tls is not None:
@@ -237,7 +239,7 @@ class Receiver:
     def _store(self, event: evt.Event, calling: str) -> tuple[str, str, int]:
         req = request(event)
         try:
-            ds, has_pixels = read_header(event)
+            ds, has_pixels = read_header(event, self._config.gateway.max_dataset_bytes)
             study = str(ds.StudyInstanceUID or "")
             series = str(ds.SeriesInstanceUID or "")
             sop = str(ds.SOPInstanceUID or "")

@@ -19,6 +19,7 @@ __all__ = [
     "AuditConfig",
     "CallerPin",
     "Config",
+    "ConnectionLimits",
     "DeidConfig",
     "GatewayConfig",
     "ListenConfig",
@@ -97,6 +98,19 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """Inbound connections before they are associations (decision 0022): each has
+    ``handshake_timeout_seconds`` from the TCP accept to a complete A-ASSOCIATE-RQ; at most
+    ``max_pending_connections`` of them at once (``max_pending_per_source`` from one address);
+    a request that finds every association busy waits ``association_wait_seconds`` for one."""
+
+    handshake_timeout_seconds: float = 5.0
+    max_pending_connections: int = 256
+    max_pending_per_source: int = 64
+    association_wait_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     ae_title: str
     listen: ListenConfig
@@ -109,6 +123,8 @@ class GatewayConfig:
     dimse_timeout_seconds: float = 60.0
     network_timeout_seconds: float = 60.0
     rescan_seconds: float = 5.0
+    max_dataset_bytes: int = 1 << 30  # a received data set, inflated (decision 0023)
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # decision 0022
 
 
 @dataclass(frozen=True)

@@ -93,3 +93,21 @@ def test_protect_duration_is_observed_once_per_instance(tmp_path: Path,
     count = metrics.registry.get_sample_value("dicom_gateway_protect_duration_seconds_count",
                                               {"method": "zz_copy"})
     assert count == 3  # the metric reads per instance, as docs/metrics.md says
+
+
+def test_readyz_says_not_ready_while_the_spool_is_full(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the spool's file system all but full every C-STORE would get 0xA700: /readyz is
+    503 with the reason, and 200 again once space is back (issue 15, item 9)."""
+    import urllib.error
+
+    raw = base_config(tmp_path / "spool", [partner("recorder", 104)], ROUTES)
+    with running_gateway(raw) as gw:
+        url = f"http://127.0.0.1:{gw.endpoint.port}/readyz"  # type: ignore[union-attr]
+        monkeypatch.setattr(gw.spool, "free_bytes", lambda: 4096)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url)
+        assert refused.value.code == 503
+        assert b"spool full (4096 bytes free)" in refused.value.read()
+        monkeypatch.undo()
+        assert urllib.request.urlopen(url).read() == b"ok\n"

@@ -154,7 +154,8 @@ def test_no_private_name_is_used_from_outside_its_module() -> None:
     known = set(modules)
     files = [*modules.items(), ("bench_protect", ROOT / "bench" / "protect"),
              ("bench_passthrough", ROOT / "bench" / "passthrough"),
-             ("bench_deid", ROOT / "bench" / "deid")]
+             ("bench_deid", ROOT / "bench" / "deid"),
+             ("bench_hostile", ROOT / "bench" / "hostile")]
     found = [use for name, path in files for use in _private_uses(name, path, known)]
     assert found == []
 

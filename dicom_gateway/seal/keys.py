@@ -73,6 +73,9 @@ def read_private(path: Path) -> bytes:
         mode = path.stat().st_mode
     except FileNotFoundError:
         raise KeyFileError(f"{path}: private key file not found") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise KeyFileError(f"{path}: is {kind}, not a private key file")
     if mode & (stat.S_IROTH | stat.S_IWOTH):
         raise KeyFileError(f"{path}: private key is readable by other users "
                            f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")

@@ -51,7 +51,9 @@ def add_parser(sub: Any) -> None:
                                       "or ../shared/data beside the checkout)")
     e.add_argument("--profile", action="append", default=[],
                    help="METHOD[:key=value,...] or a --config profile name; repeatable "
-                        "(default: all three methods with their defaults)")
+                        "(default: all three methods with their defaults); with "
+                        "--surrogate-files: adversarial_watermark settings, one row each, "
+                        "for the watermark's transfer study")
     e.add_argument("--config", help="gateway configuration whose profiles --profile names")
     e.add_argument("--out", required=True, help="report folder (report.md, results.json, PNGs)")
     e.add_argument("--cache", help="trained-model cache (default: OUT/cache)")
@@ -63,13 +65,17 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--surrogates", help="comma-separated surrogate (white-box) architectures")
     e.add_argument("--watermark-images", type=int, default=100,
                    help="test images watermarked (the search runs per image)")
-    e.add_argument("--removal-epochs", type=int, default=10)
+    e.add_argument("--removal-epochs", type=int, default=10,
+                   help="the attacker's removal network against the watermark (0: none)")
+    e.add_argument("--removal-images", type=int, default=500,
+                   help="watermark transfer study: training images of the removal network")
     e.add_argument("--train-images", type=int, help="cap the training and validation splits")
     e.add_argument("--test-images", type=int, help="cap the test split")
     e.add_argument("--surrogate-files",
                    help="comma-separated surrogate files (train-surrogate's output): run the "
-                        "transfer study of adversarial_perturbation through the gateway's "
-                        "code path with this ensemble (docs/evaluation/README.md)")
+                        "transfer study of adversarial_perturbation (or, with --profile, of "
+                        "adversarial_watermark) through the gateway's code path with this "
+                        "ensemble (docs/evaluation/README.md)")
     e.add_argument("--budgets", default="2/255,4/255,8/255,16/255",
                    help="transfer study: the budgets of the frontier (N/255 or fractions)")
     e.add_argument("--attack", default="",
@@ -130,6 +136,17 @@ def _print_targets(targets: list[dict[str, Any]]) -> None:
               f"(bound {t.get('direction', '<=')} {t['bound']})")
 
 
+def _study(run: Any, study: Any) -> dict[str, Any]:
+    """``run(study)``, its refusals as the command's, and where the report went."""
+    try:
+        results: dict[str, Any] = run(study)
+    except ValueError as exc:
+        raise GatewayError(f"evaluate: {exc}") from None
+    print(f"{results['dataset']['name']}: report in {study.out / 'report.md'} "
+          f"({results['wall_seconds']:.0f} s)")
+    return results
+
+
 def _run_transfer(args: argparse.Namespace) -> int:
     from .transfer import DEFAULT_ABLATION, TransferStudy, run_transfer
 
@@ -158,15 +175,41 @@ def _run_transfer(args: argparse.Namespace) -> int:
                 raise GatewayError(f"--ablation-ensembles: {f}: no such file")
     if args.victims:
         study.victims = _names(args.victims)
-    try:
-        results = run_transfer(study)
-    except ValueError as exc:
-        raise GatewayError(f"evaluate: {exc}") from None
-    print(f"{results['dataset']['name']}: report in {study.out / 'report.md'} "
-          f"({results['wall_seconds']:.0f} s)")
+    if args.profile:
+        return _run_watermark(args, study)
+    results = _study(run_transfer, study)
     for row in results["frontier"]:
         print(f"  {row['epsilon_255']:g}/255: PSNR {row['psnr_db']} dB, black-box retained "
               f"skill {row['protected']['black_box_retained_skill']}")
+    _print_targets(results["targets"])
+    return 0
+
+
+def _run_watermark(args: argparse.Namespace, base: Any) -> int:
+    """The transfer study of ``adversarial_watermark``: one row per ``--profile``."""
+    import dataclasses
+
+    from .transfer_watermark import WatermarkStudy, run_watermark_transfer
+
+    config = Path(args.config) if args.config else None
+    profiles = []
+    for text in args.profile:
+        label, method, options = parse_profile(text, config)
+        if method != "adversarial_watermark":
+            raise GatewayError(f"--profile {text!r}: with --surrogate-files, --profile names "
+                               "adversarial_watermark settings (the perturbation's study "
+                               "takes --budgets and --attack)")
+        profiles.append((label, {k: v for k, v in options.items() if k != "surrogates"}))
+    if args.ablation or args.ablation_lever or args.ablation_ensembles or args.attack:
+        raise GatewayError("--ablation*, --attack: the perturbation's transfer study only")
+    study = WatermarkStudy(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
+                           profiles=profiles, removal_epochs=args.removal_epochs,
+                           removal_images=args.removal_images)
+    results = _study(run_watermark_transfer, study)
+    for row in results["rows"]:
+        print(f"  {row['label']}: PSNR {row['psnr_db']} dB, white-box accuracy "
+              f"{row['protected']['white_box_accuracy']}, black-box retained skill "
+              f"{row['protected']['black_box_retained_skill']}")
     _print_targets(results["targets"])
     return 0
 

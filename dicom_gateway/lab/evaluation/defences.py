@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["TEST_TIME", "adversarial_trainer", "blank_box", "grayscale", "inpaint_box", "jpeg",
-           "train_removal_network"]
+           "removal_network", "train_removal_network"]
 
 
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
@@ -140,6 +140,11 @@ class _Removal(nn.Module):
         up = self.up(e2)
         up = F.pad(up, (0, x.shape[3] - up.shape[3], 0, x.shape[2] - up.shape[2]))
         return (x + self.out(self.dec(torch.cat([up, e1], 1)))).clamp(0, 1)
+
+
+def removal_network(channels: int) -> nn.Module:
+    """An untrained removal network (to load a trained one's weights into)."""
+    return _Removal(channels)
 
 
 def train_removal_network(clean: torch.Tensor, marked: torch.Tensor, epochs: int, seed: int,

@@ -72,10 +72,13 @@ def _read_back(output: Any) -> np.ndarray:
 
 def protect_through_gateway(method: str, options: Mapping[str, Any], images: torch.Tensor,
                             chunk: int = 32, progress: bool = True,
-                            workdir: Path | None = None) -> tuple[torch.Tensor, float]:
+                            workdir: Path | None = None,
+                            parameters: list[Any] | None = None) -> tuple[torch.Tensor, float]:
     """``images`` protected by ``method`` with ``options`` (surrogate paths as in a profile)
     through DICOM files, and the protection's seconds per image. An instance the method
-    refuses raises: an evaluation must not silently score an unprotected image."""
+    refuses raises: an evaluation must not silently score an unprotected image. ``parameters``
+    (a list) receives each instance's certificate parameters, in order (a watermark's
+    placement, from which the evaluation renders its footprint)."""
     protector = create_method(method, options)
     out = torch.empty_like(images)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -89,6 +92,8 @@ def protect_through_gateway(method: str, options: Mapping[str, Any], images: tor
                                        f"{outcome.error}")
                 out[start + offset] = torch.from_numpy(
                     _read_back(outcome.output).astype(np.float32) / 255.0)
+                if parameters is not None:
+                    parameters.append(dict(outcome.parameters))
             if progress:
                 done = min(start + chunk, len(paths))
                 rate = (time.monotonic() - started) / done

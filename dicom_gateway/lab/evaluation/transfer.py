@@ -36,8 +36,9 @@ from .gateway_path import protect_through_gateway
 from .scoring import MIN_CLEAN_SKILL, retained_skill
 from .victims import family, train_cached
 
-__all__ = ["DEFAULT_ABLATION", "DEFAULT_VICTIMS_224", "MIN_CLEAN_SKILL", "TransferStudy",
-           "retained_skill", "run_transfer"]
+__all__ = ["DEFAULT_ABLATION", "DEFAULT_VICTIMS_224", "DEFENCES", "MIN_CLEAN_SKILL", "Scorer",
+           "Setup", "TransferStudy", "log_progress", "protect_cached", "relative_source",
+           "retained_skill", "run_transfer", "set_up", "subset", "train_victims"]
 
 DEFAULT_VICTIMS_224 = ("shufflenetv2-x0.5", "mobilenetv3-small-224", "convnext-small",
                        "vit-small", "regnetx-400mf", "densenet-small")
@@ -79,12 +80,12 @@ class TransferStudy:
     command: str = ""
 
 
-def _log(study: TransferStudy, msg: str) -> None:
+def log_progress(study: TransferStudy, msg: str) -> None:
     if study.progress:
         print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
 
-def _relative(source: str, data_dir: Path | None) -> str:
+def relative_source(source: str, data_dir: Path | None) -> str:
     """A source path under the data folder as ``<data folder>/...``, so that a committed
     report names no machine's absolute paths."""
     from .data import default_data_dir
@@ -96,7 +97,7 @@ def _relative(source: str, data_dir: Path | None) -> str:
         return source
 
 
-def _subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:
+def subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:
     """A seeded subset of ``n`` images in the split's class proportions."""
     if n is None or n >= len(data):
         return data
@@ -106,7 +107,7 @@ def _subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:
     return held
 
 
-class _Scorer:
+class Scorer:
     """Accuracies and retained skills of every model on a batch of images."""
 
     def __init__(self, white: dict[str, Any], black: dict[str, Any], test: ImageSet) -> None:
@@ -159,18 +160,30 @@ class _Adapted(torch.nn.Module):
 
 def _protect(study: TransferStudy, images: torch.Tensor, epsilon: float,
              extra: dict[str, Any], cache: Path) -> tuple[torch.Tensor, float]:
-    """The images protected through the gateway's path, or the same protection cached (keyed
-    by the images, the options with the method's defaults and the surrogate files' hashes), so
-    that victims added later are scored on exactly the images the earlier ones saw."""
-    import hashlib
-    import json
-
+    """The images protected through the gateway's path, or the same protection cached, so that
+    victims added later are scored on exactly the images the earlier ones saw."""
     options = {**study.options, "surrogates": [str(p) for p in study.surrogate_files],
                **extra, "epsilon": epsilon}
-    h = hashlib.sha256(images.numpy().tobytes())
     # the key holds every attack setting the images were protected with, defaults included:
     # a changed default must not find the images protected under the previous one
     resolved = {**{k: v for k, v in DEFAULTS.items() if k != "batch"}, **options}
+    protected, seconds, _, _ = protect_cached("adversarial_perturbation", options, resolved,
+                                              images, cache, study.progress)
+    return protected, seconds
+
+
+def protect_cached(method: str, options: dict[str, Any], resolved: dict[str, Any],
+                   images: torch.Tensor, cache: Path, progress: bool = True, chunk: int = 32
+                   ) -> tuple[torch.Tensor, float, list[Any], bool]:
+    """``images`` protected by ``method`` through the gateway's path, the seconds per image,
+    each instance's certificate parameters and False; or the same read from ``cache`` and True.
+    The key holds the images, ``resolved`` (every setting, defaults included, surrogates aside)
+    and the hashes of the surrogate files ``options`` names; the images done so far are kept
+    beside the key's file, and a later call with the same key goes on from them."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(images.numpy().tobytes())
     h.update(json.dumps({k: v for k, v in resolved.items() if k != "surrogates"},
                         sort_keys=True).encode())
     for f in options["surrogates"]:
@@ -178,31 +191,59 @@ def _protect(study: TransferStudy, images: torch.Tensor, epsilon: float,
     path = cache / f"protected-{h.hexdigest()[:20]}.pt"
     if path.is_file():
         blob = torch.load(path, weights_only=True)
-        return blob["images"], float(blob["seconds_per_image"])
-    protected, seconds = protect_through_gateway("adversarial_perturbation", options, images,
-                                                 progress=study.progress)
+        return (blob["images"], float(blob["seconds_per_image"]),
+                json.loads(blob.get("parameters", "[]")), True)
+    # protected in parts of ``step`` images, each saved, so that a run stopped midway resumes
+    part, step = path.with_suffix(".part"), max(chunk, 4)
+    blob = (torch.load(part, weights_only=True) if part.is_file()
+            else {"images": images[:0].clone(), "seconds": 0.0, "parameters": "[]"})
+    done, seconds, parameters = blob["images"], float(blob["seconds"]), json.loads(
+        blob["parameters"])
     cache.mkdir(parents=True, exist_ok=True)
-    torch.save({"images": protected, "seconds_per_image": seconds}, path.with_suffix(".tmp"))
+    for start in range(len(done), len(images), step):
+        out, rate = protect_through_gateway(method, options, images[start:start + step],
+                                            chunk=chunk, progress=progress,
+                                            parameters=parameters)
+        done, seconds = torch.cat([done, out]), seconds + rate * len(out)
+        torch.save({"images": done, "seconds": seconds,
+                    "parameters": json.dumps(parameters, default=str)}, part.with_suffix(".tmp"))
+        part.with_suffix(".tmp").replace(part)
+    protected, seconds = done, seconds / max(len(images), 1)
+    torch.save({"images": protected, "seconds_per_image": seconds,
+                "parameters": json.dumps(parameters, default=str)}, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
-    return protected, seconds
+    part.unlink(missing_ok=True)
+    return protected, seconds, parameters, False
 
 
-def run_transfer(study: TransferStudy) -> dict[str, Any]:
-    """Run the study; write its report; return the results."""
-    from .transfer_report import write_transfer_report
+@dataclass
+class Setup:
+    """What every study of the 224 path starts from: the splits, the scored test images, the
+    victims' training images, the cache, the models and their scorer, and the results' head."""
 
-    started = time.monotonic()
+    splits: Any
+    test: ImageSet
+    train: ImageSet
+    cache: Path
+    white: dict[str, Any]
+    black: dict[str, Any]
+    scorer: Scorer
+    results: dict[str, Any]
+
+
+def set_up(study: TransferStudy) -> Setup:
+    """Load the data, the surrogates and the victims (trained or cached); the results' head."""
     splits = load_dataset(study.dataset, study.data_dir, seed=study.seed)
-    test = _subset(splits.test, study.test_images, study.seed)
-    train = _subset(splits.train, study.train_images, study.seed + 2)
+    test = subset(splits.test, study.test_images, study.seed)
+    train = subset(splits.train, study.train_images, study.seed + 2)
     cache = study.cache or study.out / "cache"
-    black, clean_val = _victims(study, train, splits.val, cache)
+    black, clean_val = train_victims(study, train, splits.val, cache)
     white = {f"surrogate:{path.stem}": load_surrogate(path) for path in study.surrogate_files}
-    scorer = _Scorer(white, black, test)
-    _log(study, f"clean accuracies {scorer.clean}, chance {scorer.chance:.4f}")
+    scorer = Scorer(white, black, test)
+    log_progress(study, f"clean accuracies {scorer.clean}, chance {scorer.chance:.4f}")
     results: dict[str, Any] = {
         "command": study.command,
-        "dataset": {"name": splits.name, "source": _relative(splits.source, study.data_dir),
+        "dataset": {"name": splits.name, "source": relative_source(splits.source, study.data_dir),
                     "sha256": splits.digest,
                     "train": len(splits.train), "victim_train": len(train),
                     "val": len(splits.val),
@@ -213,24 +254,35 @@ def run_transfer(study: TransferStudy) -> dict[str, Any]:
         "clean": {"test_accuracy": scorer.clean, "val_accuracy": clean_val},
         "surrogates": {name: {"file": path.name, "sha256": white[name].sha256,
                               "arch": white[name].info.arch,
+                              "input_size": list(white[name].info.input_size),
                               "training": white[name].info.training}
                        for path in study.surrogate_files
                        for name in [f"surrogate:{path.stem}"]},
         "victims": list(study.victims),
-        "options": {**{k: v for k, v in DEFAULTS.items() if k not in ("epsilon", "batch")},
-                    **study.options},
         "epochs": study.epochs,
     }
+    return Setup(splits, test, train, cache, white, black, scorer, results)
+
+
+def run_transfer(study: TransferStudy) -> dict[str, Any]:
+    """Run the study; write its report; return the results."""
+    from .transfer_report import write_transfer_report
+
+    started = time.monotonic()
+    setup = set_up(study)
+    test, cache, results = setup.test, setup.cache, setup.results
+    results["options"] = {**{k: v for k, v in DEFAULTS.items() if k not in ("epsilon", "batch")},
+                          **study.options}
     examples: dict[str, torch.Tensor] = {"original": test.images[:3]}
-    results["frontier"] = [_budget_row(study, scorer, test, eps, cache, examples)
+    results["frontier"] = [_budget_row(study, setup.scorer, test, eps, cache, examples)
                            for eps in study.budgets]
-    results["ablation"] = _ablation(study, white, black, test, cache)
+    results["ablation"] = _ablation(study, setup.white, setup.black, test, cache)
     results["wall_seconds"] = round(time.monotonic() - started, 1)
     write_transfer_report(results, examples, study.out)
     return results
 
 
-def _victims(study: TransferStudy, train: ImageSet, val: ImageSet, cache: Path
+def train_victims(study: TransferStudy, train: ImageSet, val: ImageSet, cache: Path
              ) -> tuple[dict[str, Any], dict[str, float]]:
     """The unauthorized models, trained (or read from the cache) by the practitioner's recipe,
     with their validation accuracies."""
@@ -243,15 +295,15 @@ def _victims(study: TransferStudy, train: ImageSet, val: ImageSet, cache: Path
         trained = train_cached(arch, train, val, study.epochs, study.seed + offset,
                                cache, "victim", progress=study.progress, recipe="practitioner")
         black[arch], clean_val[arch] = trained.model.eval(), round(trained.val_score, 4)
-        _log(study, f"victim {arch}: val {trained.val_score:.3f} "
+        log_progress(study, f"victim {arch}: val {trained.val_score:.3f} "
                     f"({'cached' if trained.cached else f'{time.monotonic() - t0:.0f}s'})")
     return black, clean_val
 
 
-def _budget_row(study: TransferStudy, scorer: _Scorer, test: ImageSet, eps: float,
+def _budget_row(study: TransferStudy, scorer: Scorer, test: ImageSet, eps: float,
                 cache: Path, examples: dict[str, torch.Tensor]) -> dict[str, Any]:
     """One point of the frontier: quality, accuracies and every test-time defence."""
-    _log(study, f"budget {eps * 255:.0f}/255 on {len(test)} test images")
+    log_progress(study, f"budget {eps * 255:.0f}/255 on {len(test)} test images")
     protected, seconds = _protect(study, test.images, eps, {}, cache)
     examples[f"{eps * 255:.0f}/255"] = protected[:3]
     row: dict[str, Any] = {"epsilon": eps, "epsilon_255": round(eps * 255, 2),
@@ -266,7 +318,7 @@ def _budget_row(study: TransferStudy, scorer: _Scorer, test: ImageSet, eps: floa
         row["defences"][name] = scorer.summary(transformed)
         row["defences"][name]["on_clean"] = scorer.accuracies(
             defences.TEST_TIME[name](test.images))
-    _log(study, f"  PSNR {row['psnr_db']} dB, white-box acc "
+    log_progress(study, f"  PSNR {row['psnr_db']} dB, white-box acc "
                 f"{row['protected']['white_box_accuracy']}, black-box retained skill "
                 f"{row['protected']['black_box_retained_skill']}")
     return row
@@ -280,11 +332,11 @@ def _ablation(study: TransferStudy, white: dict[str, Any], black: dict[str, Any]
          {"surrogates": [str(p) for p in files]}) for files in study.ablation_ensembles]
     if not rows:
         return []
-    sub = _subset(test, study.ablation_images, study.seed + 1)
-    sub_scorer = _Scorer(white, black, sub)
+    sub = subset(test, study.ablation_images, study.seed + 1)
+    sub_scorer = Scorer(white, black, sub)
     out = []
     for label, extra in rows:
-        _log(study, f"ablation: {label}")
+        log_progress(study, f"ablation: {label}")
         protected, seconds = _protect(study, sub.images, study.ablation_budget, extra, cache)
         summary = sub_scorer.summary(protected)
         out.append({
@@ -300,6 +352,6 @@ def _ablation(study: TransferStudy, white: dict[str, Any], black: dict[str, Any]
             "retained_skill": summary["retained_skill"],
             "after_jpeg75": sub_scorer.summary(defences.jpeg(protected, 75))[
                 "black_box_retained_skill"]})
-        _log(study, f"  black-box retained skill {summary['black_box_retained_skill']}, "
+        log_progress(study, f"  black-box retained skill {summary['black_box_retained_skill']}, "
                     f"{seconds:.2f} s/image")
     return out

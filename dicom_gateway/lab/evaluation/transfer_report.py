@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["transfer_targets", "write_transfer_report"]
+__all__ = ["fmt", "report_head", "table", "transfer_targets", "write_transfer_report"]
 
 _FILTERS = ("median3", "gaussian1", "resize_crop")
 
@@ -46,13 +46,13 @@ def transfer_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def _table(head: list[str], rows: list[list[Any]]) -> str:
+def table(head: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -117,35 +117,42 @@ def _family_note(results: dict[str, Any]) -> str:
             "worst victim and the targets are over the held-out victims only.")
 
 
+def report_head(results: dict[str, Any], method: str, how: str) -> list[str]:
+    """The head of a transfer report: title, command, data, chance, how the images were
+    protected (``how``), the victims' recipe, the wall time, and the clean models' table."""
+    d = results["dataset"]
+    models = [*results["surrogates"], *results["victims"]]
+    return [f"# Transfer of `{method}`: {d['name']}", "",
+            "```", results["command"] or "(run from the library)", "```", "",
+            f"Data: {d['source']} ({d['resolution'][0]}x{d['resolution'][1]}x{d['channels']}), "
+            f"train {d['train']}, val {d['val']}, test {d['test']} of {d['test_full']}. "
+            f"Chance (majority class of the test images): {results['chance']:.3f}. {how} "
+            f"Victims trained {results['epochs']} epochs from scratch with the practitioner "
+            "recipe. Wall time of the run: "
+            f"{results['wall_seconds'] / 60:.1f} min.", "",
+            "## Clean models", "",
+            table(["model", "test accuracy", "val accuracy"],
+                  [[m, results["clean"]["test_accuracy"][m],
+                    results["clean"]["val_accuracy"].get(m)] for m in models]), ""]
+
+
 def write_transfer_report(results: dict[str, Any], examples: dict[str, torch.Tensor],
                           out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results["targets"] = transfer_targets(results)
     (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     plots = _plots(results, examples, out)
-    d = results["dataset"]
     victims = results["victims"]
-    models = [*results["surrogates"], *victims]
-    parts = [f"# Transfer of `adversarial_perturbation`: {d['name']}", "",
-             "```", results["command"] or "(run from the library)", "```", "",
-             f"Data: {d['source']} ({d['resolution'][0]}x{d['resolution'][1]}x{d['channels']}), "
-             f"train {d['train']}, val {d['val']}, test {d['test']} of {d['test_full']}. "
-             f"Chance (majority class of the test images): {results['chance']:.3f}. "
-             "Protection through the gateway's code path (8-bit DICOM in, pixels read back). "
-             f"Victims trained {results['epochs']} epochs from scratch with the practitioner "
-             "recipe. Wall time of the run: "
-             f"{results['wall_seconds'] / 60:.1f} min.", "",
-             "## Clean models", "",
-             _table(["model", "test accuracy", "val accuracy"],
-                    [[m, results["clean"]["test_accuracy"][m],
-                      results["clean"]["val_accuracy"].get(m)] for m in models]), "",
+    parts = [*report_head(results, "adversarial_perturbation",
+                          "Protection through the gateway's code path (8-bit DICOM in, pixels "
+                          "read back)."),
              "A victim less than 0.10 above chance on the clean test images has no skill to "
              "lose: it is listed, its retained skill is n/a, and it is left out of the "
              "black-box means.", "",
              _family_note(results), "",
              "Attack options: `" + json.dumps(results["options"], sort_keys=True) + "`", "",
              "## Targets", "",
-             _table(["target", "measured", "bound", "met", "missed by"],
+             table(["target", "measured", "bound", "met", "missed by"],
                     [[t["target"], t["measured"], t["bound"], "yes" if t["met"] else "NO",
                       t["gap"]] for t in results["targets"]]), "",
              "## Budget-quality frontier (retained skill; black-box = mean over the victims)",
@@ -153,7 +160,7 @@ def write_transfer_report(results: dict[str, Any], examples: dict[str, torch.Ten
     head = ["epsilon", "PSNR dB", "SSIM", "s/image", "white-box acc", "black-box RS",
             "worst victim RS", "RS floored at 0",
             *[f"RS after {f}" for f in ("jpeg75", "median3", "gaussian1", "resize_crop")]]
-    parts.append(_table(head, [[f"{r['epsilon_255']:g}/255", r["psnr_db"], r["ssim"],
+    parts.append(table(head, [[f"{r['epsilon_255']:g}/255", r["psnr_db"], r["ssim"],
                                 r["seconds_per_image"], r["protected"]["white_box_accuracy"],
                                 r["protected"]["black_box_retained_skill"],
                                 r["protected"].get("worst_black_box_retained_skill"),
@@ -162,14 +169,14 @@ def write_transfer_report(results: dict[str, Any], examples: dict[str, torch.Ten
                                   for f in ("jpeg75", "median3", "gaussian1", "resize_crop")]]
                                for r in results["frontier"]]))
     parts += ["", "Per victim (retained skill, no defence):", "",
-              _table(["epsilon", *victims],
+              table(["epsilon", *victims],
                      [[f"{r['epsilon_255']:g}/255",
                        *[r["protected"]["retained_skill"][v] for v in victims]]
                       for r in results["frontier"]])]
     if results["ablation"]:
         a0 = results["ablation"][0]
         parts += ["", f"## Ablation ({a0['epsilon_255']:g}/255, {a0['images']} test images)",
-                  "", _table(["lever", "options", "black-box RS", "worst victim RS",
+                  "", table(["lever", "options", "black-box RS", "worst victim RS",
                               "RS floored at 0", "RS after JPEG q75", "white-box acc",
                               "s/image"],
                              [[a["lever"], "`" + json.dumps(a["options"]) + "`",
@@ -179,7 +186,7 @@ def write_transfer_report(results: dict[str, Any], examples: dict[str, torch.Ten
                                a["white_box_accuracy"], a["seconds_per_image"]]
                               for a in results["ablation"]]),
                   "", "Per victim (retained skill, no defence):", "",
-                  _table(["lever", *victims],
+                  table(["lever", *victims],
                          [[a["lever"], *[a["retained_skill"].get(v) for v in victims]]
                           for a in results["ablation"]])]
     parts += ["", *[f"![{p}]({p})" for p in plots], ""]
