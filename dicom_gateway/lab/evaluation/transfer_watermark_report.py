@@ -157,6 +157,12 @@ def write_watermark_report(results: dict[str, Any], examples: dict[str, torch.Te
                    [[t["target"], t["measured"], t["bound"], "yes" if t["met"] else "NO",
                      t["gap"]] for t in results["targets"]]), "",
              *_rows(results), ""]
+    cached = [r["label"] for r in results["rows"] if r.get("marks_from_cache")]
+    if cached:
+        parts += [f"Marks of {', '.join(f'`{c}`' for c in cached)} read from the cache: an "
+                  "earlier run with the same images, options and surrogate files put them on "
+                  "(its seconds per image are the ones given); this run's wall time does not "
+                  "include them.", ""]
     for info in results["removal_network"]:
         parts += [f"Removal network: {info['pairs']} pairs (the victims' training images with "
                   f"random marks up to {info['max_area_fraction']:.4f} of the area), "
