@@ -28,7 +28,7 @@ import logging
 import re
 
 __all__ = ["MAX_MESSAGE", "MAX_TRACEBACK", "UID_PATTERN", "LogScrub", "log_reference",
-           "quiet_pynetdicom", "scrub_logs"]
+           "one_line", "quiet_pynetdicom", "scrub_logs"]
 
 #: A UID in running text: numeric components, not part of a longer number (:func:`_kept`).
 UID_PATTERN = re.compile(r"(?<![\d.])[0-2](?:\.\d+)+(?!\.?\d)")
@@ -73,6 +73,12 @@ def _cut(text: str, limit: int) -> str:
         f"{text[:limit]}... ({len(text) - limit} more characters)")
 
 
+def one_line(text: str, limit: int) -> str:
+    """``text`` with its control characters escaped, cut at ``limit`` characters (with the
+    number left out): what any log line quoting a peer's value holds."""
+    return _cut(_escape(text), limit)
+
+
 class LogScrub(logging.Filter):
     """A handler filter: UIDs to :func:`log_reference`, control characters escaped, exception
     text indented, lengths bounded (module docstring)."""
@@ -87,7 +93,7 @@ class LogScrub(logging.Filter):
             lambda m: m[0] if _kept(m[0]) else log_reference(self._key, m[0]), text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = _cut(_escape(self.mask(record.getMessage())), MAX_MESSAGE)
+        record.msg = one_line(self.mask(record.getMessage()), MAX_MESSAGE)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

@@ -5,7 +5,7 @@ quoting what it sent. :func:`limit_pynetdicom_logs` puts a :class:`PeerLogLimit`
 pynetdicom logger of the process that listens:
 
 - an exception's traceback becomes one line: its type and the first :data:`EXCEPTION_CHARS`
-  characters of its message, control characters escaped;
+  characters of its message, control characters escaped (:func:`.logsafe.one_line`);
 - a message is cut at :data:`MESSAGE_CHARS` characters;
 - each call site logs at most ``burst`` records per ``window`` seconds; the others are counted,
   and the count is logged once the window is over (:meth:`PeerLogLimit.flush`, called by the
@@ -23,19 +23,13 @@ import threading
 import time
 from collections import Counter
 
-__all__ = ["EXCEPTION_CHARS", "MESSAGE_CHARS", "PeerLogLimit", "Tally", "escape",
-           "limit_pynetdicom_logs"]
+from .logsafe import one_line
+
+__all__ = ["EXCEPTION_CHARS", "MESSAGE_CHARS", "PeerLogLimit", "Tally", "limit_pynetdicom_logs"]
 
 MESSAGE_CHARS = 512
 EXCEPTION_CHARS = 200
 _LOG = logging.getLogger("dicom_gateway.peer_log")
-
-
-def escape(text: str, limit: int) -> str:
-    """``text`` cut at ``limit`` characters, anything but printable ASCII as ``\\xNN``."""
-    cut = text[:limit]
-    out = "".join(c if " " <= c <= "~" else f"\\x{ord(c) & 0xFF:02x}" for c in cut)
-    return out + (f"... ({len(text) - limit} more characters)" if len(text) > limit else "")
 
 
 class PeerLogLimit(logging.Filter):
@@ -64,12 +58,12 @@ class PeerLogLimit(logging.Filter):
         message = record.getMessage()
         exc = record.exc_info[1] if record.exc_info else None
         if exc is None:
-            text = escape(message, MESSAGE_CHARS)
+            text = one_line(message, MESSAGE_CHARS)
         elif message == str(exc):  # LOGGER.exception(exc): the message is the exception's
-            text = f"{type(exc).__name__}: {escape(message, EXCEPTION_CHARS)}"
+            text = f"{type(exc).__name__}: {one_line(message, EXCEPTION_CHARS)}"
         else:
-            text = (f"{escape(message, MESSAGE_CHARS)} ({type(exc).__name__}: "
-                    f"{escape(str(exc), EXCEPTION_CHARS)})")
+            text = (f"{one_line(message, MESSAGE_CHARS)} ({type(exc).__name__}: "
+                    f"{one_line(str(exc), EXCEPTION_CHARS)})")
         record.msg = text + (
             f" [{held} more from this place in the last {self.window:g} s not logged]"
             if held else "")

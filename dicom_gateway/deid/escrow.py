@@ -34,7 +34,6 @@ SHA-256 of the raw public key.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from pydicom.dataset import Dataset
 
 from ..errors import GatewayError, KeyFileError
 from ..seal.block import GROUP, canonical_json
-from ..seal.keys import key_id, read_private
+from ..seal.keys import key_id, read_private, write_private
 
 __all__ = ["CREATOR", "ESCROW_FORMAT", "EscrowError", "EscrowKey", "load_escrow_private",
            "load_escrow_public", "new_escrow_key", "open_escrow", "originals", "read_escrow",
@@ -95,10 +94,8 @@ def new_escrow_key(out: Path, name: str) -> EscrowKey:
         if path.exists():
             raise KeyFileError(f"{path}: exists; keys are never overwritten (rotation adds a "
                                "new key under a new name)")
-    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private.private_bytes(_PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
+    write_private(secret, private.private_bytes(_PEM, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
     public.write_bytes(private.public_key().public_bytes(
         _PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return _of(private.public_key(), private)

@@ -34,19 +34,9 @@ from cryptography.hazmat.primitives.hpke import (
 
 from ..errors import KeyFileError
 
-__all__ = [
-    "SUITES",
-    "GatewayKeys",
-    "PartnerKey",
-    "init_gateway_keys",
-    "key_id",
-    "load_gateway_keys",
-    "load_partner_key",
-    "load_signing_public",
-    "new_partner_key",
-    "read_private",
-    "read_secret",
-]
+__all__ = ["SUITES", "GatewayKeys", "PartnerKey", "init_gateway_keys", "key_id",
+           "load_gateway_keys", "load_partner_key", "load_signing_public", "new_partner_key",
+           "read_private", "read_secret", "write_private"]
 
 SUITES = ("x25519", "mlkem768-x25519")
 _PARTNER_FORMAT = "dicom-gateway-partner-key/1"
@@ -57,7 +47,8 @@ def key_id(public_raw: bytes) -> str:
     return hashlib.sha256(public_raw).hexdigest()[:16]
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Create a private key file (0600, ``O_EXCL``): never over an existing file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         raise KeyFileError(f"{path}: exists; keys are never overwritten (rotation adds a new key)")
@@ -106,10 +97,10 @@ class GatewayKeys:
 def init_gateway_keys(out: Path) -> GatewayKeys:
     signing = ed25519.Ed25519PrivateKey.generate()
     secret = os.urandom(32)
-    _write_private(out / "gateway-signing.key", signing.private_bytes(
+    write_private(out / "gateway-signing.key", signing.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
-    _write_private(out / "uid-secret.key", secret.hex().encode() + b"\n")
+    write_private(out / "uid-secret.key", secret.hex().encode() + b"\n")
     public = signing.public_key()
     (out / "gateway-signing.pub").write_bytes(public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
@@ -168,7 +159,7 @@ def new_partner_key(name: str, out: Path, suite: str = "x25519") -> PartnerKey:
     doc = {"format": _PARTNER_FORMAT, "name": name, "suite": suite, "key_id": kid,
            "public": base64.b64encode(public_raw).decode()}
     (out).mkdir(parents=True, exist_ok=True)
-    _write_private(out / f"{name}.key", json.dumps(
+    write_private(out / f"{name}.key", json.dumps(
         {**doc, "private": base64.b64encode(private_raw).decode()}, indent=2).encode())
     (out / f"{name}.pub").write_text(json.dumps(doc, indent=2) + "\n")
     return load_partner_key(out / f"{name}.key")
