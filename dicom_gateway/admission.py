@@ -12,7 +12,9 @@ is a selector loop (:class:`~.gate.GatedServer`, one thread) and :class:`Admissi
   are pending, ``max_pending_per_source`` from one address: one more closes the oldest of its
   address (one that sent nothing first), or the oldest of all;
 - what is not an A-ASSOCIATE-RQ (:mod:`.wire`) is closed before pynetdicom parses or logs it;
-  an unknown calling AE title gets A-ASSOCIATE-RJ (permanent, calling AE not recognized);
+  an unknown calling AE title gets A-ASSOCIATE-RJ (permanent, calling AE not recognized), a
+  called AE title other than ``gateway.ae_title`` (unless ``gateway.require_called_ae_title``
+  is false) A-ASSOCIATE-RJ (permanent, called AE not recognized);
 - only ``max_associations`` requests are handed to pynetdicom at a time; the others wait, first
   come first served, up to ``association_wait_seconds``, then get A-ASSOCIATE-RJ (transient,
   local limit exceeded): back-pressure instead of a retry storm.
@@ -51,9 +53,12 @@ _log = logging.getLogger(__name__)
 
 #: reasons of ``inbound_connections_refused_total`` (fixed set)
 REFUSALS = ("handshake_timeout", "too_many_pending", "too_many_from_source", "malformed",
-            "calling_ae_not_allowed", "association_limit")
+            "calling_ae_not_allowed", "called_ae_not_recognised", "association_limit")
+#: the reasons answered with an A-ASSOCIATE-RJ (also ``associations_total{result="rejected"}``)
+_REJECTIONS = ("calling_ae_not_allowed", "called_ae_not_recognised", "association_limit")
 _LIMIT_RJ = (0x02, 0x03, 0x02)  # transient, service provider (presentation), local limit exceeded
 _CALLING_RJ = (0x01, 0x01, 0x03)  # permanent, service user, calling AE title not recognized
+_CALLED_RJ = (0x01, 0x01, 0x07)  # permanent, service user, called AE title not recognized
 _HANDOVER_SECONDS = 10.0  # a handed-over connection without EVT_CONN_OPEN by then is released
 _SWEEP_SECONDS = 0.25
 
@@ -67,6 +72,7 @@ class Admission:
         self._limits, self._max = gateway.limits, gateway.max_associations
         self._acse = gateway.acse_timeout_seconds
         self._allowed = frozenset(gateway.allowed_callers)
+        self._called = gateway.ae_title if gateway.require_called_ae_title else None  # None: any
         self._tls, self._metrics, self._record = tls, metrics, record
         self._lock = threading.RLock()
         self._freed = threading.Condition(self._lock)
@@ -189,6 +195,8 @@ class Admission:
         self._forget(conn)
         if request.calling_ae not in self._allowed:
             self._refuse(conn, "calling_ae_not_allowed", _CALLING_RJ)
+        elif self._called not in (None, request.called_ae):
+            self._refuse(conn, "called_ae_not_recognised", _CALLED_RJ)
         elif not self._waiting and len(self._admitted) < self._max:
             self._admit(conn, 0.0)
         elif (len(self._waiting) >= self._limits.max_pending_connections
@@ -309,7 +317,7 @@ class Admission:
     def _refused(self, reason: str, conn: Conn, detail: str = "") -> None:
         self._metrics.connections_refused.labels(reason=reason).inc()
         self._tally.add(reason, conn.source, detail)
-        if reason in ("calling_ae_not_allowed", "association_limit"):
+        if reason in _REJECTIONS:
             self._metrics.associations.labels(result="rejected").inc()
             calling = conn.request.calling_ae[:16] if conn.request else ""
             try:
@@ -350,8 +358,10 @@ class Admission:
             self._forget(conn)
         primitive = assoc.requestor.primitive
         calling = str(primitive.calling_ae_title).strip() if primitive is not None else ""
-        conn.request = Request(0, calling, "", checked=False)
-        if assoc.is_rejected or assoc.is_aborted or calling not in self._allowed:
+        called = str(primitive.called_ae_title).strip() if primitive is not None else ""
+        conn.request = Request(0, calling, called, checked=False)
+        if (assoc.is_rejected or assoc.is_aborted or calling not in self._allowed
+                or self._called not in (None, called)):
             return  # refused by the receiver, or pynetdicom refuses it (and the receiver audits)
         started = time.monotonic()
         if self._slot(conn, started + self._limits.association_wait_seconds):

@@ -138,7 +138,8 @@ def _gateway(r: _Reader, base_dir: Path) -> GatewayConfig:
     r.mapping(["ae_title", "listen", "allowed_callers", "spool_dir", "max_associations",
                "study_stable_seconds", "max_pdu_bytes", "acse_timeout_seconds",
                "dimse_timeout_seconds", "network_timeout_seconds", "rescan_seconds",
-               "max_dataset_bytes", *LIMIT_KEYS])  # config_limits: decision 0022
+               "max_dataset_bytes", "require_called_ae_title",
+               *LIMIT_KEYS])  # config_limits: decision 0022
     callers_r = r.child("allowed_callers")
     if not r.has("allowed_callers"):
         raise r.error("required key is missing (list the AE titles allowed to send)",
@@ -161,6 +162,7 @@ def _gateway(r: _Reader, base_dir: Path) -> GatewayConfig:
         rescan_seconds=r.get("rescan_seconds", float, 5.0, check=checks.positive),
         max_dataset_bytes=r.get("max_dataset_bytes", int, 1 << 30, check=checks.positive),
         limits=connection_limits(r),
+        require_called_ae_title=r.get("require_called_ae_title", bool, True),
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import select
 import selectors
 import socket
 import ssl
@@ -73,16 +74,29 @@ class Conn:
         return dul is not None and dul.ident is not None and not dul.is_alive()
 
     def peek(self, tls: bool) -> bytes | None:
-        """What has arrived, left unread: None if nothing yet, ``b""`` when the peer hung up.
-        Under TLS only whether a first byte has come (the raw socket, not the TLS layer)."""
+        """What has arrived, left unread: None if nothing yet, ``b""`` when the peer hung up,
+        also when it hung up having sent less than the gate waits for (:meth:`lowat`): the
+        selector would wake for that end again and again until the deadline (issue 15's fuzz
+        suite, decision 0025). Under TLS only whether a first byte has come (the raw socket,
+        not the TLS layer)."""
         try:
             if tls:
                 return socket.socket.recv(self.sock, 1, _PEEK)
-            return self.sock.recv(MAX_PEEK + 1, _PEEK)
+            data = self.sock.recv(MAX_PEEK + 1, _PEEK)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
             return b""
+        return b"" if 0 < len(data) < self.low and self._hung_up() else data
+
+    def _hung_up(self) -> bool:
+        """The peer has shut down its sending side (Linux ``POLLRDHUP``; elsewhere unknown)."""
+        flag = getattr(select, "POLLRDHUP", 0)
+        if not flag:
+            return False
+        poller = select.poll()
+        poller.register(self.sock, flag)
+        return bool(poller.poll(0))
 
     def lowat(self, size: int) -> None:
         """Wake the selector only once ``size`` bytes are there (or the peer hangs up)."""

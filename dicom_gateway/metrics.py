@@ -63,7 +63,7 @@ class Metrics:
         self.connections_refused = Counter(  # admission gate (decision 0022)
             "inbound_connections_refused", "Inbound connections ended by the gateway before an "
             "association, by reason (handshake_timeout, too_many_pending, too_many_from_source, "
-            "malformed, calling_ae_not_allowed, association_limit)",
+            "malformed, calling_ae_not_allowed, called_ae_not_recognised, association_limit)",
             ["reason"], namespace=_NS, registry=r)
         self.connections_pending = Gauge(
             "inbound_connections_pending", "Inbound connections not associated yet (accepted, "

@@ -9,7 +9,12 @@ pynetdicom logger of the process that listens:
 - a message is cut at :data:`MESSAGE_CHARS` characters;
 - each call site logs at most ``burst`` records per ``window`` seconds; the others are counted,
   and the count is logged once the window is over (:meth:`PeerLogLimit.flush`, called by the
-  admission gate's loop, or with the site's next record).
+  admission gate's loop, or with the site's next record);
+- a pynetdicom thread (a DUL reactor, an association) that dies of an exception, as a reactor
+  does on some malformed PDUs (a command set without a Command Field, an A-ABORT with an
+  invalid source; found by the fuzz suite, decision 0025), is logged the same way on
+  ``pynetdicom.threads``, instead of Python's default: a traceback written straight to stderr
+  around the logging (:func:`threading.excepthook`). Other threads keep the previous hook.
 
 :class:`Tally` is the same idea for the gateway's own lines about refused connections: the
 first of each kind is logged, then one summary per window with the counts and the busiest
@@ -30,6 +35,7 @@ __all__ = ["EXCEPTION_CHARS", "MESSAGE_CHARS", "PeerLogLimit", "Tally", "limit_p
 MESSAGE_CHARS = 512
 EXCEPTION_CHARS = 200
 _LOG = logging.getLogger("dicom_gateway.peer_log")
+_THREADS = logging.getLogger("pynetdicom.threads")  # limited with the other pynetdicom loggers
 
 
 class PeerLogLimit(logging.Filter):
@@ -85,17 +91,32 @@ class PeerLogLimit(logging.Filter):
 
 
 _LIMIT = PeerLogLimit()
+_PREVIOUS_HOOK = [threading.excepthook]  # the hook that was there before ours
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """:data:`threading.excepthook`: a pynetdicom thread's exception as one limited line."""
+    thread = args.thread
+    if thread is None or not type(thread).__module__.startswith("pynetdicom"):
+        _PREVIOUS_HOOK[0](args)
+        return
+    if args.exc_value is not None:
+        _THREADS.error("%s thread ended", type(thread).__name__,
+                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 def limit_pynetdicom_logs() -> PeerLogLimit:
-    """Install the process's :class:`PeerLogLimit` on every pynetdicom logger (idempotent);
-    returns it (its :meth:`~PeerLogLimit.flush` reports what it held back)."""
+    """Install the process's :class:`PeerLogLimit` on every pynetdicom logger, and the hook
+    for its threads' exceptions (idempotent); returns it (its :meth:`~PeerLogLimit.flush`
+    reports what it held back)."""
     import pynetdicom  # noqa: F401  (its modules create their loggers when imported)
 
     for name, logger in list(logging.Logger.manager.loggerDict.items()):
         if (name == "pynetdicom" or name.startswith("pynetdicom.")) and isinstance(
                 logger, logging.Logger) and _LIMIT not in logger.filters:
             logger.addFilter(_LIMIT)
+    if threading.excepthook is not _thread_died:
+        _PREVIOUS_HOOK[0], threading.excepthook = threading.excepthook, _thread_died
     return _LIMIT
 
 

@@ -3,11 +3,13 @@
 A C-STORE is answered Success only after the instance and its routing decision are fsync'd in
 the spool's inbox (decision 0001). The answer never waits on a partner. Every outcome is a named
 status from PS3.4 Annex B.2.3 / PS3.7 Annex C with an ErrorComment; the handler never raises.
-Unknown calling AE titles are rejected at association time (by the admission gate; under TLS
-by pynetdicom's allow-list). With ``gateway.listen.tls`` every connection is TLS with a client
-certificate from the configured CA (the handshake runs in the connection's thread); a calling
-AE title pinned to certificates is rejected (A-ASSOCIATE-RJ, calling AE title not recognized)
-when its certificate is another (decision 0019).
+Unknown calling AE titles, and called AE titles other than ``gateway.ae_title`` (unless
+``gateway.require_called_ae_title`` is false), are rejected at association time (by the
+admission gate; under TLS by pynetdicom's checks). With ``gateway.listen.tls`` every
+connection is TLS with a client certificate from the configured CA (the handshake runs in
+the connection's thread); a calling AE title pinned to certificates is rejected
+(A-ASSOCIATE-RJ, calling AE title not recognized) when its certificate is another (decision
+0019).
 
 Every association accepted or rejected and every instance stored is recorded in the audit
 trail (decision 0020) before the answer: an instance whose ``received`` record cannot be written
@@ -96,6 +98,8 @@ class Receiver:
         self._metrics = metrics
         self._on_stored = on_stored
         self._allowed = set(config.gateway.allowed_callers)
+        g = config.gateway
+        self._called = g.ae_title if g.require_called_ae_title else None
         self._open: set[int] = set()
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
@@ -109,6 +113,7 @@ class Receiver:
         ae = AE(ae_title=g.ae_title)
         ae.maximum_pdu_size = g.max_pdu_bytes
         ae.require_calling_aet = list(g.allowed_callers)
+        ae.require_called_aet = g.require_called_ae_title  # A-ASSOCIATE-RJ (1, 1, 7) under TLS
         ae.acse_timeout = g.acse_timeout_seconds
         ae.dimse_timeout = g.dimse_timeout_seconds
         ae.network_timeout = g.network_timeout_seconds
@@ -192,11 +197,19 @@ class Receiver:
 
     def _handle_rejected(self, event: evt.Event) -> None:
         self._metrics.associations.labels(result="rejected").inc()
-        _log.warning("association rejected (calling AE not allowed or limit reached)")
+        _log.warning("association rejected (calling AE not allowed, called AE not recognised "
+                     "or limit reached)")
         calling = event.assoc.requestor.ae_title.strip()[:16]
+        primitive = event.assoc.requestor.primitive
+        called = str(primitive.called_ae_title).strip() if primitive is not None else ""
+        if calling not in self._allowed:
+            reason = "calling_ae_not_allowed"
+        elif self._called is not None and called != self._called:
+            reason = "called_ae_not_recognised"
+        else:
+            reason = "association_limit"
         self._record("association_rejected", peer=_peer(event), calling_ae=calling,
-                     reason="calling_ae_not_allowed" if calling not in self._allowed
-                     else "association_limit", tls=self._tls is not None)
+                     reason=reason, tls=self._tls is not None)
 
     def _record(self, event: str, **fields: object) -> None:
         """An association event into the audit trail (a failure is logged: the C-STOREs that

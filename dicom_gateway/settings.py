@@ -125,6 +125,8 @@ class GatewayConfig:
     rescan_seconds: float = 5.0
     max_dataset_bytes: int = 1 << 30  # a received data set, inflated (decision 0023)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # decision 0022
+    #: an A-ASSOCIATE-RQ whose called AE title is not ``ae_title`` is rejected (issue 15)
+    require_called_ae_title: bool = True
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,12 @@ def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
 class GatewayProcess:
     """``dicom-gateway serve`` as a separate process, with fixed ports so it can be restarted."""
 
-    def __init__(self, raw: dict[str, Any], workdir: Path) -> None:
-        self.raw = raw
+    def __init__(self, raw: dict[str, Any], workdir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        """``env``: variables added to this process's environment for the gateway's; it runs
+        in ``workdir``."""
+        self.raw, self.workdir = raw, workdir
+        self.env = {**os.environ, **env} if env else None
         self.port = raw["gateway"]["listen"]["port"] = (
             raw["gateway"]["listen"]["port"] or free_port())
         self.metrics_port = raw["metrics"]["listen"]["port"] = (
@@ -97,7 +101,7 @@ class GatewayProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dicom_gateway.cli", "serve", "--config",
                  str(self.config_path)],
-                stdout=log, stderr=log)
+                stdout=log, stderr=log, env=self.env, cwd=self.workdir)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,5 +1,6 @@
-"""Issue 15, items 1, 6 and 8 (decision 0022): connections that never associate, junk PDUs,
-and more senders than associations, against the admission gate in front of pynetdicom.
+"""Issue 15, items 1, 6, 8 and the called AE title of 9 (decision 0022): connections that
+never associate, junk PDUs, more senders than associations, and a called AE title that is not
+the gateway's, against the admission gate in front of pynetdicom.
 
 Each gateway test fails on the listener without the gate: there, idle sockets counted against
 ``max_associations`` until the ACSE timeout (and cost two threads each), junk reached
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -45,6 +47,19 @@ def _raw(tmp_path: Path, **gateway: Any) -> dict[str, Any]:
     return raw
 
 
+def _tls_raw(tmp_path: Path, **gateway: Any) -> tuple[dict[str, Any], ssl.SSLContext]:
+    """A config with a TLS listener (a throwaway CA), and a sender's client context."""
+    ca = TestCA(tmp_path / "pki", "hospital")
+    server, pacs = ca.issue("gateway"), ca.issue("pacs")
+    raw = _raw(tmp_path, **gateway)
+    raw["gateway"]["listen"]["tls"] = {"certificate": str(server.cert),
+                                       "private_key": str(server.key),
+                                       "client_ca": str(ca.cert)}
+    client = ssl.create_default_context(cafile=str(ca.cert))
+    client.load_cert_chain(str(pacs.cert), str(pacs.key))
+    return raw, client
+
+
 def _value(gw: Gateway, name: str, **labels: str) -> float:
     return gw.metrics.registry.get_sample_value(f"dicom_gateway_{name}", labels) or 0.0
 
@@ -73,11 +88,12 @@ def _idle(port: int, n: int, source: str = "127.0.0.1") -> Iterator[list[socket.
             s.close()
 
 
-def _associate(port: int, calling: str = "HOSPITAL_PACS", **kw: Any) -> Association:
+def _associate(port: int, calling: str = "HOSPITAL_PACS", called: str = "EGRESS_GW",
+               **kw: Any) -> Association:
     ae = AE(ae_title=calling)
     ae.acse_timeout = 30
     ae.add_requested_context(Verification)
-    return ae.associate("127.0.0.1", port, ae_title="EGRESS_GW", **kw)
+    return ae.associate("127.0.0.1", port, ae_title=called, **kw)
 
 
 def _echo(port: int, **kw: Any) -> int:
@@ -185,16 +201,7 @@ def test_one_address_holds_at_most_its_share_and_all_at_most_the_total(tmp_path:
 
 
 def test_idle_connections_cannot_starve_a_tls_listener(tmp_path: Path) -> None:
-    import ssl
-
-    ca = TestCA(tmp_path / "pki", "hospital")
-    gateway, pacs = ca.issue("gateway"), ca.issue("pacs")
-    raw = _raw(tmp_path, max_associations=2, handshake_timeout_seconds=1)
-    raw["gateway"]["listen"]["tls"] = {"certificate": str(gateway.cert),
-                                       "private_key": str(gateway.key),
-                                       "client_ca": str(ca.cert)}
-    client = ssl.create_default_context(cafile=str(ca.cert))
-    client.load_cert_chain(str(pacs.cert), str(pacs.key))
+    raw, client = _tls_raw(tmp_path, max_associations=2, handshake_timeout_seconds=1)
     with running_gateway(raw) as gw:
         port = gw.receiver.port or 0
         with _idle(port, 20) as idle:
@@ -202,6 +209,22 @@ def test_idle_connections_cannot_starve_a_tls_listener(tmp_path: Path) -> None:
             assert _closed_by_gateway(idle[0], 5)  # the handshake timeout, from the accept
             assert _wait(lambda: _value(gw, "inbound_connections_refused_total",
                                         reason="handshake_timeout") == 20)
+
+
+def test_a_request_cut_short_by_a_half_close_is_closed_at_once(tmp_path: Path) -> None:
+    """Found by the fuzz suite (decision 0025): a peer that sends part of an A-ASSOCIATE-RQ and
+    shuts down its side was held to the handshake deadline, the gate's selector woken for its
+    end of stream on every turn meanwhile."""
+    with running_gateway(_raw(tmp_path, handshake_timeout_seconds=60)) as gw:
+        port = gw.receiver.port or 0
+        rq = _rq()
+        for cut in (3, 40, len(rq) - 1):  # in the header, the fixed fields, the items
+            with _connect(port) as sock:
+                sock.sendall(rq[:cut])
+                sock.shutdown(socket.SHUT_WR)
+                assert _closed_by_gateway(sock, 10), cut
+        assert _value(gw, "inbound_connections_refused_total", reason="handshake_timeout") == 0
+        assert _echo(port) == 0
 
 
 # -- item 6: junk ---------------------------------------------------------------------------------
@@ -307,6 +330,54 @@ def test_an_unknown_calling_ae_is_rejected_by_the_gate_and_audited(tmp_path: Pat
         assert _wait(lambda: '"calling_ae_not_allowed"' in _audit_text(tmp_path))
         assert "INTRUDER" in _audit_text(tmp_path)
         assert _value(gw, "associations_total", result="rejected") == 1
+
+
+# -- item 9: the called AE title ----------------------------------------------------------------
+def _called_ae_rejected(assoc: Association) -> bool:
+    """``assoc`` got A-ASSOCIATE-RJ (permanent, service user, called AE title not recognized)."""
+    rj = assoc.acceptor.primitive
+    return assoc.is_rejected and (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 7)
+
+
+def test_a_wrong_called_ae_is_rejected_by_the_gate_counted_and_audited(tmp_path: Path) -> None:
+    with running_gateway(_raw(tmp_path)) as gw:
+        port = gw.receiver.port or 0
+        assert _called_ae_rejected(_associate(port, called="OTHER_GW"))
+        assert _called_ae_rejected(_associate(port, called="egress_gw"))  # case is significant
+        assert _echo(port) == 0  # the right one still associates
+        assert _value(gw, "inbound_connections_refused_total",
+                      reason="called_ae_not_recognised") == 2
+        assert _value(gw, "associations_total", result="rejected") == 2
+        assert _wait(lambda: _audit_text(tmp_path).count('"called_ae_not_recognised"') == 2)
+
+
+def test_a_wrong_called_ae_is_rejected_on_a_tls_listener(tmp_path: Path) -> None:
+    raw, client = _tls_raw(tmp_path)
+    with running_gateway(raw) as gw:
+        port = gw.receiver.port or 0
+        tls = (client, "127.0.0.1")
+        assert _called_ae_rejected(_associate(port, called="OTHER_GW", tls_args=tls))
+        assert _echo(port, tls_args=tls) == 0
+        assert _wait(lambda: '"called_ae_not_recognised"' in _audit_text(tmp_path))
+
+
+def test_with_the_check_off_any_called_ae_is_accepted(tmp_path: Path) -> None:
+    with running_gateway(_raw(tmp_path, require_called_ae_title=False)) as gw:
+        port = gw.receiver.port or 0
+        assoc = _associate(port, called="OTHER_GW")
+        assert assoc.is_established
+        assert int(assoc.send_c_echo().Status) == 0
+        assoc.release()
+        assert _value(gw, "associations_total", result="rejected") == 0
+
+
+def test_require_called_ae_title_is_a_checked_bool_defaulting_to_true(tmp_path: Path) -> None:
+    assert parse_config(_raw(tmp_path), "x").gateway.require_called_ae_title is True
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_raw(tmp_path, require_called_ae_title="no"), "/etc/gw.yaml")
+    message = str(caught.value)
+    assert "/etc/gw.yaml" in message and "gateway.require_called_ae_title" in message
+    assert "expected bool" in message
 
 
 # -- configuration and the request check ----------------------------------------------------------
