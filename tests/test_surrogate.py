@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -105,3 +106,36 @@ def test_a_224_family_surrogate_loads_and_gives_the_attack_a_gradient(
         assert torch.allclose(loaded.model(x), model(x), atol=1e-5)
     adv = attack(x, [loaded], epsilon=4 / 255, steps=2)
     assert 0 < float((adv - x).abs().max()) <= 4 / 255 + 1e-6
+
+
+def test_lgv_snapshots_are_surrogates_along_the_trajectory(tmp_path: Path) -> None:
+    """``train-surrogate --init FILE --snapshots N``: N files an epoch, each a loadable
+    surrogate of FILE's architecture, moved away from FILE and from each other, with the
+    recipe recorded; without --init it is refused in one line."""
+    from dicom_gateway.protect.surrogate import load_surrogate
+
+    rng = np.random.default_rng(1)
+    for i in range(24):
+        _png(tmp_path / "cls" / "bright" / f"{i}.png", rng.integers(150, 255, (20, 20), np.uint8))
+        _png(tmp_path / "cls" / "dark" / f"{i}.png", rng.integers(0, 100, (20, 20), np.uint8))
+    done = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--epochs", "2",
+                "--out", str(tmp_path / "base.pt"))
+    assert done.returncode == 0, done.stderr
+    done = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--init",
+                str(tmp_path / "base.pt"), "--snapshots", "2", "--epochs", "2", "--lr", "0.05",
+                "--out", str(tmp_path / "lgv.pt"))
+    assert done.returncode == 0, done.stderr
+    files = sorted(tmp_path.glob("lgv-*.pt"))
+    assert [f.name for f in files] == ["lgv-01.pt", "lgv-02.pt", "lgv-03.pt", "lgv-04.pt"]
+    base = load_surrogate(tmp_path / "base.pt")
+    snaps = [load_surrogate(f) for f in files]
+    assert {s.info.arch for s in snaps} == {base.info.arch}
+    assert [s.info.training["lgv"]["snapshot"] for s in snaps] == [1, 2, 3, 4]
+    assert all(s.info.training["lgv"]["init"] == base.sha256 for s in snaps)
+    first = next(k for k in base.model.state_dict() if k.endswith("weight"))
+    weights = [s.model.state_dict()[first] for s in [base, *snaps]]
+    assert all(not torch.equal(a, b) for a, b in itertools.pairwise(weights))
+    refused = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--snapshots", "2",
+                   "--out", str(tmp_path / "x.pt"))
+    assert refused.returncode != 0 and "--init" in refused.stderr
+    assert "Traceback" not in refused.stderr

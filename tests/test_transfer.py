@@ -152,7 +152,8 @@ def test_retained_skill() -> None:
 @pytest.mark.parametrize("extra", [{"smoothing": 5}, {"loss": "margin", "balance": True},
                                    {"scales": 2},
                                    {"transform": "augment", "diversity": 1.0, "copies": 2},
-                                   {"transform": "block-shuffle", "diversity": 1.0}])
+                                   {"transform": "block-shuffle", "diversity": 1.0},
+                                   {"loss": "fia"}, {"loss": "feature"}])
 def test_transfer_levers_keep_the_budget_and_fool_the_surrogate(
         surrogates: dict[str, Path], extra: dict[str, object]) -> None:
     from dicom_gateway.lab.train import accuracy, load_npz_split
@@ -167,6 +168,27 @@ def test_transfer_levers_keep_the_budget_and_fool_the_surrogate(
     adv = attack(x, [s], epsilon=8 / 255, steps=10, **extra)  # type: ignore[arg-type]
     assert float((adv - x).abs().max()) <= 8 / 255 + 1e-6
     assert accuracy(s.model, adv, y) < accuracy(s.model, x, y) - 0.4
+
+
+def test_every_classification_architecture_has_a_middle_layer_for_the_feature_losses() -> None:
+    from dicom_gateway.protect.features import FEATURE_LAYERS, captured, feature_layer
+    from dicom_gateway.protect.surrogate import (
+        ARCHITECTURES,
+        SEGMENTATION_ARCHITECTURES,
+        Surrogate,
+        SurrogateInfo,
+        build_model,
+    )
+
+    for arch in set(ARCHITECTURES) - SEGMENTATION_ARCHITECTURES:
+        info = SurrogateInfo(arch=arch, task="classification", input_size=(224, 224),
+                             channels=1, classes=("a", "b"), mean=(0.5,), std=(0.25,))
+        model = build_model(info).eval()
+        layer = feature_layer(Surrogate(model, info, ""))
+        assert layer is not None, arch
+        with torch.no_grad(), captured(layer) as seen:
+            model(torch.rand(1, 1, 224, 224))
+        assert len(seen) == 1 and seen[0].shape[0] == 1, (arch, FEATURE_LAYERS[arch])
 
 
 @pytest.mark.parametrize("key, value", [("smoothing", -1), ("scales", 0.5), ("loss", "hinge"),

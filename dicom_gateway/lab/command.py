@@ -60,6 +60,8 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if not data.exists():
         raise GatewayError(f"{data}: no such file or folder")
+    if args.snapshots:
+        return _snapshots(args, data)
     try:
         info = train_surrogate(data, arch, Path(args.out), epochs=args.epochs, seed=args.seed,
                                mask_suffix=args.mask_suffix, adversarial_epsilon=adversarial,
@@ -71,6 +73,24 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     score = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in info.metrics.items())
     print(f"{args.out}: {info.arch} {info.input_size[0]}x{info.input_size[1]}x{info.channels}, "
           f"{len(info.classes)} classes, {score}, sha256 {sha}")
+    return 0
+
+
+def _snapshots(args: argparse.Namespace, data: Path) -> int:
+    """``train-surrogate --init FILE --snapshots N``: LGV snapshots of FILE."""
+    from .train import collect_snapshots
+
+    if not args.init:
+        raise GatewayError("--snapshots: give the trained surrogate to start from with --init")
+    if args.snapshots < 1:
+        raise GatewayError("--snapshots: at least one snapshot an epoch")
+    try:
+        files = collect_snapshots(data, Path(args.init), Path(args.out), epochs=args.epochs,
+                                  per_epoch=args.snapshots, lr=args.lr, seed=args.seed,
+                                  max_images=args.max_images)
+    except DatasetError as exc:
+        raise DatasetError(f"{data}: cannot train on it: {exc}") from None
+    print(f"{len(files)} snapshots: {', '.join(str(f) for f in files)}")
     return 0
 
 
@@ -160,6 +180,12 @@ def _add_train_surrogate(sub: Any) -> None:
     t.add_argument("--max-images", type=int,
                    help="train on a seeded subset of this many training images (class "
                         "proportions kept), e.g. on a small CPU machine")
+    t.add_argument("--snapshots", type=int, default=0, metavar="N",
+                   help="with --init: LGV, N weight snapshots an epoch for --epochs of SGD at "
+                        "a constant --lr (default: the architecture's training rate, 2e-3 for "
+                        "the CNNs) from the --init surrogate, written as "
+                        "OUT-01.pt, OUT-02.pt, ... (docs/protection.md)")
+    t.add_argument("--lr", type=float, help="with --snapshots: the constant learning rate")
     t.set_defaults(func=_cmd_train_surrogate)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..progress import ReportProgress
+from .features import FEATURE_LOSSES, feature_layer, feature_loss
 from .method import Outcome
 from .options import PerturbationOptions
 from .view import View, finish, prepare
@@ -27,7 +28,7 @@ __all__ = ["DEFAULTS", "LOSSES", "AdversarialPerturbation", "adapt", "attack", "
            "smoothing_size"]
 
 DEFAULTS = PerturbationOptions.defaults()  # a profile's defaults, for the lab's own runs
-LOSSES = ("ce", "margin")
+LOSSES = ("ce", "margin", *FEATURE_LOSSES)
 
 
 def _adapt(x: Any, surrogate: Any, diversity: float, generator: Any,
@@ -87,20 +88,29 @@ def _smoothing_kernel(size: int, channels: int) -> Any:
 
 def gradient(adv: Any, surrogates: Sequence[Any], labels: Any, diversity: float,
              generator: Any, loss: str = "ce", scales: int = 1, balance: bool = False,
-             transform: str = "resize-pad", copies: int = 1) -> Any:
+             transform: str = "resize-pad", copies: int = 1, clean: Any = None) -> Any:
     """The attack's ascent direction at ``adv``: the gradient of the ensemble loss, each
     surrogate seeing ``copies`` randomly transformed views (``transform``, with probability
     ``diversity`` each). ``scales`` > 1 averages over copies scaled by 1/2^i (scale
     invariance, Lin et al. ICLR 2020). ``balance`` normalizes each surrogate's gradient per
-    image before summing, so that no single model dominates."""
+    image before summing, so that no single model dominates. The feature-level losses
+    (:mod:`.features`) compare with ``clean``, the unperturbed batch; a surrogate without a
+    known middle layer uses cross-entropy instead."""
     import torch
 
     total = torch.zeros_like(adv)
     for s in surrogates:
         adv_ = adv.detach().requires_grad_(True)
-        value = sum(_loss(s.model(_adapt(adv_ / 2 ** i, s, diversity, generator, transform)),
-                          labels, loss)
-                    for i in range(scales) for _ in range(copies))
+        layer = feature_layer(s) if loss in FEATURE_LOSSES else None
+        if layer is not None:
+            value = sum(feature_loss(loss, s, layer, clean / 2 ** i, adv_ / 2 ** i, labels,
+                                     diversity, generator, transform)
+                        for i in range(scales) for _ in range(copies))
+        else:
+            output_loss = "ce" if loss in FEATURE_LOSSES else loss
+            value = sum(_loss(s.model(_adapt(adv_ / 2 ** i, s, diversity, generator,
+                                             transform)), labels, output_loss)
+                        for i in range(scales) for _ in range(copies))
         grad, = torch.autograd.grad(value, adv_)
         if balance:
             grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
@@ -137,9 +147,12 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
     kernel = _smoothing_kernel(smoothing, x.shape[1]).to(x.device) if smoothing > 1 else None
     alpha = 2.5 * epsilon / max(steps, 1)  # Madry et al.: reaches the boundary and moves along it
     adv, g = x.clone(), torch.zeros_like(x)
+    if loss == "feature":  # the distortion's gradient vanishes at x itself: a random start
+        noise = torch.rand(x.shape, generator=generator).to(x) * 2 - 1
+        adv = (x + epsilon * noise).clamp(0.0, 1.0)
     for _ in range(steps):
         grad = gradient(adv, surrogates, labels, diversity, generator, loss, scales, balance,
-                        transform, copies)
+                        transform, copies, clean=x)
         if kernel is not None:
             grad = F.conv2d(grad, kernel, padding=smoothing // 2, groups=x.shape[1])
             grad = grad[..., :x.shape[2], :x.shape[3]]
