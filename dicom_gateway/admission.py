@@ -72,7 +72,7 @@ class Admission:
         self._limits, self._max = gateway.limits, gateway.max_associations
         self._acse = gateway.acse_timeout_seconds
         self._allowed = frozenset(gateway.allowed_callers)
-        self._called = gateway.ae_title if gateway.require_called_ae_title else None  # None: any
+        self._gateway = gateway
         self._tls, self._metrics, self._record = tls, metrics, record
         self._lock = threading.RLock()
         self._freed = threading.Condition(self._lock)
@@ -195,7 +195,7 @@ class Admission:
         self._forget(conn)
         if request.calling_ae not in self._allowed:
             self._refuse(conn, "calling_ae_not_allowed", _CALLING_RJ)
-        elif self._called not in (None, request.called_ae):
+        elif not self._gateway.accepts_called(request.called_ae):
             self._refuse(conn, "called_ae_not_recognised", _CALLED_RJ)
         elif not self._waiting and len(self._admitted) < self._max:
             self._admit(conn, 0.0)
@@ -361,7 +361,7 @@ class Admission:
         called = str(primitive.called_ae_title).strip() if primitive is not None else ""
         conn.request = Request(0, calling, called, checked=False)
         if (assoc.is_rejected or assoc.is_aborted or calling not in self._allowed
-                or self._called not in (None, called)):
+                or not self._gateway.accepts_called(called)):
             return  # refused by the receiver, or pynetdicom refuses it (and the receiver audits)
         started = time.monotonic()
         if self._slot(conn, started + self._limits.association_wait_seconds):

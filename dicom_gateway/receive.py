@@ -98,8 +98,7 @@ class Receiver:
         self._metrics = metrics
         self._on_stored = on_stored
         self._allowed = set(config.gateway.allowed_callers)
-        g = config.gateway
-        self._called = g.ae_title if g.require_called_ae_title else None
+        self._gateway = config.gateway
         self._open: set[int] = set()
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
@@ -204,7 +203,7 @@ class Receiver:
         called = str(primitive.called_ae_title).strip() if primitive is not None else ""
         if calling not in self._allowed:
             reason = "calling_ae_not_allowed"
-        elif self._called is not None and called != self._called:
+        elif not self._gateway.accepts_called(called):
             reason = "called_ae_not_recognised"
         else:
             reason = "association_limit"

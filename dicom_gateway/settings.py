@@ -128,6 +128,10 @@ class GatewayConfig:
     #: an A-ASSOCIATE-RQ whose called AE title is not ``ae_title`` is rejected (issue 15)
     require_called_ae_title: bool = True
 
+    def accepts_called(self, called_ae: str) -> bool:
+        """Whether an association addressed to ``called_ae`` (stripped) is for this gateway."""
+        return not self.require_called_ae_title or called_ae == self.ae_title
+
 
 @dataclass(frozen=True)
 class MetricsConfig:

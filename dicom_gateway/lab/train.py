@@ -150,7 +150,20 @@ def fit(model: nn.Module, data: ImageSet, epochs: int, val: ImageSet | None = No
     return best
 
 
-def _splits(data: Path, seed: int, mask_suffix: str) -> tuple[ImageSet, ImageSet]:
+def _splits(data: Path, seed: int, mask_suffix: str, max_images: int | None = None
+            ) -> tuple[ImageSet, ImageSet]:
+    """The training and validation splits; with ``max_images``, a seeded subset of that many
+    training images (in the classes' proportions when there are labels)."""
+    train, val = _all_splits(data, seed, mask_suffix)
+    if max_images is None or max_images >= len(train):
+        return train, val
+    if train.labels is not None:
+        return stratified_split(train, max_images / len(train), seed + 1)[1], val
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
+    return train.subset(order[:max_images]), val
+
+
+def _all_splits(data: Path, seed: int, mask_suffix: str) -> tuple[ImageSet, ImageSet]:
     if data.suffix == ".npz":
         return load_images(data, "train"), load_images(data, "val")
     if data.suffix == ".tar" or (data.is_dir() and (data / "train").is_dir()) or (
@@ -197,13 +210,7 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
     file of the same architecture and data shape to start from (fine-tuning, e.g. a few
     adversarial epochs on a surrogate already trained). ``max_images``: train on a seeded
     subset of that many training images (in the classes' proportions), for a small machine."""
-    train, val = _splits(data, seed, mask_suffix)
-    if max_images is not None and max_images < len(train):
-        if train.labels is not None:
-            train = stratified_split(train, max_images / len(train), seed + 1)[1]
-        else:
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
-            train = train.subset(order[:max_images])
+    train, val = _splits(data, seed, mask_suffix, max_images)
     if arch == "auto":
         arch = ("unet-small" if train.task == "segmentation" else
                 "cnn-small" if min(train.images.shape[2:]) < 64 else "resnet10")
@@ -267,9 +274,7 @@ def collect_snapshots(data: Path, init: Path, out: Path, epochs: int = 2, per_ep
     start = load_surrogate(init)
     if start.info.task != "classification":
         raise DatasetError("snapshots are for classification surrogates")
-    train, val = _splits(data, seed, "_mask")
-    if max_images is not None and max_images < len(train):
-        train = stratified_split(train, max_images / len(train), seed + 1)[1]
+    train, val = _splits(data, seed, "_mask", max_images)
     model = build_model(start.info)
     model.load_state_dict(start.model.state_dict())
     lr = lr if lr is not None else LEARNING_RATES.get(start.info.arch, 2e-3)
