@@ -153,7 +153,7 @@ def test_retained_skill() -> None:
                                    {"scales": 2},
                                    {"transform": "augment", "diversity": 1.0, "copies": 2},
                                    {"transform": "block-shuffle", "diversity": 1.0},
-                                   {"loss": "fia"}, {"loss": "feature"}])
+                                   {"loss": "fia"}])
 def test_transfer_levers_keep_the_budget_and_fool_the_surrogate(
         surrogates: dict[str, Path], extra: dict[str, object]) -> None:
     from dicom_gateway.lab.train import accuracy, load_npz_split
@@ -168,6 +168,40 @@ def test_transfer_levers_keep_the_budget_and_fool_the_surrogate(
     adv = attack(x, [s], epsilon=8 / 255, steps=10, **extra)  # type: ignore[arg-type]
     assert float((adv - x).abs().max()) <= 8 / 255 + 1e-6
     assert accuracy(s.model, adv, y) < accuracy(s.model, x, y) - 0.4
+
+
+def test_the_feature_loss_distorts_the_middle_layer_beyond_noise(
+        surrogates: dict[str, Path]) -> None:
+    """``loss: feature`` is label-free: it ascends the middle layer's distortion, and flips the
+    label only as a side effect (on cnn-small at 28x28 about 0.35-0.4 of it, seed-dependent), so
+    it is held to what it optimizes: far more distortion than sign noise of the same budget, and
+    a lower accuracy than that noise leaves."""
+    from dicom_gateway.lab.train import accuracy, load_npz_split
+    from dicom_gateway.protect.features import captured, feature_layer
+    from dicom_gateway.protect.perturbation import attack
+    from dicom_gateway.protect.surrogate import load_surrogate
+
+    s = load_surrogate(surrogates["pneumonia"])
+    x, y = load_npz_split(medmnist_npz("pneumoniamnist_balanced.npz"), "test")
+    x, y = x[:64], y[:64]
+    layer = feature_layer(s)
+
+    def middle(v: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), captured(layer) as seen:
+            s.model(v)
+        return seen[0].flatten(1)
+
+    clean = middle(x)
+
+    def distortion(v: torch.Tensor) -> float:
+        return float(((middle(v) - clean).norm(dim=1) / clean.norm(dim=1)).mean())
+
+    adv = attack(x, [s], epsilon=8 / 255, steps=10, loss="feature")
+    g = torch.Generator().manual_seed(0)
+    noise = (x + 8 / 255 * torch.sign(torch.rand(x.shape, generator=g) - 0.5)).clamp(0, 1)
+    assert float((adv - x).abs().max()) <= 8 / 255 + 1e-6
+    assert distortion(adv) > 1.4 * distortion(noise)  # measured 0.46 against 0.26
+    assert accuracy(s.model, adv, y) < accuracy(s.model, noise, y) - 0.2  # 0.63 against 0.97
 
 
 def test_every_classification_architecture_has_a_middle_layer_for_the_feature_losses() -> None:
