@@ -51,3 +51,21 @@ def test_augment_stays_in_range_and_moves_the_image() -> None:
 def test_an_unknown_transform_is_named() -> None:
     with pytest.raises(ValueError, match="unknown transformation 'mixup'"):
         transform(_image(), "mixup", (8, 8), torch.Generator())
+
+
+def test_spectrum_simulation_is_a_dct_round_trip_with_scaled_coefficients() -> None:
+    from dicom_gateway.protect.diversity import dct_matrix, spectrum
+
+    d = dct_matrix(40)
+    assert torch.allclose(d @ d.T, torch.eye(40), atol=1e-5)  # orthonormal
+    x = _image()
+    g = torch.Generator().manual_seed(2)
+    # without noise and with every coefficient kept, the image comes back as it was
+    assert torch.allclose(spectrum(x, g, sigma=0.0, rho=0.0), x, atol=1e-5)
+    # with the paper's settings, each DCT coefficient of the copy stays within
+    # [1 - rho, 1 + rho] of the original's, up to the noise
+    out = spectrum(x, g, sigma=0.0)
+    dh, dw = dct_matrix(60), dct_matrix(48)
+    ratio = (dh @ out @ dw.T) / (dh @ x @ dw.T)
+    assert float(ratio.min()) >= 0.5 - 1e-3 and float(ratio.max()) <= 1.5 + 1e-3
+    assert float(ratio.std()) > 0.2  # the scaling is drawn per coefficient

@@ -111,7 +111,8 @@ def test_a_224_family_surrogate_loads_and_gives_the_attack_a_gradient(
 def test_lgv_snapshots_are_surrogates_along_the_trajectory(tmp_path: Path) -> None:
     """``train-surrogate --init FILE --snapshots N``: N files an epoch, each a loadable
     surrogate of FILE's architecture, moved away from FILE and from each other, with the
-    recipe recorded; without --init it is refused in one line."""
+    recipe recorded (adversarially trained at the start's budget by default); without --init
+    it is refused in one line."""
     from dicom_gateway.protect.surrogate import load_surrogate
 
     rng = np.random.default_rng(1)
@@ -135,6 +136,17 @@ def test_lgv_snapshots_are_surrogates_along_the_trajectory(tmp_path: Path) -> No
     first = next(k for k in base.model.state_dict() if k.endswith("weight"))
     weights = [s.model.state_dict()[first] for s in [base, *snaps]]
     assert all(not torch.equal(a, b) for a, b in itertools.pairwise(weights))
+    # the start is slightly robust (train-surrogate's default): so are its snapshots, unless
+    # --adversarial-epsilon says otherwise (same seed: only the FGSM examples differ)
+    robust = base.info.training["adversarial_epsilon"]
+    assert robust > 0 and all(s.info.training["adversarial_epsilon"] == robust for s in snaps)
+    done = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--init",
+                str(tmp_path / "base.pt"), "--snapshots", "2", "--epochs", "1", "--lr", "0.05",
+                "--adversarial-epsilon", "0", "--out", str(tmp_path / "plain.pt"))
+    assert done.returncode == 0, done.stderr
+    plain = load_surrogate(tmp_path / "plain-01.pt")
+    assert plain.info.training["adversarial_epsilon"] == 0
+    assert not torch.equal(plain.model.state_dict()[first], weights[1])
     refused = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--snapshots", "2",
                    "--out", str(tmp_path / "x.pt"))
     assert refused.returncode != 0 and "--init" in refused.stderr

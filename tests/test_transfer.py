@@ -320,3 +320,36 @@ def test_victim_families() -> None:
     assert family("vit-small") == family("vit-tiny")
     assert family("resnet10") != family("densenet-small")
     assert family("plain-cnn") == "plain-cnn"  # unknown: its own family
+
+
+def test_snapshots_per_step_draws_from_each_snapshot_set() -> None:
+    """``snapshots_per_step``: every surrogate that is no snapshot joins every step; of each
+    set of snapshots (one ``train-surrogate --snapshots`` run, the same recorded start) the
+    given number is drawn per step, and the draw is seeded."""
+    from dicom_gateway.protect.perturbation import _drawn, attack, snapshot_sets
+    from dicom_gateway.protect.surrogate import Surrogate, SurrogateInfo, build_model
+
+    def made(start: str | None) -> Surrogate:
+        info = SurrogateInfo(arch="cnn-small", task="classification", input_size=(16, 16),
+                             channels=1, classes=("a", "b"), mean=(0.5,), std=(0.25,),
+                             training={"lgv": {"init": start}} if start else {})
+        return Surrogate(build_model(info).eval(), info, start or "plain")
+
+    ensemble = [made(None), made("a" * 64), made("a" * 64), made("a" * 64), made(None),
+                made("b" * 64), made("b" * 64)]
+    assert snapshot_sets(ensemble) == [[1, 2, 3], [5, 6]]
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        step = _drawn(ensemble, snapshot_sets(ensemble), 1, g)
+        indices = [next(i for i, s in enumerate(ensemble) if s is m) for m in step]
+        assert indices[0] == 0 and 4 in indices and len(indices) == 4
+        assert len(set(indices) & {1, 2, 3}) == 1 and len(set(indices) & {5, 6}) == 1
+        seen.update(indices)
+    assert seen == set(range(7))  # every snapshot gets its turns
+    assert _drawn(ensemble, [], 1, g) == ensemble  # no snapshots: all, every step
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    first = attack(x, ensemble, epsilon=4 / 255, steps=3, snapshots_per_step=1)
+    assert torch.equal(first, attack(x, ensemble, epsilon=4 / 255, steps=3,
+                                     snapshots_per_step=1))
+    assert float((first - x).abs().max()) <= 4 / 255 + 1e-6

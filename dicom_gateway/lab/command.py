@@ -61,7 +61,7 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     if not data.exists():
         raise GatewayError(f"{data}: no such file or folder")
     if args.snapshots:
-        return _snapshots(args, data)
+        return _snapshots(args, data, adversarial)
     try:
         info = train_surrogate(data, arch, Path(args.out), epochs=args.epochs, seed=args.seed,
                                mask_suffix=args.mask_suffix, adversarial_epsilon=adversarial,
@@ -76,8 +76,9 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _snapshots(args: argparse.Namespace, data: Path) -> int:
-    """``train-surrogate --init FILE --snapshots N``: LGV snapshots of FILE."""
+def _snapshots(args: argparse.Namespace, data: Path, adversarial: float | None) -> int:
+    """``train-surrogate --init FILE --snapshots N``: LGV snapshots of FILE (trained
+    adversarially at FILE's recorded budget unless ``--adversarial-epsilon`` says)."""
     from .train import collect_snapshots
 
     if not args.init:
@@ -87,7 +88,7 @@ def _snapshots(args: argparse.Namespace, data: Path) -> int:
     try:
         files = collect_snapshots(data, Path(args.init), Path(args.out), epochs=args.epochs,
                                   per_epoch=args.snapshots, lr=args.lr, seed=args.seed,
-                                  max_images=args.max_images)
+                                  max_images=args.max_images, adversarial_epsilon=adversarial)
     except DatasetError as exc:
         raise DatasetError(f"{data}: cannot train on it: {exc}") from None
     print(f"{len(files)} snapshots: {', '.join(str(f) for f in files)}")
@@ -184,7 +185,8 @@ def _add_train_surrogate(sub: Any) -> None:
                    help="with --init: LGV, N weight snapshots an epoch for --epochs of SGD at "
                         "a constant --lr (default: the architecture's training rate, 2e-3 for "
                         "the CNNs) from the --init surrogate, written as "
-                        "OUT-01.pt, OUT-02.pt, ... (docs/protection.md)")
+                        "OUT-01.pt, OUT-02.pt, ...; adversarially at the --init file's "
+                        "recorded budget unless --adversarial-epsilon says (docs/protection.md)")
     t.add_argument("--lr", type=float, help="with --snapshots: the constant learning rate")
     t.set_defaults(func=_cmd_train_surrogate)
 

@@ -259,7 +259,8 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
 
 def collect_snapshots(data: Path, init: Path, out: Path, epochs: int = 2, per_epoch: int = 4,
                       lr: float | None = None, seed: int = 0, progress: bool = True,
-                      max_images: int | None = None) -> list[Path]:
+                      max_images: int | None = None,
+                      adversarial_epsilon: float | None = None) -> list[Path]:
     """Large geometry vicinity (LGV; Gubri et al., "LGV: Boosting adversarial example
     transferability from large geometric vicinity", ECCV 2022): from the trained surrogate
     ``init``, SGD at a constant high learning rate ``lr`` (momentum 0.9, weight decay 1e-4)
@@ -270,8 +271,15 @@ def collect_snapshots(data: Path, init: Path, out: Path, epochs: int = 2, per_ep
     ``lr`` defaults to the peak rate the architecture trains with (:data:`LEARNING_RATES`,
     2e-3 for the CNNs), not LGV's 0.05: the surrogates here are trained with AdamW, and SGD
     at 0.05 or 0.01 sent a ResNet-10 on the 224x224 chest X-rays to always answering the
-    minority class (validation accuracy 0.33-0.39), while 2e-3 kept 0.87-0.93."""
+    minority class (validation accuracy 0.33-0.39), while 2e-3 kept 0.87-0.93.
+
+    ``adversarial_epsilon``: each batch replaced by FGSM examples within that budget, as
+    :func:`fit` does, so that the snapshots of a slightly robust surrogate stay slightly robust;
+    ``None`` (the default): the budget ``init`` was trained at (its recorded recipe; 0 if none).
+    """
     start = load_surrogate(init)
+    if adversarial_epsilon is None:
+        adversarial_epsilon = float(start.info.training.get("adversarial_epsilon") or 0.0)
     if start.info.task != "classification":
         raise DatasetError("snapshots are for classification surrogates")
     train, val = _splits(data, seed, "_mask", max_images)
@@ -293,6 +301,8 @@ def collect_snapshots(data: Path, init: Path, out: Path, epochs: int = 2, per_ep
             idx = order[b * batch:(b + 1) * batch]
             x, _ = augmenter(train.images[idx], None)
             assert train.labels is not None
+            if adversarial_epsilon > 0:
+                x = _fgsm_rs(model, x, train.labels[idx], adversarial_epsilon)
             opt.zero_grad()
             F.cross_entropy(model(x), train.labels[idx]).backward()
             opt.step()
@@ -304,6 +314,8 @@ def collect_snapshots(data: Path, init: Path, out: Path, epochs: int = 2, per_ep
                                           training={"lgv": {"init": start.sha256, "lr": lr,
                                                             "epoch": epoch + 1, "seed": seed,
                                                             "snapshot": len(written) + 1},
+                                                    "adversarial_epsilon":
+                                                        round(adversarial_epsilon, 6),
                                                     "images": len(train)}), target)
             written.append(target)
             if progress:

@@ -12,6 +12,11 @@ under the changes an unknown model's pipeline makes and does not fit one surroga
   shuffled and each turned by a small random angle (block shuffle and rotation, Wang et al.,
   "Boosting adversarial transferability by block shuffle and rotation", CVPR 2024), which
   breaks the surrogate's reliance on the global layout.
+- ``spectrum``: spectrum simulation (Long et al., "Frequency domain model augmentation for
+  adversarial attack", ECCV 2022): at the surrogate's input size, Gaussian noise added and each
+  coefficient of the image's 2-D DCT scaled by a random factor in [1 - rho, 1 + rho], which
+  imitates models that weigh the frequency bands differently (the paper's sigma = 16/255,
+  rho = 0.5). ``augment-spectrum`` draws the partner's augmentation first, then the spectrum.
 
 Every transformation is differentiable (grid sampling) and drawn per image from ``generator``,
 so a seeded attack is repeatable.
@@ -19,13 +24,16 @@ so a seeded attack is repeatable.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
-__all__ = ["TRANSFORMS", "block_shuffle", "practitioner_augment", "resize_pad",
-           "transform"]
+__all__ = ["SPECTRUM_RHO", "SPECTRUM_SIGMA", "TRANSFORMS", "block_shuffle", "dct_matrix",
+           "practitioner_augment", "resize_pad", "spectrum", "transform"]
 
-TRANSFORMS = ("resize-pad", "augment", "block-shuffle")
+TRANSFORMS = ("resize-pad", "augment", "block-shuffle", "spectrum", "augment-spectrum")
+SPECTRUM_SIGMA = 16 / 255  # the spectrum simulation's noise (Long et al. 2022)
+SPECTRUM_RHO = 0.5  # its DCT coefficients are scaled by U(1 - rho, 1 + rho)
 
 
 def _uniform(n: int, low: float, high: float, generator: Any) -> Any:
@@ -128,19 +136,47 @@ def block_shuffle(x: Any, generator: Any, max_angle: float = 24.0) -> Any:
                       for r in range(len(rows) - 1)], 2)
 
 
+@functools.lru_cache(maxsize=8)
+def dct_matrix(n: int) -> Any:
+    """The orthonormal DCT-II matrix of size ``n`` (rows: frequencies): ``D @ v`` is the
+    transform of ``v`` and ``D.T`` its inverse."""
+    import torch
+
+    k = torch.arange(n, dtype=torch.float64).view(-1, 1)
+    i = torch.arange(n, dtype=torch.float64).view(1, -1)
+    d = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2 / n)
+    d[0] /= math.sqrt(2)
+    return d.float()
+
+
+def spectrum(x: Any, generator: Any, sigma: float = SPECTRUM_SIGMA,
+             rho: float = SPECTRUM_RHO) -> Any:
+    """One spectrum-simulation copy of ``x``: ``IDCT(DCT(x + noise) * mask)`` with Gaussian
+    ``noise`` of deviation ``sigma`` and ``mask`` uniform in [1 - rho, 1 + rho] per
+    coefficient (not clamped: the surrogate sees the transformed signal as it is)."""
+    import torch
+
+    noise = torch.randn(x.shape, generator=generator).to(x) * sigma
+    mask = (1 - rho + 2 * rho * torch.rand(x.shape, generator=generator)).to(x)
+    dh, dw = dct_matrix(x.shape[2]).to(x), dct_matrix(x.shape[3]).to(x)
+    freq = dh @ (x + noise) @ dw.T
+    return dh.T @ (freq * mask) @ dw
+
+
 def transform(x: Any, kind: str, size: tuple[int, int], generator: Any) -> Any:
     """One random copy of ``x`` by the transformation ``kind`` (of :data:`TRANSFORMS`), at
-    ``size`` (the surrogate's input size; ``augment`` and ``block-shuffle`` resize after)."""
+    ``size`` (the surrogate's input size; ``augment`` and ``block-shuffle`` resize after,
+    ``spectrum`` works at ``size``)."""
     import torch.nn.functional as F
 
     if kind == "resize-pad":
         return resize_pad(x, size, generator)
-    if kind == "augment":
+    if kind in ("augment", "augment-spectrum"):
         x = practitioner_augment(x, generator=generator)[0]
     elif kind == "block-shuffle":
         x = block_shuffle(x, generator)
-    else:
+    elif kind != "spectrum":
         raise ValueError(f"unknown transformation {kind!r} (known: {', '.join(TRANSFORMS)})")
-    if tuple(x.shape[2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    if tuple(x.shape[2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return spectrum(x, generator) if kind.endswith("spectrum") else x

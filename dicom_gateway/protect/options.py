@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from ..errors import GatewayError, SurrogateError
+from .diversity import TRANSFORMS
 
 __all__ = [
     "EPSILON_FORMS",
@@ -250,8 +251,9 @@ class PerturbationOptions(Options):
     smoothing: int | str = option("auto", integer(0, 63, also=("auto",)))
     scales: int = option(1, integer(0, 8))
     balance: bool = option(False, boolean)
-    transform: str = option("augment", choice("resize-pad", "augment", "block-shuffle"))
+    transform: str = option("augment", choice(*TRANSFORMS))
     copies: int = option(1, integer(1, 64))
+    snapshots_per_step: int = option(0, integer(0, 64))
 
 
 @dataclass(frozen=True)

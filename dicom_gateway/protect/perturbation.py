@@ -25,7 +25,7 @@ from .options import PerturbationOptions
 from .view import View, finish, prepare
 
 __all__ = ["DEFAULTS", "LOSSES", "AdversarialPerturbation", "adapt", "attack", "gradient",
-           "smoothing_size"]
+           "smoothing_size", "snapshot_sets"]
 
 DEFAULTS = PerturbationOptions.defaults()  # a profile's defaults, for the lab's own runs
 LOSSES = ("ce", "margin", *FEATURE_LOSSES)
@@ -118,16 +118,45 @@ def gradient(adv: Any, surrogates: Sequence[Any], labels: Any, diversity: float,
     return total
 
 
+def snapshot_sets(surrogates: Sequence[Any]) -> list[list[int]]:
+    """Indices of the surrogates that are weight snapshots of one training run (``train-surrogate
+    --snapshots``: the same ``lgv.init`` in their recipe), one list per run."""
+    sets: dict[str, list[int]] = {}
+    for i, s in enumerate(surrogates):
+        init = (s.info.training.get("lgv") or {}).get("init")
+        if init:
+            sets.setdefault(str(init), []).append(i)
+    return list(sets.values())
+
+
+def _drawn(surrogates: Sequence[Any], sets: list[list[int]], per_step: int,
+           generator: Any) -> list[Any]:
+    """This step's ensemble: every surrogate that is no snapshot, and ``per_step`` of each
+    snapshot set, drawn without replacement."""
+    import torch
+
+    if not sets:
+        return list(surrogates)
+    left_out: set[int] = set()
+    for members in sets:
+        order = torch.randperm(len(members), generator=generator).tolist()
+        left_out.update(members[j] for j in order[per_step:])
+    return [s for i, s in enumerate(surrogates) if i not in left_out]
+
+
 def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: int = 10,
            momentum: float = 1.0, diversity: float = 0.5, seed: int = 0, labels: Any = None,
            loss: str = "ce", smoothing: int | str = 0, scales: int = 1,
-           balance: bool = False, transform: str = "resize-pad", copies: int = 1) -> Any:
+           balance: bool = False, transform: str = "resize-pad", copies: int = 1,
+           snapshots_per_step: int = 0) -> Any:
     """MI-FGSM (Dong et al. CVPR 2018) with input diversity against the ensemble, optionally
     with translation-invariant smoothing of the gradient (``smoothing``: kernel size in
     pixels of ``x``, 0 = off, ``auto``: :func:`smoothing_size`), scale invariance, a
     balanced ensemble, and ``copies`` views per step by ``transform`` (:mod:`.diversity`);
     ``x`` is
-    ``(N, C, H, W)`` in [0, 1], L-infinity budget ``epsilon``.
+    ``(N, C, H, W)`` in [0, 1], L-infinity budget ``epsilon``. ``snapshots_per_step`` > 0:
+    of each set of weight snapshots (:func:`snapshot_sets`), only that many drawn per step
+    (LGV attacks one snapshot per iteration: Gubri et al., ECCV 2022); 0: all of them.
 
     ``labels``: the classes to move away from; default the ensemble's clean prediction (the
     gateway has no ground truth; an evaluation with labels passes them).
@@ -150,8 +179,10 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
     if loss == "feature":  # the distortion's gradient vanishes at x itself: a random start
         noise = torch.rand(x.shape, generator=generator).to(x) * 2 - 1
         adv = (x + epsilon * noise).clamp(0.0, 1.0)
+    sets = snapshot_sets(surrogates) if snapshots_per_step > 0 else []
     for _ in range(steps):
-        grad = gradient(adv, surrogates, labels, diversity, generator, loss, scales, balance,
+        step_surrogates = _drawn(surrogates, sets, snapshots_per_step, generator)
+        grad = gradient(adv, step_surrogates, labels, diversity, generator, loss, scales, balance,
                         transform, copies, clean=x)
         if kernel is not None:
             grad = F.conv2d(grad, kernel, padding=smoothing // 2, groups=x.shape[1])
@@ -183,7 +214,7 @@ class AdversarialPerturbation:
         return {"epsilon": o.epsilon, "steps": o.steps, "momentum": o.momentum,
                 "diversity": o.diversity, "loss": o.loss, "smoothing": o.smoothing,
                 "scales": o.scales, "balance": o.balance, "transform": o.transform,
-                "copies": o.copies}
+                "copies": o.copies, "snapshots_per_step": o.snapshots_per_step}
 
     def __call__(self, paths: Sequence[Path],
                  progress: ReportProgress | None = None) -> list[Outcome]:
