@@ -27,13 +27,14 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         raise ConfigError(args.config, "profiles", f"no profile named {args.profile!r}")
     if args.partner and args.partner not in config.partners:
         raise ConfigError(args.config, "partners", f"no partner named {args.partner!r}")
-    written, problems = protect_files(config, args.profile, [Path(p) for p in args.inputs],
-                                      Path(args.out), partner=args.partner)
-    for problem in problems:
+    run = protect_files(config, args.profile, [Path(p) for p in args.inputs], Path(args.out),
+                        partner=args.partner)
+    for problem in run.problems:
         print(f"dicom-gateway: not protected: {problem}", file=sys.stderr)
-    print(f"{written} instance(s) protected with profile {args.profile!r} into {args.out}; "
-          f"{len(problems)} problem(s)")
-    return 1 if problems else 0
+    kept = f"; {run.kept} already there from an earlier run" if run.kept else ""
+    print(f"{run.written} instance(s) protected with profile {args.profile!r} into {args.out}"
+          f"{kept}; {len(run.problems)} problem(s)")
+    return 1 if run.problems else 0
 
 
 def _cmd_train_surrogate(args: argparse.Namespace) -> int:

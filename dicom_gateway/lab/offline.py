@@ -5,13 +5,25 @@ Files are grouped by series (a batch per series, as in the gateway) and written 
 nothing is written for it (fail closed); the exit code is then non-zero. A progress bar on
 stderr counts instances with an ETA, inside a long series too for methods that report their
 progress (:class:`~dicom_gateway.protect.ProtectionMethod`).
+
+Each instance is written as soon as its part of the series is done (a batch of the profile's
+``batch`` frames, one instance for the watermark; a series whose method treats it as one
+release, ``unlearnable``, at its end): through a temporary name, fsync'd, renamed, and then
+noted in the journal ``.dicom-gateway-protect`` in ``--out``. A rerun into the same folder
+with the same profile and partner skips every instance the journal lists whose file is
+there, so an interrupted run loses at most the part in progress; a rerun with another
+profile, other settings or another partner is refused (one folder, one release).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
@@ -20,11 +32,86 @@ from pydicom.dataset import Dataset
 from ..errors import ConfigError, GatewayError
 from ..metrics import Metrics
 from ..progress import Progress
+from ..protect import Outcome
 from ..seal.service import SealService
 from ..settings import Config
 from ..stage import ProtectionStage, configure_device, study_context
 
-__all__ = ["protect_files"]
+__all__ = ["JOURNAL", "WHOLE_SERIES", "OfflineRun", "protect_files"]
+
+JOURNAL = ".dicom-gateway-protect"
+WHOLE_SERIES = frozenset({"unlearnable"})  # methods whose series is one release
+
+
+@dataclass
+class OfflineRun:
+    """What ``protect_files`` did: instances written now, instances an earlier run had written
+    (skipped), and one line per instance that could not be protected."""
+
+    written: int = 0
+    kept: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+class _Journal:
+    """The ``--out`` folder's record of finished instances: a header naming the run (profile,
+    its settings, partner), then ``<source SOP Instance UID> <file name>`` per instance."""
+
+    def __init__(self, out: Path, run: str) -> None:
+        self.path = out / JOURNAL
+        self.done: dict[str, str] = {}
+        header = f"# dicom-gateway protect {run}"
+        if self.path.is_file():
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            if not lines or lines[0] != header:
+                raise GatewayError(f"{out}: holds the output of another protect run (other "
+                                   "profile, settings or partner); give an empty --out")
+            for line in lines[1:]:
+                uid, _, name = line.partition(" ")
+                if name:
+                    self.done[uid] = name
+            self._file = self.path.open("a", encoding="utf-8")
+        else:
+            self._file = self.path.open("w", encoding="utf-8")
+            self._write(header)
+
+    def finished(self, uid: str) -> bool:
+        name = self.done.get(uid)
+        return name is not None and (self.path.parent / name).is_file()
+
+    def record(self, uid: str, name: str) -> None:
+        self.done[uid] = name
+        self._write(f"{uid} {name}")
+
+    def _write(self, line: str) -> None:
+        self._file.write(line + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _run_name(config: Config, profile: str, partner: str | None) -> str:
+    p = config.profiles[profile]
+    settings = json.dumps({"method": p.method, "options": p.options.as_dict()},
+                          sort_keys=True, default=str)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:16]
+    return f"profile={profile} partner={partner or '-'} settings={digest}"
+
+
+def _durable(write: object, target: Path) -> None:
+    """``write(path)`` to a temporary name beside ``target``, fsync'd, renamed to ``target``."""
+    partial = target.with_name(target.name + ".partial")
+    write(partial)  # type: ignore[operator]
+    with partial.open("rb") as f:
+        os.fsync(f.fileno())
+    os.replace(partial, target)
+
+
+def _parts(paths: list[Path], size: int) -> Iterable[list[Path]]:
+    for start in range(0, len(paths), size):
+        yield paths[start:start + size]
 
 
 def _dicom_files(inputs: Iterable[Path]) -> Iterable[Path]:
@@ -34,9 +121,10 @@ def _dicom_files(inputs: Iterable[Path]) -> Iterable[Path]:
 
 
 def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Path,
-                  progress: bool = True, partner: str | None = None) -> tuple[int, list[str]]:
-    """Protect ``inputs`` with ``profile``, sealed for ``partner`` when the profile changes
-    pixels (required then); return (instances written, problems)."""
+                  progress: bool = True, partner: str | None = None) -> OfflineRun:
+    """Protect ``inputs`` with ``profile`` into ``out``, sealed for ``partner`` when the
+    profile changes pixels (required then), skipping what an earlier run of the same profile
+    wrote there (see the module docstring)."""
     stage = ProtectionStage(config.profiles, Metrics())
     method = config.profiles[profile].method
     sealer = None
@@ -53,36 +141,69 @@ def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Pat
         sealer = SealService(config)
         configure_device(config)
 
-    problems: list[str] = []
+    result = OfflineRun()
     series: dict[str, list[Path]] = defaultdict(list)
+    uids: dict[Path, str] = {}
     for path in _dicom_files(inputs):
+        if path.name == JOURNAL or path.name.endswith(".partial"):
+            continue
         try:
             ds = dcmread(path, stop_before_pixels=True)
             series[str(ds.SeriesInstanceUID)].append(path)
+            uids[path] = str(ds.SOPInstanceUID)
         except Exception as exc:
-            problems.append(f"{path}: not a readable DICOM file ({type(exc).__name__})")
+            result.problems.append(f"{path}: not a readable DICOM file ({type(exc).__name__})")
     total = sum(len(v) for v in series.values())
     study = study_context(p for paths in series.values() for p in paths)
     out.mkdir(parents=True, exist_ok=True)
+    journal = _Journal(out, _run_name(config, profile, partner))
     bar = Progress(total, "instances") if progress and total else None
-    for paths in series.values():
-        for outcome in stage.protect(profile, paths, bar.advance if bar else None, study):
-            if outcome.error is not None:
-                problems.append(f"{outcome.source}: {outcome.error.reason}: {outcome.error}")
-            elif sealer is not None and partner is not None and outcome.output is not None:
-                try:
-                    sealed = sealer.seal(partner, outcome.source, outcome.output, outcome.residual,
-                                         method, dict(outcome.parameters))
-                except Exception as exc:
-                    problems.append(f"{outcome.source}: seal_failed: {type(exc).__name__}: {exc}")
-                else:
-                    sealed.save_as(out / f"{sealed.SOPInstanceUID}.dcm", enforce_file_format=True)
-            elif isinstance(outcome.output, Dataset):
-                outcome.output.save_as(out / f"{outcome.output.SOPInstanceUID}.dcm",
-                                       enforce_file_format=True)
-            elif outcome.output is not None:
-                sop = dcmread(outcome.output, stop_before_pixels=True).SOPInstanceUID
-                shutil.copyfile(outcome.output, out / f"{sop}.dcm")
-    if bar:
-        bar.close()
-    return total - sum(1 for p in problems if ": not a readable" not in p), problems
+    options = config.profiles[profile].options
+    part = (1 << 30 if method in WHOLE_SERIES
+            else max(1, int(getattr(options, "batch", 1))))
+    try:
+        for paths in series.values():
+            todo = [p for p in paths if not journal.finished(uids[p])]
+            result.kept += len(paths) - len(todo)
+            if bar and len(todo) < len(paths):
+                bar.advance(len(paths) - len(todo))
+            for chunk in _parts(todo, part):
+                for outcome in stage.protect(profile, chunk, bar.advance if bar else None,
+                                             study):
+                    _write(outcome, uids[outcome.source], out, journal, sealer, partner,
+                           method, result)
+    finally:
+        journal.close()
+        if bar:
+            bar.close()
+    return result
+
+
+def _write(outcome: Outcome, uid: str, out: Path, journal: _Journal, sealer: SealService | None,
+           partner: str | None, method: str, result: OfflineRun) -> None:
+    """One outcome into ``out`` (sealed when the profile changes pixels) and the journal."""
+    if outcome.error is not None:
+        result.problems.append(f"{outcome.source}: {outcome.error.reason}: {outcome.error}")
+        return
+    if sealer is not None and partner is not None and outcome.output is not None:
+        try:
+            ds = sealer.seal(partner, outcome.source, outcome.output, outcome.residual,
+                             method, dict(outcome.parameters))
+        except Exception as exc:
+            result.problems.append(f"{outcome.source}: seal_failed: {type(exc).__name__}: {exc}")
+            return
+    elif isinstance(outcome.output, Dataset):
+        ds = outcome.output
+    elif outcome.output is not None:
+        source = outcome.output
+        name = f"{dcmread(source, stop_before_pixels=True).SOPInstanceUID}.dcm"
+        _durable(lambda target: shutil.copyfile(source, target), out / name)
+        journal.record(uid, name)
+        result.written += 1
+        return
+    else:
+        return
+    name = f"{ds.SOPInstanceUID}.dcm"
+    _durable(lambda target: ds.save_as(target, enforce_file_format=True), out / name)
+    journal.record(uid, name)
+    result.written += 1
