@@ -1,18 +1,20 @@
 """``dicom-gateway protect``: apply a profile to files and folders, outside the gateway.
 
-Files are grouped by series (a batch per series, as in the gateway) and written to ``--out`` as
-``<SOPInstanceUID>.dcm``. A file that cannot be protected is reported with its reason and
-nothing is written for it (fail closed); the exit code is then non-zero. A progress bar on
-stderr counts instances with an ETA, inside a long series too for methods that report their
-progress (:class:`~dicom_gateway.protect.ProtectionMethod`).
+Files are grouped by series and written to ``--out`` as ``<SOPInstanceUID>.dcm``. A file that
+cannot be protected is reported with its reason and nothing is written for it (fail closed);
+the exit code is then non-zero. A progress bar on stderr counts instances with an ETA, inside
+a long series too for methods that report their progress
+(:class:`~dicom_gateway.protect.ProtectionMethod`).
 
-Each instance is written as soon as its part of the series is done (a batch of the profile's
-``batch`` frames, one instance for the watermark; a series whose method treats it as one
-release, ``unlearnable``, at its end): through a temporary name, fsync'd, renamed, and then
-noted in the journal ``.dicom-gateway-protect`` in ``--out``. A rerun into the same folder
-with the same profile and partner skips every instance the journal lists whose file is
-there, so an interrupted run loses at most the part in progress; a rerun with another
-profile, other settings or another partner is refused (one folder, one release).
+Each instance is written as soon as its part of the series is done: a batch of the profile's
+``batch`` instances for the perturbation, one instance for the watermark (the methods whose
+output for an instance does not depend on the rest of its series, :data:`PER_INSTANCE`); for
+any other method (``unlearnable``: a series is one release) at the end of the series. Each
+goes through a temporary name, fsync'd, renamed, and is then noted in the journal
+``.dicom-gateway-protect`` in ``--out``. A rerun into the same folder with the same profile
+and partner skips every instance the journal lists whose file is there, so an interrupted run
+loses at most the part in progress; a rerun with another profile, other settings or another
+partner is refused (one folder, one release).
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ from ..seal.service import SealService
 from ..settings import Config
 from ..stage import ProtectionStage, configure_device, study_context
 
-__all__ = ["JOURNAL", "WHOLE_SERIES", "OfflineRun", "protect_files"]
+__all__ = ["JOURNAL", "PER_INSTANCE", "OfflineRun", "protect_files"]
 
 JOURNAL = ".dicom-gateway-protect"
-WHOLE_SERIES = frozenset({"unlearnable"})  # methods whose series is one release
+PER_INSTANCE = frozenset({"adversarial_perturbation", "adversarial_watermark"})
 
 
 @dataclass
@@ -159,8 +161,8 @@ def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Pat
     journal = _Journal(out, _run_name(config, profile, partner))
     bar = Progress(total, "instances") if progress and total else None
     options = config.profiles[profile].options
-    part = (1 << 30 if method in WHOLE_SERIES
-            else max(1, int(getattr(options, "batch", 1))))
+    part = (max(1, int(getattr(options, "batch", 1))) if method in PER_INSTANCE
+            else 1 << 30)
     try:
         for paths in series.values():
             todo = [p for p in paths if not journal.finished(uids[p])]
