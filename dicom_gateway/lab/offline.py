@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from ..progress import Progress
 from ..protect import Outcome
 from ..seal.service import SealService
 from ..settings import Config
+from ..spool_tmp import fsync_dir
 from ..stage import ProtectionStage, configure_device, study_context
 
 __all__ = ["JOURNAL", "PER_INSTANCE", "OfflineRun", "protect_files"]
@@ -102,13 +103,15 @@ def _run_name(config: Config, profile: str, partner: str | None) -> str:
     return f"profile={profile} partner={partner or '-'} settings={digest}"
 
 
-def _durable(write: object, target: Path) -> None:
-    """``write(path)`` to a temporary name beside ``target``, fsync'd, renamed to ``target``."""
+def _durable(write: Callable[[Path], object], target: Path) -> None:
+    """``write(path)`` to a temporary name beside ``target``, fsync'd, renamed to ``target``
+    (the rename made durable too, as the spool does)."""
     partial = target.with_name(target.name + ".partial")
-    write(partial)  # type: ignore[operator]
+    write(partial)
     with partial.open("rb") as f:
         os.fsync(f.fileno())
     os.replace(partial, target)
+    fsync_dir(target.parent)
 
 
 def _parts(paths: list[Path], size: int) -> Iterable[list[Path]]:
