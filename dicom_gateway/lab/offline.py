@@ -131,7 +131,7 @@ def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Pat
     profile changes pixels (required then), skipping what an earlier run of the same profile
     wrote there (see the module docstring)."""
     stage = ProtectionStage(config.profiles, Metrics())
-    method = config.profiles[profile].method
+    method, options = config.profiles[profile].method, config.profiles[profile].options
     sealer = None
     if method != "none":
         why = f"profile {profile!r} changes pixels, and protected output is always sealed"
@@ -163,7 +163,6 @@ def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Pat
     out.mkdir(parents=True, exist_ok=True)
     journal = _Journal(out, _run_name(config, profile, partner))
     bar = Progress(total, "instances") if progress and total else None
-    options = config.profiles[profile].options
     part = (max(1, int(getattr(options, "batch", 1))) if method in PER_INSTANCE
             else 1 << 30)
     try:
@@ -186,29 +185,30 @@ def protect_files(config: Config, profile: str, inputs: Sequence[Path], out: Pat
 
 def _write(outcome: Outcome, uid: str, out: Path, journal: _Journal, sealer: SealService | None,
            partner: str | None, method: str, result: OfflineRun) -> None:
-    """One outcome into ``out`` (sealed when the profile changes pixels) and the journal."""
-    if outcome.error is not None:
-        result.problems.append(f"{outcome.source}: {outcome.error.reason}: {outcome.error}")
+    """One outcome into ``out`` (sealed when the profile changes pixels) and the journal;
+    ``uid`` is the source's SOP Instance UID."""
+    if outcome.error is not None or outcome.output is None:
+        error = outcome.error
+        result.problems.append(f"{outcome.source}: {error.reason}: {error}" if error
+                               else f"{outcome.source}: the method returned nothing")
         return
-    if sealer is not None and partner is not None and outcome.output is not None:
+    output = outcome.output
+    if sealer is not None and partner is not None:
         try:
-            ds = sealer.seal(partner, outcome.source, outcome.output, outcome.residual,
-                             method, dict(outcome.parameters))
+            output = sealer.seal(partner, outcome.source, output, outcome.residual, method,
+                                 dict(outcome.parameters))
         except Exception as exc:
             result.problems.append(f"{outcome.source}: seal_failed: {type(exc).__name__}: {exc}")
             return
-    elif isinstance(outcome.output, Dataset):
-        ds = outcome.output
-    elif outcome.output is not None:
-        source = outcome.output
-        name = f"{dcmread(source, stop_before_pixels=True).SOPInstanceUID}.dcm"
+    if isinstance(output, Dataset):
+        ds = output
+        name = f"{ds.SOPInstanceUID}.dcm"
+        _durable(lambda target: ds.save_as(target, enforce_file_format=True), out / name)
+    else:  # a file passed as it is: the source itself, or another file the method names
+        source = output
+        sop = uid if source == outcome.source else dcmread(source, stop_before_pixels=True
+                                                            ).SOPInstanceUID
+        name = f"{sop}.dcm"
         _durable(lambda target: shutil.copyfile(source, target), out / name)
-        journal.record(uid, name)
-        result.written += 1
-        return
-    else:
-        return
-    name = f"{ds.SOPInstanceUID}.dcm"
-    _durable(lambda target: ds.save_as(target, enforce_file_format=True), out / name)
     journal.record(uid, name)
     result.written += 1
