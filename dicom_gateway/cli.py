@@ -70,12 +70,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise
 
     def _term(signum: int, frame: object) -> None:
-        logging.getLogger(__name__).info("signal %d: stopping", signum)
+        if gateway.stopping:  # a second signal: stop draining
+            logging.getLogger(__name__).info("signal %d: draining cut short", signum)
+            gateway.cut_drain()
+            return
+        logging.getLogger(__name__).info("signal %d: draining, then stopping", signum)
         gateway.request_stop()
 
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
     gateway.wait()
+    gateway.drain(config.gateway.drain_seconds)
     gateway.stop()
     return 0
 

@@ -2,8 +2,7 @@
 
 Every error names the file, the key path and the problem (:class:`~.errors.ConfigError`).
 Unknown keys are errors too: a typo must not silently fall back to a default. Relative paths
-are resolved against the directory of the configuration file. The keys, defaults and meaning
-are documented in ``config/gateway.example.yaml``.
+are resolved against the configuration file's directory. Keys: ``config/gateway.example.yaml``.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from .config_yaml import read_yaml
 from .deid.options import DeidOptionError, parse_deidentify
 from .errors import ConfigError, KeyFileError
 from .protect.options import NoneOptions, OptionError
-from .protect.registry import method_names, parse_options
+from .protect.registry import instance_scoped, method_names, parse_options
 from .route import Matcher, Route, parse_matcher, tag_from_key
 from .seal.keys import load_gateway_keys, load_partner_key
 from .settings import (
@@ -138,7 +137,7 @@ def _gateway(r: _Reader, base_dir: Path) -> GatewayConfig:
     r.mapping(["ae_title", "listen", "allowed_callers", "spool_dir", "max_associations",
                "study_stable_seconds", "max_pdu_bytes", "acse_timeout_seconds",
                "dimse_timeout_seconds", "network_timeout_seconds", "rescan_seconds",
-               "max_dataset_bytes", "require_called_ae_title",
+               "max_dataset_bytes", "require_called_ae_title", "drain_seconds",
                *LIMIT_KEYS])  # config_limits: decision 0022
     callers_r = r.child("allowed_callers")
     if not r.has("allowed_callers"):
@@ -163,6 +162,7 @@ def _gateway(r: _Reader, base_dir: Path) -> GatewayConfig:
         max_dataset_bytes=r.get("max_dataset_bytes", int, 1 << 30, check=checks.positive),
         limits=connection_limits(r),
         require_called_ae_title=r.get("require_called_ae_title", bool, True),
+        drain_seconds=r.get("drain_seconds", float, 30.0, check=checks.non_negative),
     )
 
 
@@ -197,7 +197,7 @@ def _profile(name: str, r: _Reader, base_dir: Path) -> ProfileConfig:
         raise r.error("expected a mapping with at least 'method'")
     method = r.get("method", str, check=lambda m: None if m in method_names()
                    else f"unknown method {m!r} (available: {', '.join(method_names())})")
-    common = {"method", "require_pixel_data", "on_unprotectable", "deidentify"}
+    common = {"method", "require_pixel_data", "on_unprotectable", "deidentify", "release"}
     try:
         options = parse_options(method, {k: v for k, v in r.data.items() if k not in common},
                                 base_dir)
@@ -217,7 +217,18 @@ def _profile(name: str, r: _Reader, base_dir: Path) -> ProfileConfig:
                                else "must be 'quarantine' or 'forward'"),
         options=options,
         deidentify=deidentify,
+        release=r.get("release", str, "instance" if instance_scoped(method) else "study",
+                      check=lambda v: _release_problem(method, v)),
     )
+
+
+def _release_problem(method: str, value: str) -> str | None:
+    """``release: instance`` only for a method that reads no other instance (decision 0028)."""
+    if value not in ("instance", "study"):
+        return "must be 'instance' or 'study'"
+    return (f"method {method!r} protects a whole series with its study's context, so its "
+            f"instances wait for the study to be quiet: use 'study' (or leave it out)"
+            if value == "instance" and not instance_scoped(method) else None)
 
 
 _MATCH_KEYS = ("calling_ae", "called_ae", "modality", "sop_class_uid", "tags")

@@ -134,8 +134,10 @@ def _child_main(partner: PartnerConfig, root: str, rescan_seconds: float, log_le
                 parent_pid: int) -> None:
     from .delivery import PartnerQueue
     from .logsafe import scrub_logs
+    from .priority import run_in_background
 
     _die_with_parent()
+    run_in_background()  # receiving comes first (decision 0028); threads started later inherit
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     logging.basicConfig(level=getattr(logging, log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

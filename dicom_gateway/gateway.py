@@ -77,11 +77,14 @@ class Gateway:
         self.worker = StudyWorker(self.spool, self.stage, self.metrics, self._enqueue, sealer,
                                   deid, self.audit)
         self.assembler = StudyAssembler(self.spool, config.gateway.study_stable_seconds,
-                                        self.worker, self.metrics, config.gateway.rescan_seconds)
+                                        self.worker, self.metrics, config.gateway.rescan_seconds,
+                                        stream=self.worker.stream)
         self.receiver = Receiver(config, self.spool, Router(config.routes), self.metrics,
                                  self.assembler.note_arrival, self.audit)
         self.endpoint: OpsEndpoint | None = None
         self._stop = threading.Event()
+        self._draining = False
+        self._cut_drain = threading.Event()
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self.metrics.spool_free_bytes.set_function(self.spool.free_bytes)
         audit = self.audit
@@ -134,12 +137,44 @@ class Gateway:
                 _log.error("audit: %s", exc)
         _log.info("stopped")
 
+    def drain(self, seconds: float) -> dict[str, int]:
+        """Stop taking work and finish what is under way, for at most ``seconds`` (SIGTERM;
+        :meth:`stop` follows): ``/readyz`` says ``draining``, the listener closes, associations
+        in progress may end, streamed instances are handed on and the outboxes delivered. What
+        is left stays in the spool for this gateway's next start; returns its counts."""
+        self._draining = True
+        self.receiver.stop()
+        deadline = time.monotonic() + seconds
+        _log.info("draining for up to %.0f s: %d association(s) open", seconds,
+                  self.receiver.associations)
+
+        def busy() -> bool:
+            return bool(self.receiver.associations or self.assembler.streaming or any(
+                self.spool.outbox_entries(name) for name in self.forwarders))
+
+        while busy() and time.monotonic() < deadline and not self._cut_drain.wait(0.1):
+            pass
+        left = {"associations": self.receiver.associations,
+                "inbox": sum(1 for _ in self.spool.entries("inbox")),
+                "outbox": sum(len(self.spool.outbox_entries(n)) for n in self.forwarders)}
+        _log.info("drained: %s left (kept in the spool for the next start)", left)
+        return left
+
+    def cut_drain(self) -> None:
+        """End :meth:`drain` now (a second signal)."""
+        self._cut_drain.set()
+
     def wait(self) -> None:
         """Block until :meth:`request_stop` (e.g. from a signal handler)."""
         self._stop.wait()
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`request_stop` was called."""
+        return self._stop.is_set()
 
     def _supervise(self) -> None:
         next_audit_try = 0.0
@@ -160,6 +195,8 @@ class Gateway:
         return (not dead, "ok" if not dead else "dead threads: " + ", ".join(dead))
 
     def ready(self) -> tuple[bool, str]:
+        if self._draining:
+            return False, "draining"
         ok, why = self.healthy()
         if not ok:
             return ok, why

@@ -79,12 +79,18 @@ class Metrics:
             "plain_tcp_links", "1 for a DICOM link configured without TLS, 0 with TLS (link: "
             "listener or partner; partner: its name, empty for the listener)",
             ["link", "partner"], namespace=_NS, registry=r)
+        self._stage_metrics(r)
 
-        # assemble + protect
+    def _stage_metrics(self, r: CollectorRegistry) -> None:
+        """Assembling, protecting, the spool and the audit trail."""
         self.open_studies = Gauge(
             "open_studies", "Studies in the inbox waiting to be stable", namespace=_NS, registry=r)
         self.studies_released = Counter(
             "studies_released", "Studies (or late parts of studies) released for processing",
+            namespace=_NS, registry=r)
+        self.streamed_instances = Counter(
+            "streamed_instances", "Instances processed as soon as they were durable, without "
+            "waiting for their study to be quiet (profiles with release: instance)",
             namespace=_NS, registry=r)
         self.protect_seconds = Histogram(
             "protect_duration_seconds", "Protection time per instance, by method (a series "

@@ -86,11 +86,13 @@ class Receiver:
     spool, router, metrics
         Where instances go, how destinations are chosen, what is counted.
     on_stored : callable
-        Called with the study key after an instance is committed (starts the study's timer).
+        Called with the study key after an instance is committed (starts the study's timer),
+        and ``True`` when every destination's profile releases per instance (decision 0028).
     """
 
     def __init__(self, config: Config, spool: Spool, router: Router, metrics: Metrics,
-                 on_stored: Callable[[str], None], audit: AuditTrail | None = None) -> None:
+                 on_stored: Callable[[str, bool], None], audit: AuditTrail | None = None
+                 ) -> None:
         self._config = config
         self._audit = audit
         self._spool = spool
@@ -148,6 +150,13 @@ class Receiver:
     @property
     def listening(self) -> bool:
         return self._server is not None
+
+    @property
+    def associations(self) -> int:
+        """Inbound associations open now (they outlive :meth:`stop`, which only closes the
+        listener)."""
+        with self._lock:
+            return len(self._open)
 
     # -- association bookkeeping ------------------------------------------------------------
     def _handle_open(self, event: evt.Event) -> None:
@@ -286,7 +295,8 @@ class Receiver:
             label = "out_of_resources" if exc.out_of_space else "error"
             raise Refusal(Status.OUT_OF_RESOURCES, label, str(exc)) from None
         self._audit_received(entry, record, sop)
-        self._on_stored(safe_key(study))
+        self._on_stored(safe_key(study), all(
+            self._config.profiles[d.profile].release == "instance" for d in destinations))
         _log.info("stored sop=%s study=%s from=%s to=%s", sop, study, calling,
                   ",".join(d.partner for d in destinations))
         return "stored", "", size

@@ -127,6 +127,8 @@ class GatewayConfig:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # decision 0022
     #: an A-ASSOCIATE-RQ whose called AE title is not ``ae_title`` is rejected (issue 15)
     require_called_ae_title: bool = True
+    #: on SIGTERM, how long associations in progress and queued deliveries may take to finish
+    drain_seconds: float = 30.0
 
     def accepts_called(self, called_ae: str) -> bool:
         """Whether an association addressed to ``called_ae`` (stripped) is for this gateway."""
@@ -179,6 +181,9 @@ class ProfileConfig:
     on_unprotectable: str  # "quarantine" (default, fail closed) or "forward"
     options: MethodOptions  # the method's own typed settings
     deidentify: DeidConfig | None = None  # None: headers leave as received
+    #: "instance": each instance is processed as soon as it is durable (a method that reads no
+    #: other instance); "study": after the study has been quiet (decision 0028)
+    release: str = "study"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,14 @@ restart every study in the inbox starts a full quiet period: a half-received stu
 released early because the gateway was down (decision 0005). The inbox is also rescanned every
 ``rescan_seconds``, so instances put back by ``dicom-gateway spool retry --state quarantine``
 while the gateway runs are released like new arrivals.
+
+An instance whose every destination's profile says ``release: instance`` (the default for a
+method that reads no other instance: ``none``, ``adversarial_perturbation``,
+``adversarial_watermark``; decision 0028) does not wait: the receiver says so, and the
+assembler hands the study to ``stream`` at once, which processes just those instances. What
+arrived meanwhile is taken in the same pass, so a fast sender's instances go in small batches.
+Such a study still gets its quiet period: the release at its end finds the inbox empty (or
+holds what did not stream) and removes the study's directories.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from .metrics import Metrics
+from .priority import run_in_background
 from .spool import Spool
 
 __all__ = ["StudyAssembler"]
@@ -28,23 +37,30 @@ class StudyAssembler:
     """Tracks the last arrival per study and calls ``release(study_key)`` when it is stable."""
 
     def __init__(self, spool: Spool, stable_seconds: float, release: Callable[[str], None],
-                 metrics: Metrics, rescan_seconds: float = 5.0) -> None:
+                 metrics: Metrics, rescan_seconds: float = 5.0,
+                 stream: Callable[[str], None] | None = None) -> None:
         self._spool = spool
         self._stable = stable_seconds
         self._rescan = rescan_seconds
         self._next_rescan = 0.0
         self._release = release
+        self._stream = stream
         self._metrics = metrics
         self._last: dict[str, float] = {}
+        self._streaming: dict[str, None] = {}  # studies with instances to stream, in order
+        self._busy = False  # a release or a stream pass is running
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
         metrics.open_studies.set_function(lambda: len(self._last))
 
-    def note_arrival(self, study: str) -> None:
-        """An instance of ``study`` was committed to the inbox (called by the receiver)."""
+    def note_arrival(self, study: str, stream: bool = False) -> None:
+        """An instance of ``study`` was committed to the inbox (called by the receiver);
+        ``stream``: it need not wait for the study to be quiet (``release: instance``)."""
         with self._cond:
             self._last[study] = time.monotonic()
+            if stream and self._stream is not None:
+                self._streaming[study] = None
             self._cond.notify()
 
     def start(self) -> None:
@@ -63,6 +79,12 @@ class StudyAssembler:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether instances wait to be streamed, or a pass over a study is running."""
+        with self._cond:
+            return bool(self._streaming) or self._busy
 
     @property
     def alive(self) -> bool:
@@ -90,6 +112,7 @@ class StudyAssembler:
             self.note_arrival(study)
 
     def _run(self) -> None:
+        run_in_background()  # receiving comes first: protection and sealing use what is left
         while True:
             if time.monotonic() >= self._next_rescan:
                 self._rescan_inbox()
@@ -97,18 +120,38 @@ class StudyAssembler:
                 if self._stopping:
                     return
                 due, wait = self._due()
-                if not due:
+                streaming = [s for s in self._streaming if s not in due]
+                self._streaming.clear()
+                if not due and not streaming:
                     until_rescan = self._next_rescan - time.monotonic()
                     self._cond.wait(timeout=max(0.01, min(wait, until_rescan, 1.0)))
                     continue
                 for study in due:
                     del self._last[study]
-            for study in due:
-                if self._stopping:
-                    return
-                try:
-                    self._release(study)
-                    self._metrics.studies_released.inc()
-                except Exception:  # keep the study in the inbox, try again after a quiet period
-                    _log.exception("processing study %s failed; will retry", study)
-                    self.note_arrival(study)
+                self._busy = True
+            try:
+                self._pass(streaming, due)
+            finally:
+                with self._cond:
+                    self._busy = False
+
+    def _pass(self, streaming: list[str], due: list[str]) -> None:
+        """Stream the instances of ``streaming``, then release the ``due`` studies."""
+        for study in streaming:
+            if self._stopping:
+                return
+            assert self._stream is not None
+            try:
+                self._stream(study)
+            except Exception:  # what did not stream waits for the study's quiet release
+                _log.exception("streaming study %s failed; its instances wait for the "
+                               "study to be quiet", study)
+        for study in due:
+            if self._stopping:
+                return
+            try:
+                self._release(study)
+                self._metrics.studies_released.inc()
+            except Exception:  # keep the study in the inbox, try again after a quiet period
+                _log.exception("processing study %s failed; will retry", study)
+                self.note_arrival(study)

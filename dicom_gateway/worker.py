@@ -62,21 +62,51 @@ class StudyWorker:
         self._metrics = metrics
         self._enqueue = enqueue
         self._pending: dict[Path, list[tuple[str, Entry]]] = {}
+        self._stream_answers: dict[str, bool] = {}  # routing record name -> streams
 
     def __call__(self, study: str) -> None:
+        """Process every instance of ``study`` in the inbox (the study has been quiet)."""
         claimed = self._spool.claim(self._spool.inbox_entries(study))
         if not claimed:
             self._spool.remove_empty_study(study)
             return
+        self._run(study, claimed, streamed=False)
+
+    def stream(self, study: str) -> None:
+        """Process the instances of ``study`` in the inbox whose every destination releases
+        per instance (``release: instance``, decision 0028); the others wait for the study to
+        be quiet. The study's directories stay for its next instances: the quiet release
+        removes them."""
+        claimed = self._spool.claim([e for e in self._spool.inbox_entries(study)
+                                     if self._streams(e)])
+        if claimed:
+            self._run(study, claimed, streamed=True)
+            self._metrics.streamed_instances.inc(len(claimed))
+
+    def _streams(self, entry: Entry) -> bool:
+        """Whether every destination of ``entry`` releases per instance (a routing record is
+        named by a hash of its content, so its answer is kept by name)."""
+        name = entry.record_path.name
+        answer = self._stream_answers.get(name)
+        if answer is None:
+            record = self._spool.record(entry)  # missing: the quiet release quarantines it
+            answer = record is not None and bool(record.destinations) and all(
+                self._stage.release(d.profile) == "instance" for d in record.destinations)
+            if len(self._stream_answers) >= 4096:
+                self._stream_answers.clear()
+            self._stream_answers[name] = answer
+        return answer
+
+    def _run(self, study: str, claimed: list[Entry], streamed: bool) -> None:
         try:
-            self._process(study, claimed)
+            self._process(study, claimed, streamed)
         except Exception:
             for entry in claimed:  # back to the inbox: the assembler retries after a quiet period
                 self._spool.unclaim(entry)
             self._pending.clear()
             raise
 
-    def _process(self, study: str, claimed: list[Entry]) -> None:
+    def _process(self, study: str, claimed: list[Entry], streamed: bool = False) -> None:
         # series -> profile -> [(entry, partners)]
         batches: dict[str, dict[str, list[tuple[Entry, list[str]]]]] = defaultdict(
             lambda: defaultdict(list))
@@ -120,6 +150,10 @@ class StudyWorker:
             self._spool.finish_work(entry)
             for partner, out in self._pending.pop(entry.path, []):
                 self._enqueue(partner, out)
+        if streamed:
+            _log.debug("streamed study=%s instances=%d partners=%s", study, len(claimed),
+                       ",".join(sorted(touched)))
+            return
         self._spool.remove_empty_study(study)
         _log.info("released study=%s instances=%d partners=%s", study, len(claimed),
                   ",".join(sorted(touched)))

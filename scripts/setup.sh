@@ -20,6 +20,7 @@ if [ "$want_test" = 1 ]; then
   pick systemd-analyze systemd   # tests/test_ops.py verifies the systemd unit
   pick unshare util-linux
   pick ip iproute2
+  pick haproxy haproxy           # tests/test_replicas.py: gateways behind a TCP load balancer
 fi
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${apt_pkgs[*]}"

@@ -79,6 +79,7 @@ class RecordingSCP:
             self._received: list[tuple[str, str]] = []
             self._counts: Counter[str] = Counter()
             self._hashes: dict[str, str | None] = {}
+            self._callers: dict[str, set[str]] = {}
             self._connections = 0
             self._attempts = 0
 
@@ -149,6 +150,7 @@ class RecordingSCP:
             self._received.append((sop_uid, str(event.context.transfer_syntax)))
             self._counts[sop_uid] += 1
             self._hashes[sop_uid] = digest
+            self._callers.setdefault(sop_uid, set()).add(event.assoc.requestor.ae_title.strip())
             self._cond.notify_all()
         return status
 
@@ -189,6 +191,12 @@ class RecordingSCP:
         """Deliveries beyond the first one of each SOP instance."""
         with self._cond:
             return sum(count - 1 for count in self._counts.values())
+
+    @property
+    def callers(self) -> dict[str, set[str]]:
+        """The calling AE titles each instance was stored by."""
+        with self._cond:
+            return {sop: set(aes) for sop, aes in self._callers.items()}
 
     @property
     def pixel_hashes(self) -> dict[str, str | None]:

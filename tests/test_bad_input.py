@@ -228,7 +228,8 @@ def test_spool_disk_full_answers_out_of_resources_and_keeps_serving(tmp_path: Pa
         first_full = statuses.index(0xA700)
         assert all(s == 0 for s in statuses[:first_full])
         assert _echo(port) == 0  # still serving
-        stored = list((tiny_spool / "spool" / "inbox").rglob("*.dcm"))
+        stored = [p for state in ("inbox", "work", "outbox")  # waiting, or streamed on
+                  for p in (tiny_spool / "spool" / state).rglob("*.dcm")]
         assert len(stored) == first_full  # every acknowledged instance is in the spool, intact
         for path in stored:
             assert dcmread(path).SOPInstanceUID

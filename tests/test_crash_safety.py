@@ -80,12 +80,17 @@ def _wait(pred, timeout: float = 120.0) -> bool:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_sigkill_at_many_moments_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("release", ["study", "instance"])
+def test_sigkill_at_many_moments_loses_nothing(tmp_path: Path, release: str) -> None:
+    """Killed while receiving, assembling (``release: study``) or streaming (``release:
+    instance``: forwarding runs while the sender still sends), right after a restart, and
+    while forwarding: every acknowledged instance reaches the partner."""
     files = copy_ct_series(tmp_path / "study", n_instances=N, study_uid=generate_uid())
     scp = RecordingSCP(delay_seconds=0.01, hash_pixels=False).start()
     raw = base_config(tmp_path / "spool", [partner("recorder", scp.port, associations=2)],
                       [{"name": "all", "match": {}, "to": ["recorder"], "profile": "passthrough"}],
                       study_stable_seconds=2.0)
+    raw["profiles"]["passthrough"]["release"] = release
     gw = GatewayProcess(raw, tmp_path)
     sender = Sender(gw.port, files)
     kills: list[str] = []
@@ -109,8 +114,11 @@ def test_sigkill_at_many_moments_loses_nothing(tmp_path: Path) -> None:
         sender.start()
         sender.wait()
         assert sender.count() == N
-        assert list((tmp_path / "spool" / "inbox").rglob("*.dcm"))  # still assembling
-        kill("mid-assembly (study not yet stable)")
+        if release == "study":
+            assert list((tmp_path / "spool" / "inbox").rglob("*.dcm"))  # still assembling
+            kill("mid-assembly (study not yet stable)")
+        else:
+            kill("after the last acknowledgement, mid-stream")
         gw.start()
         time.sleep(0.5)
         kill("right after restart, during the new quiet period")

@@ -35,6 +35,10 @@ def test_counters_equal_what_happened(tmp_path: Path, recording_scp: RecordingSC
         while metric(scrape(ops), "dicom_gateway_queue_depth", partner="recorder") and (
                 time.monotonic() < deadline):
             time.sleep(0.05)
+        # the five studies streamed (release: instance); each is released once more, empty,
+        # when it has been quiet (0.5 s), which closes it
+        while metric(scrape(ops), "dicom_gateway_open_studies") and time.monotonic() < deadline:
+            time.sleep(0.05)
         text = urllib.request.urlopen(f"http://127.0.0.1:{ops}/metrics").read().decode()
         samples = scrape(ops)
         health = urllib.request.urlopen(f"http://127.0.0.1:{ops}/healthz").read()
@@ -55,6 +59,7 @@ def test_counters_equal_what_happened(tmp_path: Path, recording_scp: RecordingSC
     assert m("dicom_gateway_queue_depth", partner="recorder") == 0
     assert m("dicom_gateway_open_studies") == 0
     assert m("dicom_gateway_studies_released_total") == 5
+    assert m("dicom_gateway_streamed_instances_total") == 5
     received = m("dicom_gateway_received_bytes_total", calling_ae="HOSPITAL_PACS") + m(
         "dicom_gateway_received_bytes_total", calling_ae="MODALITY")
     assert received > 5 * 30_000

@@ -280,7 +280,7 @@ def test_kubernetes_manifests_validate_against_the_api_schemas(tmp_path: Path) -
             kv.validate(doc, version, strict=True)  # raises ValidationError
     kinds = {doc["kind"]: doc for name, doc in docs if name != "rendered.yaml"}
     assert set(kinds) >= {"Namespace", "ConfigMap", "Secret", "StatefulSet", "Service",
-                          "ServiceMonitor"}
+                          "ServiceMonitor", "PodDisruptionBudget"}
     kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
     for resource in kustomization["resources"]:
         assert (DEPLOY / "kubernetes" / resource).is_file(), resource
@@ -306,6 +306,12 @@ def test_kubernetes_manifests_validate_against_the_api_schemas(tmp_path: Path) -
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert "nvidia.com/gpu" in (DEPLOY / "kubernetes" / "statefulset.yaml").read_text()
+    # replicas: the budget selects the gateways, and a drain fits in the grace period
+    gateways = kinds["StatefulSet"]["spec"]["selector"]["matchLabels"]
+    assert kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == gateways
+    assert kinds["StatefulSet"]["spec"]["replicas"] > 1
+    assert pod["terminationGracePeriodSeconds"] > config.gateway.drain_seconds + max(
+        p.dimse_timeout_seconds for p in config.partners.values())
 
     # the ServiceMonitor selects the Service that has the metrics port, and names the job
     monitor = kinds["ServiceMonitor"]

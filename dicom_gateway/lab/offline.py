@@ -34,7 +34,7 @@ from pydicom.dataset import Dataset
 from ..errors import ConfigError, GatewayError
 from ..metrics import Metrics
 from ..progress import Progress
-from ..protect import Outcome
+from ..protect import INSTANCE_SCOPED, Outcome
 from ..seal.service import SealService
 from ..settings import Config
 from ..spool_tmp import fsync_dir
@@ -43,7 +43,7 @@ from ..stage import ProtectionStage, configure_device, study_context
 __all__ = ["JOURNAL", "PER_INSTANCE", "OfflineRun", "protect_files"]
 
 JOURNAL = ".dicom-gateway-protect"
-PER_INSTANCE = frozenset({"adversarial_perturbation", "adversarial_watermark"})
+PER_INSTANCE = INSTANCE_SCOPED - {"none"}
 
 
 @dataclass

@@ -17,15 +17,25 @@ from __future__ import annotations
 from .device import protection_device
 from .method import Outcome, ProtectionMethod, StudyContext
 from .options import OptionError, Options, parse_epsilon
-from .registry import create_method, method_names, options_class, parse_options, register_method
+from .registry import (
+    INSTANCE_SCOPED,
+    create_method,
+    instance_scoped,
+    method_names,
+    options_class,
+    parse_options,
+    register_method,
+)
 
 __all__ = [
+    "INSTANCE_SCOPED",
     "OptionError",
     "Options",
     "Outcome",
     "ProtectionMethod",
     "StudyContext",
     "create_method",
+    "instance_scoped",
     "method_names",
     "options_class",
     "parse_epsilon",

@@ -20,7 +20,8 @@ from .options import (
     WatermarkOptions,
 )
 
-__all__ = ["create_method", "method_names", "options_class", "parse_options", "register_method"]
+__all__ = ["INSTANCE_SCOPED", "create_method", "instance_scoped", "method_names", "options_class",
+           "parse_options", "register_method"]
 
 Factory = Callable[[Any], ProtectionMethod]
 
@@ -35,6 +36,14 @@ _LAZY: dict[str, tuple[str, type[Options]]] = {
     "unlearnable": (".unlearnable:Unlearnable", UnlearnableOptions),
 }
 _PROTECT_EXTRA = ("torch", "torchvision", "h5py")
+#: Methods whose output for an instance depends on that instance alone (and the profile): no
+#: other instance of its series or study is read. The gateway may release such an instance as
+#: soon as it is durable (``release: instance``, decision 0028) and the offline tools may split
+#: a series. ``unlearnable`` is not one: it crafts one release over the whole series and reads
+#: the study's SEG instances. A method added with :func:`register_method` is not either unless
+#: it says so.
+INSTANCE_SCOPED = frozenset({"none", "adversarial_perturbation", "adversarial_watermark"})
+_instance_scoped: set[str] = set(INSTANCE_SCOPED)
 
 
 def _resolve(method: str) -> tuple[Factory, type[Options]]:
@@ -56,9 +65,22 @@ def _resolve(method: str) -> tuple[Factory, type[Options]]:
     return _METHODS[method]
 
 
-def register_method(name: str, factory: Factory, options: type[Options] = NoneOptions) -> None:
-    """Make a method available to profiles (used by later methods and by tests)."""
+def register_method(name: str, factory: Factory, options: type[Options] = NoneOptions,
+                    instance_scoped: bool = False) -> None:
+    """Make a method available to profiles (used by later methods and by tests);
+    ``instance_scoped``: its output for an instance reads no other instance (see
+    :data:`INSTANCE_SCOPED`)."""
     _METHODS[name] = (factory, options)
+    if instance_scoped:
+        _instance_scoped.add(name)
+    else:
+        _instance_scoped.discard(name)
+
+
+def instance_scoped(method: str) -> bool:
+    """Whether ``method`` protects each instance on its own (:data:`INSTANCE_SCOPED`, or
+    registered so), so that an instance need not wait for the rest of its study."""
+    return method in _instance_scoped
 
 
 def method_names() -> list[str]:
