@@ -276,6 +276,7 @@ class WatermarkOptions(Options):
     texture: float = option(0.5, number(0, 1))
     texture_steps: int = option(20, integer(0, 1000))
     jpeg: bool = option(True, boolean)
+    scoring: str = option("surrogate", choice("surrogate", "full"))
 
     def check(self) -> None:
         if self.alpha_min > self.alpha_max or self.alpha_max == 0:

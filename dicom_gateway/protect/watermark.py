@@ -67,7 +67,7 @@ def gradcam_keepout(image: torch.Tensor, surrogate: Any, fraction: float = 0.25)
     cam = F.interpolate(cam, size=image.shape[1:], mode="bilinear", align_corners=False)[0, 0]
     cam = cam.detach()
     if float(cam.max()) <= 0:
-        return torch.zeros(image.shape[1:], dtype=torch.bool)
+        return torch.zeros(image.shape[1:], dtype=torch.bool, device=image.device)
     return (cam >= torch.quantile(cam.flatten(), 1 - fraction)).detach()
 
 
@@ -120,12 +120,13 @@ class AdversarialWatermark:
             marks = []
             frames = view.values.shape[0]
             for f in range(frames):  # each frame gets its own mark
-                image = torch.from_numpy(view.values[f].transpose(2, 0, 1)).float()
+                image = torch.from_numpy(view.values[f].transpose(2, 0, 1)).float().to(
+                    self.device)  # the surrogates' device
                 keep = (gradcam_keepout(image, self.surrogates[0], o.keepout_saliency)
                         if o.keepout_saliency else None)
                 r = search_watermark(image, self.surrogates, self.logo, keepout=keep,
                                      quantum=1.0 / (view.hi - view.lo), **settings)
-                delta[f] = r.image.numpy().transpose(1, 2, 0) - view.values[f]
+                delta[f] = r.image.cpu().numpy().transpose(1, 2, 0) - view.values[f]
                 marks.append({**r.params, "fooled": r.fooled, "score": r.score,
                               "textured": r.textured})
                 report(1 / frames)
@@ -146,7 +147,8 @@ def search_settings(options: WatermarkOptions | Mapping[str, Any]) -> dict[str, 
             "alpha_range": (float(o["alpha_min"]), float(o["alpha_max"])),
             "population": int(o["population"]), "generations": int(o["generations"]),
             "jpeg": bool(o["jpeg"]), "max_rotation": float(o["max_rotation"]),
-            "texture": float(o["texture"]), "texture_steps": int(o["texture_steps"])}
+            "texture": float(o["texture"]), "texture_steps": int(o["texture_steps"]),
+            "scoring": str(o["scoring"])}
 
 
 def load_logo(path: str | None, text: str = "PROTECTED", style: str = "solid") -> torch.Tensor:

@@ -8,7 +8,10 @@ A logo's position, scale, rotation and transparency are searched so the surrogat
 stops predicting the image's label. Every generation renders the whole population in one batch
 (``grid_sample`` with one affine transform per candidate) and scores it in one forward pass per
 surrogate, averaged over the victim's likely preprocessing (antialiased resize, and the same
-followed by JPEG q75). Candidates are scored as stored: quantized to the output's step.
+followed by JPEG q75). By default (``scoring="surrogate"``) an image larger than the
+surrogates' input is scored on a render at that input size, and what the search keeps is
+drawn and checked again at full resolution, quantized to the output's step, as stored
+(:mod:`.watermark_scoring`); ``scoring="full"`` scores every candidate that way.
 
 Hard constraints, checked on the rendered mark: its footprint (every pixel it can change after
 rounding) never touches the keep-out mask (lesion mask and/or the surrogate's Grad-CAM
@@ -33,10 +36,26 @@ import torch
 import torch.nn.functional as F
 
 from .surrogate import as_input
+from .watermark_scoring import (
+    FullScoring,
+    Scored,
+    SmallScoring,
+    as_stored,
+    box_area,
+    jpeg_round_trip,
+    label_margin,
+    label_probability,
+    make_scoring,
+    prepare_variants,
+    render,
+)
 
 __all__ = ["WatermarkResult", "as_stored", "box_area", "jpeg_round_trip",
            "label_margin", "label_probability", "placement_params", "prepare_variants", "render",
            "search_watermark"]
+#: how many candidates the approximate scoring says fool the ensemble are drawn and checked
+#: at full resolution per generation
+CONFIRM = 4
 
 
 @dataclass
@@ -51,106 +70,6 @@ class WatermarkResult:
     textured: bool = False  # the fill was refined (``texture`` > 0 and the placement alone failed)
 
 
-def jpeg_round_trip(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
-    """JPEG round trip of a batch in [0, 1] through Pillow (what a victim's pipeline does)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    out = []
-    for img in (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy():
-        arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
-        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
-        out.append(back[None] if back.ndim == 2 else back.transpose(2, 0, 1))
-    return torch.from_numpy(np.stack(out)).float().div(255).to(x.device)
-
-
-def prepare_variants(x: torch.Tensor, surrogate: Any, jpeg: bool) -> list[torch.Tensor]:
-    x = as_input(x, surrogate)
-    return [x, jpeg_round_trip(x)] if jpeg else [x]
-
-
-@torch.no_grad()
-def label_probability(x: torch.Tensor, surrogates: Sequence[Any], label: int,
-                       jpeg: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean probability of ``label`` per candidate, and whether every view is fooled."""
-    probs, fooled = [], torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    for s in surrogates:
-        for v in prepare_variants(x, s, jpeg):
-            p = F.softmax(s.model(v), 1)
-            probs.append(p[:, label])
-            fooled &= p.argmax(1) != label
-    return torch.stack(probs).mean(0), fooled
-
-
-def label_margin(x: torch.Tensor, surrogates: Sequence[Any], label: int) -> torch.Tensor:
-    """Mean logit margin of ``label`` over the runner-up (differentiable; > 0: still right)."""
-    total = torch.zeros(x.shape[0], device=x.device)
-    for s in surrogates:
-        logits = s.model(as_input(x, s))
-        other = logits.clone()
-        other[:, label] = float("-inf")
-        total = total + logits[:, label] - other.amax(1)
-    return total / len(surrogates)
-
-
-def as_stored(image: torch.Tensor, composite: torch.Tensor, alpha: torch.Tensor,
-            quantum: float | None) -> torch.Tensor:
-    """The composites as they will be stored: rounded to ``quantum`` under the mark, the
-    original values elsewhere (``alpha``: ``(N, H, W)``)."""
-    if quantum:
-        composite = torch.round(composite / quantum) * quantum
-    return torch.where(alpha.unsqueeze(1) > 0, composite, image.unsqueeze(0))
-
-
-def render(image: torch.Tensor, logo: torch.Tensor, cand: torch.Tensor,
-            quantum: float | None = 1 / 255) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blend the logo into ``image`` for each candidate ``(x, y, h, alpha[, angle[, level]])``
-    (pixels, radians, grey level of the logo, white if absent; the box's corner pixels are ``x``
-    and ``x + w - 1``, rotation about its centre).
-
-    Returns the composites and the effective alpha per pixel, zero wherever the mark cannot
-    change a stored value (alpha below half of ``quantum``), so ``alpha > 0`` is the footprint.
-    """
-    _, H, W = image.shape
-    n = cand.shape[0]
-    aspect = logo.shape[1] / logo.shape[0]
-    x, y, h, a = cand[:, 0], cand[:, 1], cand[:, 2], cand[:, 3]
-    angle = cand[:, 4] if cand.shape[1] > 4 else torch.zeros_like(x)
-    level = cand[:, 5].view(-1, 1, 1, 1) if cand.shape[1] > 5 else 1.0
-    w = h * aspect
-    cx, cy = x + (w - 1) / 2, y + (h - 1) / 2
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    kx, ky = 2 / (w - 1).clamp_min(1e-3), 2 / (h - 1).clamp_min(1e-3)
-    sx, sy = (W - 1) / 2, (H - 1) / 2
-    theta = torch.zeros(n, 2, 3, device=image.device)  # output grid -> logo coordinates
-    theta[:, 0, 0] = cos * sx * kx
-    theta[:, 0, 1] = sin * sy * kx
-    theta[:, 0, 2] = (cos * (sx - cx) + sin * (sy - cy)) * kx
-    theta[:, 1, 0] = -sin * sx * ky
-    theta[:, 1, 1] = cos * sy * ky
-    theta[:, 1, 2] = (-sin * (sx - cx) + cos * (sy - cy)) * ky
-    grid = F.affine_grid(theta, [n, 1, H, W], align_corners=True)
-    mask = F.grid_sample(logo.to(image.device).expand(n, 1, -1, -1), grid, mode="bilinear",
-                         padding_mode="zeros", align_corners=True)
-    alpha = mask * a.view(-1, 1, 1, 1)
-    alpha = torch.where(alpha >= 0.5 * (quantum or 0.0), alpha, torch.zeros_like(alpha))
-    return image.unsqueeze(0) * (1 - alpha) + alpha * level, alpha[:, 0]
-
-
-def box_area(footprint: torch.Tensor) -> torch.Tensor:
-    """Area of the bounding box of each ``(N, H, W)`` boolean footprint (0 if empty)."""
-    def extent(any_along: torch.Tensor) -> torch.Tensor:
-        idx = torch.arange(any_along.shape[1], device=any_along.device)
-        first = torch.where(any_along, idx, any_along.shape[1]).amin(1)
-        last = torch.where(any_along, idx, -1).amax(1)
-        return (last - first + 1).clamp_min(0)
-    return extent(footprint.any(2)) * extent(footprint.any(1))
-
-
 @dataclass(frozen=True)
 class _Geometry:
     """The search space of one image: candidate bounds ``lo``/``hi`` over (x, y, height, alpha,
@@ -159,6 +78,7 @@ class _Geometry:
     height: int
     width: int
     aspect: float  # the logo's width / height
+    logo_rows: int  # the logo's height in its own pixels
     budget: float
     h_min: float
     h_max: float
@@ -179,7 +99,7 @@ class _Geometry:
         lo = torch.tensor([0.0, 0.0, h_min, alpha_range[0], -turn, levels[0]])
         hi = torch.tensor([W - h_min * aspect, H - h_min, h_max, alpha_range[1], turn,
                            levels[1]])
-        return cls(H, W, aspect, budget, h_min, h_max, lo, hi, keepout)
+        return cls(H, W, aspect, logo.shape[0], budget, h_min, h_max, lo, hi, keepout)
 
     def clip(self, c: torch.Tensor) -> torch.Tensor:
         c = torch.maximum(torch.minimum(c, self.hi), self.lo)
@@ -190,6 +110,36 @@ class _Geometry:
         c[:, 0] = torch.minimum(c[:, 0], self.width - c[:, 2] * a)  # the box inside the image
         c[:, 1] = torch.minimum(c[:, 1], self.height - c[:, 2])
         return c
+
+    def box_ok(self, c: torch.Tensor) -> torch.Tensor:
+        """The hard constraints on the candidates' rotated boxes (for the approximate scoring):
+        the bounding rectangle, one pixel wider each side, clear of the keep-out (a
+        summed-area table); the area is :meth:`clip`'s (the rotated box's bounding rectangle
+        fits the budget)."""
+        a = self.aspect
+        w, h = c[:, 2] * a, c[:, 2]
+        cos, sin = c[:, 4].cos().abs(), c[:, 4].sin().abs()
+        cx, cy = c[:, 0] + (w - 1) / 2, c[:, 1] + (h - 1) / 2
+        fringe = h / self.logo_rows  # bilinear sampling reaches one logo pixel past the box
+        hx = (w * cos + h * sin) / 2 + fringe + 1
+        hy = (w * sin + h * cos) / 2 + fringe + 1
+        fits = (2 * hx - 2) * (2 * hy - 2) <= self.budget + 1e-6
+        if self.keepout is None:
+            return fits
+        x0 = (cx - hx).floor().clamp(0, self.width).long()
+        x1 = (cx + hx).ceil().clamp(0, self.width).long() + 1
+        y0 = (cy - hy).floor().clamp(0, self.height).long()
+        y1 = (cy + hy).ceil().clamp(0, self.height).long() + 1
+        table = self._table()
+        x1, y1 = x1.clamp(max=self.width), y1.clamp(max=self.height)
+        inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+        return fits & (inside == 0)
+
+    def _table(self) -> torch.Tensor:
+        """The keep-out's summed-area table, (H + 1, W + 1), on the CPU."""
+        assert self.keepout is not None
+        k = self.keepout.cpu().long()
+        return F.pad(k.cumsum(0).cumsum(1), (1, 0, 1, 0))
 
     def feasible(self, alpha: torch.Tensor) -> torch.Tensor:
         foot = alpha > 0
@@ -206,27 +156,6 @@ class _Geometry:
                                fooled, score, evaluations, alpha > 0, textured)
 
 
-@dataclass(frozen=True)
-class _Scoring:
-    """What every candidate is scored on: the image, the logo, the surrogates, the label to
-    leave, the views (JPEG or not) and the stored step."""
-
-    image: torch.Tensor
-    logo: torch.Tensor
-    surrogates: Sequence[Any]
-    label: int
-    jpeg: bool
-    quantum: float | None
-
-    def score(self, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                 torch.Tensor]:
-        """(as stored, alpha, probability of the label, fooled) per candidate."""
-        rendered, alpha = render(self.image, self.logo, cand, quantum=self.quantum)
-        rendered = as_stored(self.image, rendered, alpha, self.quantum)
-        score, fooled = label_probability(rendered, self.surrogates, self.label, self.jpeg)
-        return rendered, alpha, score, fooled
-
-
 def search_watermark(image: torch.Tensor, surrogates: Sequence[Any], logo: torch.Tensor,
                      keepout: torch.Tensor | None = None, label: int | None = None,
                      max_area_fraction: float = 1 / 16,
@@ -234,14 +163,17 @@ def search_watermark(image: torch.Tensor, surrogates: Sequence[Any], logo: torch
                      generations: int = 10, jpeg: bool = True, seed: int = 0,
                      max_rotation: float = 15.0, levels: tuple[float, float] = (0.0, 1.0),
                      texture: float = 0.5, texture_steps: int = 20, texture_candidates: int = 32,
-                     quantum: float | None = 1 / 255) -> WatermarkResult:
+                     quantum: float | None = 1 / 255, scoring: str = "surrogate"
+                     ) -> WatermarkResult:
     """Find (x, y, height, alpha, angle, level) for ``logo`` on ``image`` (C, H, W) in [0, 1].
 
     ``max_rotation`` in degrees (0: upright only); ``levels``: the range of the logo's grey
     level ((1, 1): white only); ``texture``: the most a pixel of the mark may deviate from that
     level in the refinement stage (0: none); ``quantum``: the step of the stored values in the
     view (candidates are scored rounded to it, and the footprint is where a stored value can
-    change; None: not rounded).
+    change; None: not rounded); ``scoring``: "surrogate" (candidates scored on a render at the
+    surrogates' input size where the image is larger, the result checked at full resolution)
+    or "full" (every candidate at full resolution).
     """
     g = torch.Generator().manual_seed(seed)
     geo = _Geometry.of(image, logo, max_area_fraction, alpha_range, max_rotation, levels,
@@ -250,12 +182,13 @@ def search_watermark(image: torch.Tensor, surrogates: Sequence[Any], logo: torch
         with torch.no_grad():
             label = int(torch.stack([F.softmax(s.model(as_input(image[None], s)), 1)
                                      for s in surrogates]).sum(0).argmax())
-    scoring = _Scoring(image, logo, surrogates, label, jpeg, quantum)
-    best, best_cand, evaluations = _evolve(scoring, geo, population, generations, g)
+    full = FullScoring(image, logo, surrogates, label, jpeg, quantum, geo.feasible)
+    scorer = make_scoring(full, geo.box_ok, scoring)
+    best, best_cand, evaluations = _evolve(scorer, geo, population, generations, g)
     if best is None or best.fooled:
         return best or WatermarkResult(image, {}, False, math.inf, evaluations)
     if texture > 0 and texture_steps > 0:
-        pool_c, pool_s, scored, step = _texture_pool(scoring, geo, best_cand, best.score,
+        pool_c, pool_s, scored, step = _texture_pool(scorer, geo, best_cand, best.score,
                                                      population, levels, alpha_range[1])
         evaluations += scored
         found = _texture(image, surrogates, logo, label, pool_c, pool_s, texture,
@@ -268,42 +201,71 @@ def search_watermark(image: torch.Tensor, surrogates: Sequence[Any], logo: torch
     return best
 
 
-def _evolve(scoring: _Scoring, geo: _Geometry, population: int, generations: int,
-            g: torch.Generator) -> tuple[WatermarkResult | None, torch.Tensor, int]:
+def _exact(scorer: FullScoring | SmallScoring, geo: _Geometry, cand: torch.Tensor,
+           s: Scored, i: int, evaluations: int) -> WatermarkResult | None:
+    """Candidate ``i`` of a scored batch as a result drawn at full resolution and as stored,
+    or None if it is not feasible there (the approximate scoring's box test let it through)."""
+    if s.rendered is not None and s.alpha is not None:  # the full scoring drew it already
+        return geo.result(s.rendered[i], cand[i], s.alpha[i], bool(s.fooled[i]),
+                          float(s.score[i]), evaluations)
+    e = scorer.exact(cand[i:i + 1])
+    if not bool(e.ok[0]):
+        return None
+    assert e.rendered is not None and e.alpha is not None
+    return geo.result(e.rendered[0], cand[i], e.alpha[0], bool(e.fooled[0]), float(e.score[0]),
+                      evaluations)
+
+
+def _evolve(scorer: FullScoring | SmallScoring, geo: _Geometry, population: int,
+            generations: int, g: torch.Generator
+            ) -> tuple[WatermarkResult | None, torch.Tensor, int]:
     """The placement search: an elitist evolution over the candidates; returns the first
-    candidate that fools every view (then ``fooled``), else the best feasible one, with its
-    candidate vector and the candidates scored."""
+    candidate that fools every view (then ``fooled``; at full resolution, as stored), else the
+    best feasible one, with its candidate vector and the candidates scored."""
     lo, hi = geo.lo, geo.hi
     cand = geo.clip(lo + (hi - lo) * torch.rand(population, 6, generator=g))
     cand[:, 5] = torch.where(torch.arange(population) % 2 == 0, hi[5], lo[5])  # at the ends
     spread = (hi - lo) * torch.tensor([0.08, 0.08, 0.1, 0.1, 0.15, 0.15])
-    best: WatermarkResult | None = None
+    best: tuple[float, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None = None
     best_cand = cand[0]
     evaluations = 0
     for _ in range(generations):
-        rendered, alpha, score, fooled = scoring.score(cand)
+        s = scorer.score(cand)
         evaluations += len(cand)
-        ok = geo.feasible(alpha)
-        score = torch.where(ok, score, torch.full_like(score, math.inf))
-        fooled &= ok
-        if fooled.any():
-            i = int(torch.nonzero(fooled)[torch.argmin(score[fooled])])
-            return (geo.result(rendered[i], cand[i], alpha[i], True, float(score[i]),
-                               evaluations), cand[i], evaluations)
+        score = torch.where(s.ok, s.score, torch.full_like(s.score, math.inf))
+        fooled = s.fooled.clone()
+        for i in torch.nonzero(fooled).flatten()[torch.argsort(score[fooled])][:CONFIRM]:
+            r = _exact(scorer, geo, cand, s, int(i), evaluations)
+            if r is not None and r.fooled:
+                return r, cand[int(i)], evaluations
+            fooled[int(i)] = False  # not at full resolution: the search goes on
+            score[int(i)] = math.inf if r is None else r.score
         order = torch.argsort(score)
         i = int(order[0])
-        if ok[i] and (best is None or float(score[i]) < best.score):
-            best = geo.result(rendered[i], cand[i], alpha[i], False, float(score[i]),
-                              evaluations)
+        if bool(s.ok[i]) and math.isfinite(float(score[i])) and (
+                best is None or float(score[i]) < best[0]):
+            best = (float(score[i]), cand[i].clone(),  # drawn already by the full scoring
+                    None if s.rendered is None else s.rendered[i],
+                    None if s.alpha is None else s.alpha[i])
             best_cand = cand[i]
         elite = cand[order[: max(4, population // 6)]]
         parents = elite[torch.randint(0, len(elite), (population,), generator=g)]
         cand = geo.clip(parents + spread * torch.randn(population, 6, generator=g))
         cand[: len(elite)] = elite  # keep the elite unchanged
-    return best, best_cand, evaluations
+    if best is None:
+        return None, best_cand, evaluations
+    score_b, c, rendered, alpha = best
+    if rendered is not None and alpha is not None:
+        return geo.result(rendered, c, alpha, False, score_b, evaluations), c, evaluations
+    e = scorer.exact(c[None])
+    if not bool(e.ok[0]):
+        return None, best_cand, evaluations
+    assert e.rendered is not None and e.alpha is not None
+    return (geo.result(e.rendered[0], c, e.alpha[0], bool(e.fooled[0]), float(e.score[0]),
+                       evaluations), c, evaluations)
 
 
-def _texture_pool(scoring: _Scoring, geo: _Geometry, best_cand: torch.Tensor,
+def _texture_pool(scorer: FullScoring | SmallScoring, geo: _Geometry, best_cand: torch.Tensor,
                   best_score: float, population: int, levels: tuple[float, float],
                   alpha_max: float) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """The texture's candidates: the search's best placement and a grid of upright boxes of
@@ -323,10 +285,9 @@ def _texture_pool(scoring: _Scoring, geo: _Geometry, best_cand: torch.Tensor,
     pool_c, pool_s = [best_cand[None]], [torch.tensor([best_score])]
     for start in range(0, len(grid), population):
         part = grid[start:start + population]
-        _, alpha, score, _ = scoring.score(part)
-        ok = geo.feasible(alpha)
-        pool_c.append(part[ok])
-        pool_s.append(score[ok])
+        s = scorer.score(part)
+        pool_c.append(part[s.ok])
+        pool_s.append(s.score[s.ok])
     return torch.cat(pool_c), torch.cat(pool_s), len(grid), step
 
 
@@ -361,7 +322,8 @@ def _texture(image: torch.Tensor, surrogates: Sequence[Any], logo: torch.Tensor,
         with torch.no_grad():
             _, alpha = render(image, logo, cand, quantum=quantum)
         alpha = alpha.unsqueeze(1)
-        colour = cand[:, 5].view(-1, 1, 1, 1).expand(-1, image.shape[0], *image.shape[1:])
+        colour = cand[:, 5].to(image.device).view(-1, 1, 1, 1).expand(
+            -1, image.shape[0], *image.shape[1:])
         delta = torch.zeros_like(colour)
         for step in range(steps + 1):
             delta.requires_grad_(True)
