@@ -85,6 +85,7 @@ class _Geometry:
     lo: torch.Tensor
     hi: torch.Tensor
     keepout: torch.Tensor | None
+    table: torch.Tensor | None  # the keep-out's summed-area table, (H + 1, W + 1), on the CPU
 
     @classmethod
     def of(cls, image: torch.Tensor, logo: torch.Tensor, max_area_fraction: float,
@@ -99,7 +100,9 @@ class _Geometry:
         lo = torch.tensor([0.0, 0.0, h_min, alpha_range[0], -turn, levels[0]])
         hi = torch.tensor([W - h_min * aspect, H - h_min, h_max, alpha_range[1], turn,
                            levels[1]])
-        return cls(H, W, aspect, logo.shape[0], budget, h_min, h_max, lo, hi, keepout)
+        table = (F.pad(keepout.cpu().long().cumsum(0).cumsum(1), (1, 0, 1, 0))
+                 if keepout is not None else None)
+        return cls(H, W, aspect, logo.shape[0], budget, h_min, h_max, lo, hi, keepout, table)
 
     def clip(self, c: torch.Tensor) -> torch.Tensor:
         c = torch.maximum(torch.minimum(c, self.hi), self.lo)
@@ -113,9 +116,9 @@ class _Geometry:
 
     def box_ok(self, c: torch.Tensor) -> torch.Tensor:
         """The hard constraints on the candidates' rotated boxes (for the approximate scoring):
-        the bounding rectangle, one pixel wider each side, clear of the keep-out (a
-        summed-area table); the area is :meth:`clip`'s (the rotated box's bounding rectangle
-        fits the budget)."""
+        the bounding rectangle, widened by one logo pixel (bilinear sampling reaches that far)
+        and one image pixel each side, fits the area budget and is clear of the keep-out (its
+        summed-area table)."""
         a = self.aspect
         w, h = c[:, 2] * a, c[:, 2]
         cos, sin = c[:, 4].cos().abs(), c[:, 4].sin().abs()
@@ -124,22 +127,16 @@ class _Geometry:
         hx = (w * cos + h * sin) / 2 + fringe + 1
         hy = (w * sin + h * cos) / 2 + fringe + 1
         fits = (2 * hx - 2) * (2 * hy - 2) <= self.budget + 1e-6
-        if self.keepout is None:
+        if self.table is None:
             return fits
         x0 = (cx - hx).floor().clamp(0, self.width).long()
         x1 = (cx + hx).ceil().clamp(0, self.width).long() + 1
         y0 = (cy - hy).floor().clamp(0, self.height).long()
         y1 = (cy + hy).ceil().clamp(0, self.height).long() + 1
-        table = self._table()
+        table = self.table
         x1, y1 = x1.clamp(max=self.width), y1.clamp(max=self.height)
         inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
         return fits & (inside == 0)
-
-    def _table(self) -> torch.Tensor:
-        """The keep-out's summed-area table, (H + 1, W + 1), on the CPU."""
-        assert self.keepout is not None
-        k = self.keepout.cpu().long()
-        return F.pad(k.cumsum(0).cumsum(1), (1, 0, 1, 0))
 
     def feasible(self, alpha: torch.Tensor) -> torch.Tensor:
         foot = alpha > 0
