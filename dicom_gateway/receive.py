@@ -42,7 +42,7 @@ from .logsafe import quiet_pynetdicom
 from .metrics import Metrics
 from .records import RoutingRecord
 from .route import Destination, Router
-from .settings import Config
+from .settings import Config, releases_per_instance
 from .spool import Entry, Spool, safe_key
 from .tls import ListenerTLS
 
@@ -295,8 +295,8 @@ class Receiver:
             label = "out_of_resources" if exc.out_of_space else "error"
             raise Refusal(Status.OUT_OF_RESOURCES, label, str(exc)) from None
         self._audit_received(entry, record, sop)
-        self._on_stored(safe_key(study), all(
-            self._config.profiles[d.profile].release == "instance" for d in destinations))
+        self._on_stored(safe_key(study), releases_per_instance(
+            self._config.profiles, (d.profile for d in destinations)))
         _log.info("stored sop=%s study=%s from=%s to=%s", sop, study, calling,
                   ",".join(d.partner for d in destinations))
         return "stored", "", size

@@ -8,7 +8,7 @@ settings are the method's own typed options (:mod:`.protect.options`), parsed by
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +33,7 @@ __all__ = [
     "ProtectionConfig",
     "RetryConfig",
     "SealConfig",
+    "releases_per_instance",
 ]
 
 
@@ -184,6 +185,14 @@ class ProfileConfig:
     #: "instance": each instance is processed as soon as it is durable (a method that reads no
     #: other instance); "study": after the study has been quiet (decision 0028)
     release: str = "study"
+
+
+def releases_per_instance(profiles: Mapping[str, ProfileConfig], names: Iterable[str]) -> bool:
+    """Whether an instance sent with the profiles ``names`` may go on as soon as it is durable:
+    each of them says ``release: instance`` (decision 0028); a name ``profiles`` lacks (a
+    configuration changed under a spooled instance) waits for the study to be quiet."""
+    return all((p := profiles.get(name)) is not None and p.release == "instance"
+               for name in names)
 
 
 @dataclass(frozen=True)

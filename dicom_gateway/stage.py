@@ -42,11 +42,9 @@ class ProtectionStage:
     def profile(self, name: str) -> ProfileConfig:
         return self._profiles[name]
 
-    def release(self, name: str) -> str:
-        """The named profile's ``release`` (``study`` for a profile this configuration no
-        longer has: the quiet release deals with it)."""
-        profile = self._profiles.get(name)
-        return profile.release if profile is not None else "study"
+    @property
+    def profiles(self) -> Mapping[str, ProfileConfig]:
+        return self._profiles
 
     def protect(self, profile_name: str, paths: Sequence[Path],
                 progress: ReportProgress | None = None,

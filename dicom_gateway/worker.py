@@ -40,6 +40,7 @@ from .metrics import Metrics
 from .protect import Outcome, StudyContext
 from .records import RoutingRecord, SetAsideReason
 from .seal.service import SealService
+from .settings import releases_per_instance
 from .spool import Entry, Spool
 from .stage import ProtectionStage, study_context
 
@@ -90,8 +91,8 @@ class StudyWorker:
         answer = self._stream_answers.get(name)
         if answer is None:
             record = self._spool.record(entry)  # missing: the quiet release quarantines it
-            answer = record is not None and bool(record.destinations) and all(
-                self._stage.release(d.profile) == "instance" for d in record.destinations)
+            answer = record is not None and bool(record.destinations) and releases_per_instance(
+                self._stage.profiles, (d.profile for d in record.destinations))
             if len(self._stream_answers) >= 4096:
                 self._stream_answers.clear()
             self._stream_answers[name] = answer

@@ -223,7 +223,7 @@ def _evolve(scorer: FullScoring | SmallScoring, geo: _Geometry, population: int,
     cand = geo.clip(lo + (hi - lo) * torch.rand(population, 6, generator=g))
     cand[:, 5] = torch.where(torch.arange(population) % 2 == 0, hi[5], lo[5])  # at the ends
     spread = (hi - lo) * torch.tensor([0.08, 0.08, 0.1, 0.1, 0.15, 0.15])
-    best: tuple[float, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None = None
+    best: tuple[float, torch.Tensor, Scored, int] | None = None  # score, batch, scored, index
     best_cand = cand[0]
     evaluations = 0
     for _ in range(generations):
@@ -241,9 +241,7 @@ def _evolve(scorer: FullScoring | SmallScoring, geo: _Geometry, population: int,
         i = int(order[0])
         if bool(s.ok[i]) and math.isfinite(float(score[i])) and (
                 best is None or float(score[i]) < best[0]):
-            best = (float(score[i]), cand[i].clone(),  # drawn already by the full scoring
-                    None if s.rendered is None else s.rendered[i],
-                    None if s.alpha is None else s.alpha[i])
+            best = (float(score[i]), cand, s, i)  # each generation's batch is a new tensor
             best_cand = cand[i]
         elite = cand[order[: max(4, population // 6)]]
         parents = elite[torch.randint(0, len(elite), (population,), generator=g)]
@@ -251,15 +249,8 @@ def _evolve(scorer: FullScoring | SmallScoring, geo: _Geometry, population: int,
         cand[: len(elite)] = elite  # keep the elite unchanged
     if best is None:
         return None, best_cand, evaluations
-    score_b, c, rendered, alpha = best
-    if rendered is not None and alpha is not None:
-        return geo.result(rendered, c, alpha, False, score_b, evaluations), c, evaluations
-    e = scorer.exact(c[None])
-    if not bool(e.ok[0]):
-        return None, best_cand, evaluations
-    assert e.rendered is not None and e.alpha is not None
-    return (geo.result(e.rendered[0], c, e.alpha[0], bool(e.fooled[0]), float(e.score[0]),
-                       evaluations), c, evaluations)
+    _, batch, scored, i = best
+    return _exact(scorer, geo, batch, scored, i, evaluations), best_cand, evaluations
 
 
 def _texture_pool(scorer: FullScoring | SmallScoring, geo: _Geometry, best_cand: torch.Tensor,
