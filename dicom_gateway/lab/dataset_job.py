@@ -5,12 +5,16 @@ Reads a labelled set (layouts in :mod:`.datasets`), runs the min-min loop of
 layout under the
 output folder with ``report.json`` (the settings that applied, PSNR, surrogate loss, rounds,
 time). Values are quantized as stored: 8-bit for ``.npz`` and image folders, float32 for
-``.h5``. The originals are not written (they stay with the hospital).
+``.h5``. The originals are not written (they stay with the hospital). After every round the
+loop's state is kept in the output folder (:mod:`.round_checkpoint`), so that a rerun of an
+interrupted job resumes there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,7 @@ from ..protect.surrogate import (
 from ..protect.unlearnable import error_minimizing_noise, segmentation_budget, shortcut_pattern
 from ..protect.unlearnable_settings import DEFAULTS, applied_settings, default_rounds
 from .datasets import ImageSet, load_images
+from .round_checkpoint import RoundCheckpoint
 from .train import describe
 
 __all__ = ["DatasetJob", "protect_dataset"]
@@ -88,9 +93,15 @@ def protect_dataset(job: DatasetJob, progress: bool = True) -> dict[str, Any]:
         assert data.labels is not None
         targets, budget, init = data.labels, torch.full_like(data.images, job.epsilon), None
     rounds = job.rounds if job.rounds is not None else default_rounds(segmentation)
+    checkpoint = RoundCheckpoint(job.out, _job_key(job, data, targets, surrogate, rounds))
+    resume = checkpoint.load()
+    if resume is not None and progress:
+        print(f"protect-dataset: resuming after round {resume.done} of {rounds} "
+              f"({checkpoint.path.name})", file=sys.stderr)
     result = error_minimizing_noise(data.images, targets, budget, model, rounds=rounds,
                                     train_steps=job.train_steps, pgd_steps=job.pgd_steps,
-                                    lr=job.lr, seed=job.seed, progress=progress, init=init)
+                                    lr=job.lr, seed=job.seed, progress=progress, init=init,
+                                    resume=resume, after_round=checkpoint.save)
     protected = (data.images + result.delta).clamp(0, 1)
     if job.data.suffix != ".h5" and job.data.suffix != ".hdf5":
         protected = (protected * 255).round() / 255  # stored as 8-bit
@@ -105,9 +116,24 @@ def protect_dataset(job: DatasetJob, progress: bool = True) -> dict[str, Any]:
         "psnr_db": psnr(data.images, protected),
         "max_abs_change": float((protected - data.images).abs().max()),
         "changed_fraction": float(((protected - data.images).abs() > 1e-6).float().mean()),
-        "seconds": elapsed, "written": str(written)}
+        "seconds": elapsed, "resumed_after_round": resume.done if resume else None,
+        "written": str(written)}
     (job.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    checkpoint.remove()
     return report
+
+
+def _job_key(job: DatasetJob, data: ImageSet, targets: torch.Tensor, surrogate: str,
+             rounds: int) -> str:
+    """What a checkpoint must match to be resumed: the images and targets, the surrogate and
+    every setting that changes the loop."""
+    digest = hashlib.sha256()
+    for tensor in (data.images, targets):
+        digest.update(tensor.contiguous().numpy().tobytes())
+    settings = {k: v for k, v in vars(job).items() if k not in ("data", "out")}
+    digest.update(json.dumps({**settings, "rounds": rounds, "surrogate": surrogate},
+                             sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def _write(job: DatasetJob, data: ImageSet, protected: torch.Tensor) -> Path:

@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +37,8 @@ from ..progress import Progress
 from ..protect import INSTANCE_SCOPED, Outcome
 from ..seal.service import SealService
 from ..settings import Config
-from ..spool_tmp import fsync_dir
 from ..stage import ProtectionStage, configure_device, study_context
+from .durable import write_durably
 
 __all__ = ["JOURNAL", "PER_INSTANCE", "OfflineRun", "protect_files"]
 
@@ -101,17 +101,6 @@ def _run_name(config: Config, profile: str, partner: str | None) -> str:
                           sort_keys=True, default=str)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:16]
     return f"profile={profile} partner={partner or '-'} settings={digest}"
-
-
-def _durable(write: Callable[[Path], object], target: Path) -> None:
-    """``write(path)`` to a temporary name beside ``target``, fsync'd, renamed to ``target``
-    (the rename made durable too, as the spool does)."""
-    partial = target.with_name(target.name + ".partial")
-    write(partial)
-    with partial.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(partial, target)
-    fsync_dir(target.parent)
 
 
 def _parts(paths: list[Path], size: int) -> Iterable[list[Path]]:
@@ -203,12 +192,12 @@ def _write(outcome: Outcome, uid: str, out: Path, journal: _Journal, sealer: Sea
     if isinstance(output, Dataset):
         ds = output
         name = f"{ds.SOPInstanceUID}.dcm"
-        _durable(lambda target: ds.save_as(target, enforce_file_format=True), out / name)
+        write_durably(lambda target: ds.save_as(target, enforce_file_format=True), out / name)
     else:  # a file passed as it is: the source itself, or another file the method names
         source = output
         sop = uid if source == outcome.source else dcmread(source, stop_before_pixels=True
                                                             ).SOPInstanceUID
         name = f"{sop}.dcm"
-        _durable(lambda target: shutil.copyfile(source, target), out / name)
+        write_durably(lambda target: shutil.copyfile(source, target), out / name)
     journal.record(uid, name)
     result.written += 1

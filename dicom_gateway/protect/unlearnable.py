@@ -19,6 +19,7 @@ texture) to amortize the noise over images; here the perturbation itself is opti
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,8 @@ from .surrogate import segmentation_loss
 from .unlearnable_settings import DEFAULTS, applied_settings, default_rounds
 from .view import View
 
-__all__ = ["DEFAULTS", "Unlearnable", "UnlearnableResult", "applied_settings", "contour_band",
+__all__ = ["DEFAULTS", "RoundState", "Unlearnable", "UnlearnableResult", "applied_settings",
+           "contour_band",
            "default_rounds", "error_minimizing_noise", "segmentation_budget",
            "shortcut_pattern", "texture_weight"]
 
@@ -86,6 +88,82 @@ class UnlearnableResult:
     evaluations: int  # surrogate forward+backward passes per image
 
 
+@dataclass
+class RoundState:
+    """Where the min-min loop stands after a whole round: enough to go on in another process
+    exactly as the loop would have gone on (``protect-dataset`` keeps one after every round,
+    so that an interrupted release resumes instead of starting over)."""
+
+    done: int  # rounds completed
+    delta: torch.Tensor
+    model: dict[str, Any]  # the surrogate's state_dict
+    optimizer: dict[str, Any]
+    generator: torch.Tensor  # state of the generator that draws the training batches
+    rng: torch.Tensor  # torch's global RNG state
+    final: float
+    evaluations: float
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """The fixed inputs of one min-min run."""
+
+    x: torch.Tensor
+    targets: torch.Tensor
+    budget: torch.Tensor
+    model: nn.Module
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    step: float
+    batch: int
+    train_steps: int
+    pgd_steps: int
+
+
+def _train(loop: _Loop, delta: torch.Tensor, opt: torch.optim.Optimizer,
+           generator: torch.Generator) -> None:
+    """The surrogate's steps on the perturbed release (the inner *min* over the weights)."""
+    x, model = loop.x, loop.model
+    model.train()
+    if len(x) < 2:  # one image (a single-frame instance): BatchNorm keeps its running
+        for m in model.modules():  # statistics, as batch statistics of one are undefined
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    for _ in range(loop.train_steps):
+        idx = torch.randint(0, len(x), (min(loop.batch, len(x)),), generator=generator)
+        opt.zero_grad()
+        loop.loss_fn(model((x[idx] + delta[idx]).clamp(0, 1)), loop.targets[idx]).backward()
+        opt.step()
+
+
+def _descend(loop: _Loop, delta: torch.Tensor, advanced: Callable[[float], None]) -> float:
+    """Every image's perturbation a few projected sign steps down the surrogate's loss (the
+    outer *min*), in place; returns the mean loss on the perturbed release."""
+    x, batch, model = loop.x, loop.batch, loop.model
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    total = 0.0
+    for i in range(0, len(x), batch):
+        xb, tb, bb = x[i:i + batch], loop.targets[i:i + batch], loop.budget[i:i + batch]
+        d = delta[i:i + batch].clone()
+        for _ in range(loop.pgd_steps):
+            d.requires_grad_(True)
+            loss = loop.loss_fn(model((xb + d).clamp(0, 1)), tb)
+            grad, = torch.autograd.grad(loss, d)
+            with torch.no_grad():
+                d = d - loop.step * grad.sign()
+                d = torch.maximum(torch.minimum(d, bb), -bb)
+                d = (xb + d).clamp(0, 1) - xb
+        with torch.no_grad():
+            delta[i:i + batch] = d
+            total += float(loop.loss_fn(model(xb + d), tb)) * len(xb)
+        if i + batch < len(x):  # the round's last batch: drawn by the caller, with the loss
+            advanced((i + batch) / len(x))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return total / len(x)
+
+
 def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch.Tensor,
                            model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor],
                                                                torch.Tensor] | None = None,
@@ -93,7 +171,9 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
                            step: float | None = None, batch: int = 32, lr: float = 1e-3,
                            stop_loss: float = 0.01, seed: int = 0, progress: bool = False,
                            init: torch.Tensor | None = None,
-                           on_progress: Callable[[float], None] | None = None
+                           on_progress: Callable[[float], None] | None = None,
+                           resume: RoundState | None = None,
+                           after_round: Callable[[RoundState], None] | None = None
                            ) -> UnlearnableResult:
     """The min-min loop over a release ``x`` ``(N, C, H, W)`` in [0, 1].
 
@@ -102,17 +182,26 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
     surrogate, trained in place. ``step`` defaults to a tenth of the largest budget.
     ``progress`` draws a bar of the rounds on stderr; ``on_progress`` hears the share of the
     rounds done, after every batch of images (a round over a large release takes minutes).
+    ``after_round`` receives the loop's state after every round; given back as ``resume`` (with
+    the same inputs) the loop goes on from there and ends as an uninterrupted run would.
     """
     if loss_fn is None:
         loss_fn = segmentation_loss if targets.ndim == 4 else F.cross_entropy
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    step = step if step is not None else float(budget.max()) / 10
+    loop = _Loop(x, targets, budget, model, loss_fn,
+                 step if step is not None else float(budget.max()) / 10, batch, train_steps,
+                 pgd_steps)
     delta = torch.zeros_like(x) if init is None else init.clone()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    evaluations = 0.0
-    final = float("inf")
-    done = 0
+    evaluations, final, done = 0.0, float("inf"), 0
+    if resume is not None:
+        done, delta, final, evaluations = (resume.done, resume.delta.clone(), resume.final,
+                                           resume.evaluations)
+        model.load_state_dict(resume.model)
+        opt.load_state_dict(resume.optimizer)
+        generator.set_state(resume.generator)
+        torch.set_rng_state(resume.rng)
     bar = Progress(rounds, "rounds") if progress and rounds else None
     note = ""
 
@@ -123,46 +212,20 @@ def error_minimizing_noise(x: torch.Tensor, targets: torch.Tensor, budget: torch
         if on_progress is not None:
             on_progress((done - 1 + round_share) / rounds)
 
-    for done in range(1, rounds + 1):  # noqa: B007 - report() above reads it
-        model.train()
-        if len(x) < 2:  # one image (a single-frame instance): BatchNorm keeps its running
-            for m in model.modules():  # statistics, as batch statistics of one are undefined
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        for _ in range(train_steps):
-            idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=generator)
-            opt.zero_grad()
-            loss_fn(model((x[idx] + delta[idx]).clamp(0, 1)), targets[idx]).backward()
-            opt.step()
+    while done < rounds and not final < stop_loss:
+        done += 1
+        _train(loop, delta, opt, generator)
         evaluations += train_steps * min(batch, len(x)) / len(x)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        total = 0.0
-        for i in range(0, len(x), batch):
-            xb, tb, bb = x[i:i + batch], targets[i:i + batch], budget[i:i + batch]
-            d = delta[i:i + batch].clone()
-            for _ in range(pgd_steps):
-                d.requires_grad_(True)
-                loss = loss_fn(model((xb + d).clamp(0, 1)), tb)
-                grad, = torch.autograd.grad(loss, d)
-                with torch.no_grad():
-                    d = d - step * grad.sign()
-                    d = torch.maximum(torch.minimum(d, bb), -bb)
-                    d = (xb + d).clamp(0, 1) - xb
-            with torch.no_grad():
-                delta[i:i + batch] = d
-                total += float(loss_fn(model(xb + d), tb)) * len(xb)
-            if i + batch < len(x):  # the round's last batch: drawn below, with the loss
-                advanced((i + batch) / len(x))
-        for p in model.parameters():
-            p.requires_grad_(True)
+        final = _descend(loop, delta, advanced)
         evaluations += pgd_steps + 1
-        final = total / len(x)
         note = f"surrogate loss on protected data {final:.4f}"
         advanced(1.0)
-        if final < stop_loss:
-            break
+        if after_round is not None:
+            after_round(RoundState(
+                done, delta.detach().clone(),
+                {k: v.detach().clone() for k, v in model.state_dict().items()},
+                copy.deepcopy(opt.state_dict()), generator.get_state(), torch.get_rng_state(),
+                final, evaluations))
     if bar is not None:
         bar.close()
     return UnlearnableResult(delta.detach(), done, final, round(evaluations))
