@@ -246,7 +246,7 @@ class PerturbationOptions(Options):
     steps: int = option(10, integer(1, 1000))
     momentum: float = option(1.0, number(0, 10))
     diversity: float = option(0.5, number(0, 1))
-    batch: int = option(8, integer(1, 4096))
+    batch: int | str = option("auto", integer(1, 4096, also=("auto",)))
     loss: str = option("ce", choice("ce", "margin", "feature", "fia"))
     smoothing: int | str = option("auto", integer(0, 63, also=("auto",)))
     scales: int = option(1, integer(0, 8))

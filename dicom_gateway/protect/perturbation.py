@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..progress import ReportProgress
+from .batching import Batches
 from .features import FEATURE_LOSSES, feature_layer, feature_loss
 from .method import Outcome
 from .options import PerturbationOptions
@@ -207,6 +208,7 @@ class AdversarialPerturbation:
                         else PerturbationOptions.parse(options))
         self.device = protection_device()
         self.surrogates = [load_surrogate(p, self.device) for p in self.options.surrogates]
+        self.batches = Batches(self.options.batch, self.device)
 
     def attack_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`attack` this profile sets (the certificate's)."""
@@ -220,8 +222,6 @@ class AdversarialPerturbation:
                  progress: ReportProgress | None = None) -> list[Outcome]:
         """Protect a series: frames of the same size are attacked together, ``batch`` at a time
         (``progress`` hears each batch, a frame being a share of its instance)."""
-        import torch
-
         outcomes: list[Outcome | None] = [None] * len(paths)
         ready: dict[tuple[int, ...], list[tuple[int, View]]] = {}
         for index, path in enumerate(paths):
@@ -230,23 +230,34 @@ class AdversarialPerturbation:
                 outcomes[index] = view
             else:
                 ready.setdefault(view.values.shape[1:], []).append((index, view))
-        batch = self.options.batch
         parameters = {**self.attack_options(), "surrogates": [s.sha256 for s in self.surrogates]}
-        for group in ready.values():
+        for shape, group in ready.items():
             values = np.concatenate([v.values for _, v in group])
             shares = np.concatenate([np.full(len(v.values), 1 / len(v.values)) for _, v in group])
-            deltas = []
-            for start in range(0, len(values), batch):
-                chunk = values[start:start + batch].transpose(0, 3, 1, 2)
-                x = torch.from_numpy(np.ascontiguousarray(chunk)).float().to(self.device)
-                adv = attack(x, self.surrogates, **self.attack_options())
-                deltas.append((adv - x).cpu().numpy().transpose(0, 2, 3, 1))
-                if progress is not None:
-                    progress(float(shares[start:start + batch].sum()))
-            delta = np.concatenate(deltas).astype(np.float64)
+            delta = self._perturb(shape, values, shares, progress)
             offset = 0
             for index, view in group:
                 frames = view.values.shape[0]
                 outcomes[index] = finish(view, delta[offset:offset + frames], parameters)
                 offset += frames
         return [outcome for outcome in outcomes if outcome is not None]
+
+    def _perturb(self, shape: tuple[int, ...], values: np.ndarray, shares: np.ndarray,
+                 progress: ReportProgress | None) -> np.ndarray:
+        """The perturbation of frames ``values`` (N, H, W, C) of one size, in chunks that fit
+        the device (:class:`~.batching.Batches`); ``shares``: each frame's part of its
+        instance, for ``progress``."""
+        import torch
+
+        deltas = []
+
+        def chunk(start: int, stop: int) -> None:
+            frames = values[start:stop].transpose(0, 3, 1, 2)
+            x = torch.from_numpy(np.ascontiguousarray(frames)).float().to(self.device)
+            adv = attack(x, self.surrogates, **self.attack_options())
+            deltas.append((adv - x).cpu().numpy().transpose(0, 2, 3, 1))
+            if progress is not None:
+                progress(float(shares[start:stop].sum()))
+
+        self.batches.run(len(values), shape, chunk)
+        return np.concatenate(deltas).astype(np.float64)
