@@ -31,7 +31,8 @@ def test_surrogate_file_is_self_describing(surrogates: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("key, value", [("epsilon", 0.5), ("steps", 0), ("momentum", -1),
-                                        ("diversity", 1.5), ("batch", True)])
+                                        ("diversity", 1.5), ("batch", True), ("batch", "big"),
+                                        ("skip_gamma", 0), ("skip_gamma", 1.5)])
 def test_out_of_range_settings_are_named(surrogates: dict[str, Path], key: str,
                                          value: object) -> None:
 
@@ -156,3 +157,24 @@ def test_offline_protect_command(tmp_path: Path, surrogates: dict[str, Path]) ->
         derived = derive_uid(uid_secret(tmp_path / "keys"), "acme", str(ds.SOPInstanceUID))
         out = pydicom.dcmread(tmp_path / "out" / f"{derived}.dcm")
         assert not np.array_equal(out.pixel_array, ds.pixel_array)
+
+
+def test_the_focus_loss_weights_members_by_what_they_still_see() -> None:
+    """``loss: focus`` (decision 0031): a member that no longer gives the label adds nothing."""
+    from dicom_gateway.protect.perturbation import gradient
+    from dicom_gateway.protect.surrogate import Surrogate, SurrogateInfo, build_model
+
+    torch.manual_seed(0)
+    info = SurrogateInfo("cnn-small", "classification", (28, 28), 1, ("a", "b"), (0.5,), (0.25,))
+    member = Surrogate(build_model(info).eval(), info, "m")
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        seen = member.model(x).argmax(1)
+    g = torch.Generator().manual_seed(0)
+    kept = gradient(x, [member], seen, 0.0, g, loss="focus")
+    gone = gradient(x, [member], 1 - seen, 0.0, g, loss="focus")  # labels it hardly gives
+    with torch.no_grad():
+        p_seen = member.model(x).softmax(1).gather(1, seen[:, None])[:, 0]
+    # each image's gradient is normalized to a mean magnitude of 1, then weighted
+    assert torch.allclose(kept.abs().mean(dim=(1, 2, 3)), p_seen, atol=1e-5)
+    assert torch.allclose(gone.abs().mean(dim=(1, 2, 3)), 1 - p_seen, atol=1e-5)

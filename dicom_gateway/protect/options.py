@@ -247,13 +247,14 @@ class PerturbationOptions(Options):
     momentum: float = option(1.0, number(0, 10))
     diversity: float = option(0.5, number(0, 1))
     batch: int | str = option("auto", integer(1, 4096, also=("auto",)))
-    loss: str = option("ce", choice("ce", "margin", "feature", "fia"))
+    loss: str = option("ce", choice("ce", "margin", "focus", "feature", "fia"))
     smoothing: int | str = option("auto", integer(0, 63, also=("auto",)))
     scales: int = option(1, integer(0, 8))
     balance: bool = option(False, boolean)
     transform: str = option("augment", choice(*TRANSFORMS))
     copies: int = option(1, integer(1, 64))
     snapshots_per_step: int = option(0, integer(0, 64))
+    skip_gamma: float = option(1.0, number(0, 1, open_low=True))
 
 
 @dataclass(frozen=True)

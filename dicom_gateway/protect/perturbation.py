@@ -23,13 +23,14 @@ from .batching import Batches
 from .features import FEATURE_LOSSES, feature_layer, feature_loss
 from .method import Outcome
 from .options import PerturbationOptions
+from .skip_gradient import skip_gradients
 from .view import View, finish, prepare
 
 __all__ = ["DEFAULTS", "LOSSES", "AdversarialPerturbation", "adapt", "attack", "gradient",
            "smoothing_size", "snapshot_sets"]
 
 DEFAULTS = PerturbationOptions.defaults()  # a profile's defaults, for the lab's own runs
-LOSSES = ("ce", "margin", *FEATURE_LOSSES)
+LOSSES = ("ce", "margin", "focus", *FEATURE_LOSSES)
 
 
 def _adapt(x: Any, surrogate: Any, diversity: float, generator: Any,
@@ -108,13 +109,18 @@ def gradient(adv: Any, surrogates: Sequence[Any], labels: Any, diversity: float,
                                      diversity, generator, transform)
                         for i in range(scales) for _ in range(copies))
         else:
-            output_loss = "ce" if loss in FEATURE_LOSSES else loss
-            value = sum(_loss(s.model(_adapt(adv_ / 2 ** i, s, diversity, generator,
-                                             transform)), labels, output_loss)
-                        for i in range(scales) for _ in range(copies))
+            output_loss = "ce" if loss in FEATURE_LOSSES or loss == "focus" else loss
+            value, still = 0, torch.zeros(len(adv), device=adv.device)
+            for i in range(scales):
+                for _ in range(copies):
+                    logits = s.model(_adapt(adv_ / 2 ** i, s, diversity, generator, transform))
+                    value = value + _loss(logits, labels, output_loss)
+                    still = still + logits.detach().softmax(1).gather(1, labels[:, None])[:, 0]
         grad, = torch.autograd.grad(value, adv_)
-        if balance:
+        if balance or loss == "focus":
             grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+        if loss == "focus":  # each member's share: how much it still sees the label
+            grad = grad * (still / (scales * copies))[:, None, None, None]
         total = total + grad
     return total
 
@@ -149,7 +155,7 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
            momentum: float = 1.0, diversity: float = 0.5, seed: int = 0, labels: Any = None,
            loss: str = "ce", smoothing: int | str = 0, scales: int = 1,
            balance: bool = False, transform: str = "resize-pad", copies: int = 1,
-           snapshots_per_step: int = 0) -> Any:
+           snapshots_per_step: int = 0, skip_gamma: float = 1.0) -> Any:
     """MI-FGSM (Dong et al. CVPR 2018) with input diversity against the ensemble, optionally
     with translation-invariant smoothing of the gradient (``smoothing``: kernel size in
     pixels of ``x``, 0 = off, ``auto``: :func:`smoothing_size`), scale invariance, a
@@ -158,6 +164,8 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
     ``(N, C, H, W)`` in [0, 1], L-infinity budget ``epsilon``. ``snapshots_per_step`` > 0:
     of each set of weight snapshots (:func:`snapshot_sets`), only that many drawn per step
     (LGV attacks one snapshot per iteration: Gubri et al., ECCV 2022); 0: all of them.
+    ``skip_gamma`` < 1: the gradient through the surrogates' residual branches is scaled by it
+    (SGM, :mod:`.skip_gradient`).
 
     ``labels``: the classes to move away from; default the ensemble's clean prediction (the
     gateway has no ground truth; an evaluation with labels passes them).
@@ -181,17 +189,19 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
         noise = torch.rand(x.shape, generator=generator).to(x) * 2 - 1
         adv = (x + epsilon * noise).clamp(0.0, 1.0)
     sets = snapshot_sets(surrogates) if snapshots_per_step > 0 else []
-    for _ in range(steps):
-        step_surrogates = _drawn(surrogates, sets, snapshots_per_step, generator)
-        grad = gradient(adv, step_surrogates, labels, diversity, generator, loss, scales, balance,
-                        transform, copies, clean=x)
-        if kernel is not None:
-            grad = F.conv2d(grad, kernel, padding=smoothing // 2, groups=x.shape[1])
-            grad = grad[..., :x.shape[2], :x.shape[3]]
-        g = momentum * g + grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
-        with torch.no_grad():
-            adv = adv + alpha * g.sign()
-            adv = (x + (adv - x).clamp(-epsilon, epsilon)).clamp(0.0, 1.0)
+    with skip_gradients(surrogates, skip_gamma):
+        for _ in range(steps):
+            step_surrogates = _drawn(surrogates, sets, snapshots_per_step, generator)
+            grad = gradient(adv, step_surrogates, labels, diversity, generator, loss, scales,
+                            balance, transform, copies, clean=x)
+            if kernel is not None:
+                grad = F.conv2d(grad, kernel, padding=smoothing // 2, groups=x.shape[1])
+                grad = grad[..., :x.shape[2], :x.shape[3]]
+            g = momentum * g + grad / grad.abs().mean(dim=(1, 2, 3),
+                                                      keepdim=True).clamp_min(1e-12)
+            with torch.no_grad():
+                adv = adv + alpha * g.sign()
+                adv = (x + (adv - x).clamp(-epsilon, epsilon)).clamp(0.0, 1.0)
     return adv.detach()
 
 
@@ -216,7 +226,8 @@ class AdversarialPerturbation:
         return {"epsilon": o.epsilon, "steps": o.steps, "momentum": o.momentum,
                 "diversity": o.diversity, "loss": o.loss, "smoothing": o.smoothing,
                 "scales": o.scales, "balance": o.balance, "transform": o.transform,
-                "copies": o.copies, "snapshots_per_step": o.snapshots_per_step}
+                "copies": o.copies, "snapshots_per_step": o.snapshots_per_step,
+                "skip_gamma": o.skip_gamma}
 
     def __call__(self, paths: Sequence[Path],
                  progress: ReportProgress | None = None) -> list[Outcome]:
