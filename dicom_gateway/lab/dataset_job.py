@@ -128,8 +128,8 @@ def _job_key(job: DatasetJob, data: ImageSet, targets: torch.Tensor, surrogate: 
     """What a checkpoint must match to be resumed: the images and targets, the surrogate and
     every setting that changes the loop."""
     digest = hashlib.sha256()
-    for tensor in (data.images, targets):
-        digest.update(tensor.contiguous().numpy().tobytes())
+    for tensor in (data.images, targets):  # hashed in place: a release may be gigabytes
+        digest.update(np.ascontiguousarray(tensor.numpy()).data)
     settings = {k: v for k, v in vars(job).items() if k not in ("data", "out")}
     digest.update(json.dumps({**settings, "rounds": rounds, "surrogate": surrogate},
                              sort_keys=True, default=str).encode())

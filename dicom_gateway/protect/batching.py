@@ -89,12 +89,11 @@ class Batches:
         start = 0
         while start < total:
             size = self._size(shape)
-            measure = size is None and self.memory is not None
+            probe = self.memory if size is None else None  # None only with a device memory
             size = min(size or PROBE, total - start)
             try:
-                if measure:
-                    assert self.memory is not None
-                    self.memory.start()
+                if probe is not None:
+                    probe.start()
                 work(start, start + size)
             except Exception as exc:
                 if self.memory is None or not self.memory.out_of_memory(exc) or size == 1:
@@ -103,9 +102,8 @@ class Batches:
                 _log.warning("protection: the device ran out of memory for %d frames of %s: "
                              "%d at a time from now on", size, shape, size // 2)
                 continue
-            if measure:
-                assert self.memory is not None
-                self.sizes[shape] = self._fit(shape, size)
+            if probe is not None:
+                self.sizes[shape] = self._fit(probe, shape, size)
             start += size
 
     def _size(self, shape: Hashable) -> int | None:
@@ -116,13 +114,12 @@ class Batches:
             return self.setting
         return CPU_BATCH if self.memory is None else None
 
-    def _fit(self, shape: Hashable, probed: int) -> int:
-        assert self.memory is not None
-        per_frame = max(1, self.memory.peak() // probed)
-        size = max(1, min(AUTO_LIMIT, int(self.memory.free() * HEADROOM) // per_frame))
+    def _fit(self, memory: DeviceMemory, shape: Hashable, probed: int) -> int:
+        """The chunk size that fills the free memory, from a probe of ``probed`` frames."""
+        per_frame, free = max(1, memory.peak() // probed), memory.free()
+        size = max(1, min(AUTO_LIMIT, int(free * HEADROOM) // per_frame))
         _log.info("protection: %d frames of %s at a time (%.1f MiB each measured, %.0f MiB "
-                  "free on %s)", size, shape, per_frame / 2**20, self.memory.free() / 2**20,
-                  self.device)
+                  "free on %s)", size, shape, per_frame / 2**20, free / 2**20, self.device)
         return size
 
 

@@ -115,7 +115,9 @@ def gradient(adv: Any, surrogates: Sequence[Any], labels: Any, diversity: float,
                 for _ in range(copies):
                     logits = s.model(_adapt(adv_ / 2 ** i, s, diversity, generator, transform))
                     value = value + _loss(logits, labels, output_loss)
-                    still = still + logits.detach().softmax(1).gather(1, labels[:, None])[:, 0]
+                    if loss == "focus":
+                        still = still + logits.detach().softmax(1).gather(
+                            1, labels[:, None])[:, 0]
         grad, = torch.autograd.grad(value, adv_)
         if balance or loss == "focus":
             grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
