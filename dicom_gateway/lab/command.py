@@ -61,6 +61,8 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if not data.exists():
         raise GatewayError(f"{data}: no such file or folder")
+    if args.ensemble:
+        return _ensemble(args, data)
     if args.snapshots:
         return _snapshots(args, data, adversarial)
     try:
@@ -74,6 +76,37 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     score = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in info.metrics.items())
     print(f"{args.out}: {info.arch} {info.input_size[0]}x{info.input_size[1]}x{info.channels}, "
           f"{len(info.classes)} classes, {score}, sha256 {sha}")
+    return 0
+
+
+# train-surrogate flags that choose one surrogate's recipe: the ensemble's recipe is fixed
+_ONE_SURROGATE = ("arch", "adversarial_epsilon", "init", "snapshots", "lr")
+
+
+def _ensemble(args: argparse.Namespace, data: Path) -> int:
+    """``train-surrogate --ensemble``: the recommended ensemble into the folder ``--out``."""
+    from .ensemble import train_ensemble
+
+    given = [f"--{k.replace('_', '-')}" for k in _ONE_SURROGATE if getattr(args, k)]
+    if given or args.augment != "auto":
+        raise GatewayError(f"--ensemble: the members' recipe is fixed; leave out "
+                           f"{', '.join(given or ['--augment'])}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise GatewayError(f"--ensemble: --out {out} is a file; name a folder")
+    try:
+        ensemble = train_ensemble(data, out, epochs=args.epochs, seed=args.seed,
+                                  max_images=args.max_images)
+    except DatasetError as exc:
+        raise DatasetError(f"{data}: cannot train the ensemble: {exc}") from None
+    for name, entry in ensemble.members.items():
+        scores = ", ".join(f"{v:.3f}" for v in entry["val_accuracy"] if v is not None)
+        state = "trained" if name in ensemble.trained else "kept"
+        print(f"{name}: {len(entry['files'])} file(s), val accuracy {scores} ({state})")
+    files = ensemble.files(out)
+    print(f"{len(ensemble.members)} members, {len(files)} surrogate files in {out} "
+          f"(ensemble.json); in a profile:")
+    print(f"  surrogates: [{', '.join(str(f) for f in files)}]")
     return 0
 
 
@@ -164,7 +197,12 @@ def _add_train_surrogate(sub: Any) -> None:
                                       "convnext-nano", "unet-small"],
                    help="default: cnn-small below 64 px, resnet10 from 64 px up, or "
                         "unet-small with --task segmentation")
-    t.add_argument("--out", required=True, help="surrogate file to write")
+    t.add_argument("--out", required=True,
+                   help="surrogate file to write (with --ensemble: the folder)")
+    t.add_argument("--ensemble", action="store_true",
+                   help="train the recommended ensemble for the data's image size into the "
+                        "folder --out (several families, slightly robust members, LGV "
+                        "snapshots; ensemble.json lists them; a rerun keeps what is done)")
     t.add_argument("--task", choices=["classification", "segmentation"],
                    help="checked against the architecture (default: the architecture's task)")
     t.add_argument("--mask-suffix", default="_mask",

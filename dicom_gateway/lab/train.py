@@ -29,7 +29,8 @@ from ..protect.surrogate import (
 from .datasets import ImageSet, load_images, load_npz_split, load_split_tree, stratified_split
 
 __all__ = ["LEARNING_RATES", "SLIGHTLY_ROBUST", "Augment", "accuracy", "collect_snapshots",
-           "describe", "dice", "fit", "load_npz_split", "random_affine", "train_surrogate"]
+           "describe", "dice", "fit", "image_size", "load_npz_split", "random_affine",
+           "train_surrogate"]
 
 
 def _augment(x: torch.Tensor, m: torch.Tensor | None = None
@@ -176,6 +177,12 @@ def _all_splits(data: Path, seed: int, mask_suffix: str) -> tuple[ImageSet, Imag
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
     held = max(1, len(full) * 15 // 100)
     return full.subset(order[held:]), full.subset(order[:held])
+
+
+def image_size(data: Path, seed: int = 0) -> tuple[int, int, str]:
+    """``(height, width, task)`` of the training images of ``data``."""
+    train, _ = _splits(data, seed, "_mask")
+    return int(train.images.shape[2]), int(train.images.shape[3]), train.task
 
 
 def describe(arch: str, train: ImageSet, classes: tuple[str, ...], trained_on: str = ""

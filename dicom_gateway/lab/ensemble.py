@@ -1,0 +1,183 @@
+"""The recommended surrogate ensemble, trained by one command.
+
+``dicom-gateway train-surrogate --data DATA --ensemble --out DIR`` trains, in order, the
+members of :func:`recipe` for the data's image size into ``DIR`` and lists them in
+``DIR/ensemble.json``: what each is, its validation accuracy, its files and their SHA-256.
+A member whose files the manifest lists with the same settings and the same digests is kept
+(a rerun after an interruption trains only what is missing; at 224x224 on a CPU the ensemble
+takes hours). A folder that holds an ensemble trained with other settings is refused: one
+folder, one ensemble. The profile lists every file (:meth:`Ensemble.files`).
+
+The members are the evaluation's recommendation (``docs/protection.md``, decisions 0017 and
+0026): surrogates of several families, slightly robust (adversarial training at 1/255,
+Springer et al., NeurIPS 2021) where that helped, and LGV weight snapshots (Gubri et al.,
+ECCV 2022) of the standard network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DatasetError
+from .durable import write_durably
+
+__all__ = ["Ensemble", "Member", "recipe", "train_ensemble"]
+
+MANIFEST = "ensemble.json"
+SLIGHT = 1 / 255
+LGV_SNAPSHOTS = 4  # snapshots an epoch (decision 0026: four of one epoch)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One surrogate (or one set of LGV snapshots) of the ensemble."""
+
+    name: str  # file stem in the folder
+    arch: str
+    adversarial_epsilon: float
+    init: str | None = None  # the member this one starts from (fine-tuning, snapshots)
+    epochs: int | None = None  # None: the run's epochs; fine-tunes and snapshots: 1
+    snapshots: int = 0  # LGV snapshots an epoch (0: one trained surrogate)
+    size: int | None = None  # the only input size the architecture takes (vit-tiny: 224)
+
+    def files(self) -> list[str]:
+        if not self.snapshots:
+            return [f"{self.name}.pt"]
+        return [f"{self.name}-{k:02d}.pt" for k in range(1, self.snapshots * (self.epochs or 1)
+                                                          + 1)]
+
+
+# from 64 px up: ResNet-10 (standard and slightly robust), a ViT and a ConvNeXt (the families
+# the CNNs do not reach), four LGV snapshots of the standard ResNet-10
+LARGE = (Member("resnet10", "resnet10", 0.0),
+         Member("resnet10-adv1", "resnet10", SLIGHT, init="resnet10", epochs=1),
+         Member("vit-tiny-adv1", "vit-tiny", SLIGHT, size=224),
+         Member("convnext-nano-adv1", "convnext-nano", SLIGHT),
+         Member("resnet10-lgv", "resnet10", 0.0, init="resnet10", epochs=1,
+                snapshots=LGV_SNAPSHOTS))
+# below 64 px (MedMNIST thumbnails): the small CNN (standard and slightly robust), a ResNet-18
+# without the ImageNet stem, four LGV snapshots of the standard CNN
+SMALL = (Member("cnn-small", "cnn-small", 0.0),
+         Member("cnn-small-adv1", "cnn-small", SLIGHT, init="cnn-small", epochs=1),
+         Member("resnet18-adv1", "resnet18", SLIGHT),
+         Member("cnn-small-lgv", "cnn-small", 0.0, init="cnn-small", epochs=1,
+                snapshots=LGV_SNAPSHOTS))
+
+
+def recipe(height: int, width: int) -> tuple[Member, ...]:
+    """The members for images of ``height`` x ``width``; an architecture that takes one size
+    only (the ViT: 224x224) is left out at any other."""
+    members = SMALL if min(height, width) < 64 else LARGE
+    return tuple(m for m in members if m.size is None or (height, width) == (m.size, m.size))
+
+
+@dataclass
+class Ensemble:
+    """What ``ensemble.json`` holds: the settings and, per member, its files and scores."""
+
+    settings: dict[str, Any]
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trained: list[str] = field(default_factory=list)  # this run (not in the manifest)
+
+    def files(self, folder: Path) -> list[Path]:
+        return [folder / f for m in self.members.values() for f in m["files"]]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read(folder: Path, settings: dict[str, Any]) -> Ensemble:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return Ensemble(settings)
+    try:
+        raw = json.loads(path.read_text())
+        ensemble = Ensemble(raw["settings"], dict(raw["members"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not an ensemble manifest ({exc})") from None
+    if ensemble.settings != settings:
+        raise DatasetError(f"{folder} holds an ensemble trained with other settings "
+                           f"({ensemble.settings}); train into another folder")
+    return ensemble
+
+
+def _kept(folder: Path, entry: dict[str, Any] | None, member: Member) -> bool:
+    """Whether ``member`` is done: listed with the same recipe and its files unchanged."""
+    if entry is None or entry.get("member") != asdict(member):
+        return False
+    return all((folder / f).is_file() and _sha256(folder / f) == entry["sha256"][f]
+               for f in entry["files"])
+
+
+def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
+                   max_images: int | None = None, progress: bool = True) -> Ensemble:
+    """Train the members :func:`recipe` names for ``data`` into ``out`` (see the module);
+    returns the ensemble, ``trained`` naming the members this call trained."""
+    from ..protect.surrogate import load_surrogate
+    from .train import collect_snapshots, image_size, train_surrogate
+
+    height, width, task = image_size(data, seed)
+    if task != "classification":
+        raise DatasetError("the ensemble is for classification data (a segmenter is one "
+                           "surrogate: train-surrogate --task segmentation)")
+    settings = {"data": data.name, "size": [height, width], "epochs": epochs, "seed": seed,
+                "max_images": max_images}
+    out.mkdir(parents=True, exist_ok=True)
+    ensemble = _read(out, settings)
+    members = recipe(height, width)
+    for i, m in enumerate(members, 1):
+        if _kept(out, ensemble.members.get(m.name), m):
+            _say(progress, f"ensemble: {i}/{len(members)} {m.name}: kept from an earlier run")
+            continue
+        _say(progress, f"ensemble: {i}/{len(members)} {m.name} ({_what(m, epochs)})")
+        init = out / f"{m.init}.pt" if m.init else None
+        run_epochs = m.epochs or epochs
+        if m.snapshots:
+            assert init is not None
+            written = collect_snapshots(data, init, out / f"{m.name}.pt", epochs=run_epochs,
+                                        per_epoch=m.snapshots, seed=seed, progress=progress,
+                                        max_images=max_images,
+                                        adversarial_epsilon=m.adversarial_epsilon)
+            files = [p.name for p in written]
+        else:
+            train_surrogate(data, m.arch, out / f"{m.name}.pt", epochs=run_epochs, seed=seed,
+                            progress=progress, adversarial_epsilon=m.adversarial_epsilon,
+                            init=init, max_images=max_images)
+            files = [f"{m.name}.pt"]
+        scores = [load_surrogate(out / f).info.metrics.get("val_accuracy") for f in files]
+        ensemble.members[m.name] = {"member": asdict(m), "files": files,
+                                    "sha256": {f: _sha256(out / f) for f in files},
+                                    "val_accuracy": scores}
+        ensemble.trained.append(m.name)
+        # a member that another starts from is retrained only with it: drop the dependants
+        for later in members[i:]:
+            if later.init == m.name:
+                ensemble.members.pop(later.name, None)
+        _write(out, ensemble)
+    _write(out, ensemble)
+    return ensemble
+
+
+def _write(folder: Path, ensemble: Ensemble) -> None:
+    body = {"settings": ensemble.settings, "members": ensemble.members}
+    text = json.dumps(body, indent=2) + "\n"
+    write_durably(lambda path: path.write_text(text), folder / MANIFEST)
+
+
+def _what(m: Member, epochs: int) -> str:
+    budget = f"at {round(m.adversarial_epsilon * 255)}/255" if m.adversarial_epsilon else "standard"
+    if m.snapshots:
+        return f"{m.snapshots} LGV snapshots an epoch of {m.init}, {m.epochs or epochs} epoch(s)"
+    start = f" from {m.init}" if m.init else ""
+    return f"{m.arch}, {m.epochs or epochs} epoch(s) {budget}{start}"
+
+
+def _say(progress: bool, line: str) -> None:
+    if progress:
+        print(line, file=sys.stderr, flush=True)
