@@ -69,3 +69,33 @@ def test_spectrum_simulation_is_a_dct_round_trip_with_scaled_coefficients() -> N
     ratio = (dh @ out @ dw.T) / (dh @ x @ dw.T)
     assert float(ratio.min()) >= 0.5 - 1e-3 and float(ratio.max()) <= 1.5 + 1e-3
     assert float(ratio.std()) > 0.2  # the scaling is drawn per coefficient
+
+
+def test_auto_picks_the_transform_by_image_size() -> None:
+    """``transform: auto`` (the default): resize-and-pad on thumbnails, the partner's
+    augmentation from 64 px up; the attack with ``auto`` gives the images of the transform
+    it stands for (same seed)."""
+    from dicom_gateway.protect.diversity import transform_for
+    from dicom_gateway.protect.options import PerturbationOptions
+    from dicom_gateway.protect.perturbation import attack
+
+    assert PerturbationOptions.__dataclass_fields__["transform"].default == "auto"
+    assert transform_for("auto", 28, 28) == "resize-pad"
+    assert transform_for("auto", 63, 512) == "resize-pad"
+    assert transform_for("auto", 64, 64) == transform_for("auto", 224, 224) == "augment"
+    assert transform_for("spectrum", 28, 28) == "spectrum"
+
+    class _Surrogate:  # a tiny linear classifier at the image's size
+        def __init__(self) -> None:
+            from dicom_gateway.protect.surrogate import SurrogateInfo
+
+            torch.manual_seed(0)
+            self.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 2))
+            self.info = SurrogateInfo("cnn-small", "classification", (28, 28), 1, ("a", "b"),
+                                      (0.0,), (1.0,))
+
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    s = _Surrogate()
+    auto = attack(x, [s], epsilon=4 / 255, steps=3, transform="auto")
+    assert torch.equal(auto, attack(x, [s], epsilon=4 / 255, steps=3, transform="resize-pad"))
+    assert not torch.equal(auto, attack(x, [s], epsilon=4 / 255, steps=3, transform="augment"))

@@ -76,13 +76,14 @@ def test_torchscript_model_with_description(tmp_path: Path) -> None:
     assert load_surrogate(bare).info.mean == (0.5,)
 
 
-@pytest.mark.parametrize("arch, channels", [("vit-tiny", 1), ("vit-tiny", 3),
-                                            ("convnext-nano", 1)])
-def test_a_224_family_surrogate_loads_and_gives_the_attack_a_gradient(
-        tmp_path: Path, arch: str, channels: int) -> None:
-    """``vit-tiny`` and ``convnext-nano``, the other families of 224x224 ensembles: saved,
-    loaded back with the same outputs, and differentiable through the attack (grey images as
-    three channels)."""
+@pytest.mark.parametrize("arch, channels, size", [
+    ("vit-tiny", 1, 224), ("vit-tiny", 3, 224), ("convnext-nano", 1, 224),
+    ("mobilenetv3-small", 1, 28), ("efficientnet-b0", 1, 28), ("densenet121", 3, 28)])
+def test_another_family_surrogate_loads_and_gives_the_attack_a_gradient(
+        tmp_path: Path, arch: str, channels: int, size: int) -> None:
+    """``vit-tiny``, ``convnext-nano`` and the torchvision families (upsampled inside from
+    thumbnails): saved, loaded back with the same outputs, and differentiable through the
+    attack (grey images as three channels)."""
     from dicom_gateway.protect.perturbation import attack
     from dicom_gateway.protect.surrogate import (
         SurrogateInfo,
@@ -91,7 +92,7 @@ def test_a_224_family_surrogate_loads_and_gives_the_attack_a_gradient(
         save_surrogate,
     )
 
-    info = SurrogateInfo(arch, "classification", (224, 224), channels, ("a", "b"),
+    info = SurrogateInfo(arch, "classification", (size, size), channels, ("a", "b"),
                          (0.5,) * channels, (0.25,) * channels)
     torch.manual_seed(0)
     model = build_model(info).eval()
@@ -100,7 +101,7 @@ def test_a_224_family_surrogate_loads_and_gives_the_attack_a_gradient(
             p.add_(0.02 * torch.randn_like(p))
     save_surrogate(model, info, tmp_path / "vit.pt")
     loaded = load_surrogate(tmp_path / "vit.pt")
-    x = torch.rand(2, channels, 224, 224)
+    x = torch.rand(2, channels, size, size)
     with torch.no_grad():
         assert loaded.model(x).shape == (2, 2)
         assert torch.allclose(loaded.model(x), model(x), atol=1e-5)

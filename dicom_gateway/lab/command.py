@@ -194,7 +194,8 @@ def _add_train_surrogate(sub: Any) -> None:
                    help="labelled images: .npz (MedMNIST layout), .h5 (images/labels masks), a "
                         "folder of class folders, or a folder of images with masks")
     t.add_argument("--arch", choices=["cnn-small", "resnet10", "resnet18", "vit-tiny",
-                                      "convnext-nano", "unet-small"],
+                                      "convnext-nano", "mobilenetv3-small", "efficientnet-b0",
+                                      "densenet121", "unet-small"],
                    help="default: cnn-small below 64 px, resnet10 from 64 px up, or "
                         "unet-small with --task segmentation")
     t.add_argument("--out", required=True,

@@ -28,8 +28,9 @@ import functools
 import math
 from typing import Any
 
-__all__ = ["SPECTRUM_RHO", "SPECTRUM_SIGMA", "TRANSFORMS", "block_shuffle", "dct_matrix",
-           "practitioner_augment", "resize_pad", "spectrum", "transform"]
+__all__ = ["AUGMENT_FROM", "SPECTRUM_RHO", "SPECTRUM_SIGMA", "TRANSFORMS", "block_shuffle",
+           "dct_matrix", "practitioner_augment", "resize_pad", "spectrum", "transform",
+           "transform_for"]
 
 TRANSFORMS = ("resize-pad", "augment", "block-shuffle", "spectrum", "augment-spectrum")
 SPECTRUM_SIGMA = 16 / 255  # the spectrum simulation's noise (Long et al. 2022)
@@ -161,6 +162,20 @@ def spectrum(x: Any, generator: Any, sigma: float = SPECTRUM_SIGMA,
     dh, dw = dct_matrix(x.shape[2]).to(x), dct_matrix(x.shape[3]).to(x)
     freq = dh @ (x + noise) @ dw.T
     return dh.T @ (freq * mask) @ dw
+
+
+# below this many pixels on the shorter side, ``auto`` is resize-and-pad: on 28x28 thumbnails
+# it transferred better than the partner's augmentation in 15 of 18 victim comparisons, while
+# at 224x224 the augmentation did (decisions 0017, 0032)
+AUGMENT_FROM = 64
+
+
+def transform_for(setting: str, height: int, width: int) -> str:
+    """The transformation for an image: ``auto`` is ``resize-pad`` below :data:`AUGMENT_FROM`
+    pixels on the shorter side and ``augment`` from there up; else the setting itself."""
+    if setting != "auto":
+        return setting
+    return "resize-pad" if min(height, width) < AUGMENT_FROM else "augment"
 
 
 def transform(x: Any, kind: str, size: tuple[int, int], generator: Any) -> Any:

@@ -40,6 +40,10 @@ FEATURE_LAYERS = {
     "resnet10": "body.layer2",
     "vit-tiny": "body.body.encoder.layers.encoder_layer_1",
     "convnext-nano": "body.body.features.3",
+    # torchvision bodies behind _Grey3 and the upsampling of thumbnails (surrogate._AtLeast)
+    "mobilenetv3-small": "body.body.body.features.3",
+    "efficientnet-b0": "body.body.body.features.3",
+    "densenet121": "body.body.body.features.denseblock2",
 }
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..progress import ReportProgress
 from .batching import Batches
+from .diversity import transform_for
 from .features import FEATURE_LOSSES, feature_layer, feature_loss
 from .method import Outcome
 from .options import PerturbationOptions
@@ -184,6 +185,7 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
                                  for s in surrogates])
             labels = probs.sum(0).argmax(1)
     smoothing = smoothing_size(smoothing, x.shape[2], x.shape[3])
+    transform = transform_for(transform, x.shape[2], x.shape[3])
     kernel = _smoothing_kernel(smoothing, x.shape[1]).to(x.device) if smoothing > 1 else None
     alpha = 2.5 * epsilon / max(steps, 1)  # Madry et al.: reaches the boundary and moves along it
     adv, g = x.clone(), torch.zeros_like(x)

@@ -130,6 +130,37 @@ def _convnext_nano(channels: int, classes: int) -> nn.Module:
                            num_classes=classes), channels)
 
 
+class _AtLeast(nn.Module):
+    """Upsamples (bilinear, antialiased) inputs whose shorter side is below ``size`` so that
+    it is ``size``: ImageNet networks downsample 32 times, too much for a 28x28 thumbnail."""
+
+    def __init__(self, body: nn.Module, size: int) -> None:
+        super().__init__()
+        self.body, self.size = body, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        short = min(x.shape[-2:])
+        if short < self.size:
+            x = F.interpolate(x, scale_factor=self.size / short, mode="bilinear",
+                              align_corners=False, antialias=True)
+        return self.body(x)
+
+
+def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
+    """A torchvision network of another family (MobileNet, EfficientNet, DenseNet), grey
+    repeated to three channels, inputs below 64 px upsampled to 64 (as the evaluation's
+    victims of these families see thumbnails)."""
+    def make(channels: int, classes: int) -> nn.Module:
+        import torchvision.models as tv
+
+        body = getattr(tv, name)(weights=None, num_classes=classes)
+        for m in body.modules():  # MobileNetV3 ships momentum 0.01, tuned for ImageNet's
+            if isinstance(m, nn.BatchNorm2d):  # length: a few hundred steps leave its
+                m.momentum = 0.1  # running statistics unusable
+        return _Grey3(_AtLeast(body, 64), channels)
+    return make
+
+
 class _UNetSmall(nn.Module):
     """A three-level U-Net (Ronneberger et al. 2015), 16-32-64 channels, for small patches;
     outputs one logit per class channel (a single foreground logit for binary masks)."""
@@ -164,6 +195,9 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "resnet10": _resnet10,
     "vit-tiny": _vit_tiny,
     "convnext-nano": _convnext_nano,
+    "mobilenetv3-small": _torchvision("mobilenet_v3_small"),
+    "efficientnet-b0": _torchvision("efficientnet_b0"),
+    "densenet121": _torchvision("densenet121"),
     "unet-small": _unet_small,
 }
 SEGMENTATION_ARCHITECTURES = frozenset({"unet-small"})
