@@ -160,7 +160,6 @@ def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
             if later.init == m.name:
                 ensemble.members.pop(later.name, None)
         _write(out, ensemble)
-    _write(out, ensemble)
     return ensemble
 
 
