@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
+from ..protect.surrogate import load_surrogate
 from .durable import write_durably
+from .train import SLIGHTLY_ROBUST, collect_snapshots, image_size, train_surrogate
 
 __all__ = ["Ensemble", "Member", "recipe", "train_ensemble"]
 
 MANIFEST = "ensemble.json"
-SLIGHT = 1 / 255
+SLIGHT = SLIGHTLY_ROBUST  # train-surrogate's default budget for classifiers
 LGV_SNAPSHOTS = 4  # snapshots an epoch (decision 0026: four of one epoch)
 
 
@@ -119,9 +121,6 @@ def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
                    max_images: int | None = None, progress: bool = True) -> Ensemble:
     """Train the members :func:`recipe` names for ``data`` into ``out`` (see the module);
     returns the ensemble, ``trained`` naming the members this call trained."""
-    from ..protect.surrogate import load_surrogate
-    from .train import collect_snapshots, image_size, train_surrogate
-
     height, width, task = image_size(data, seed)
     if task != "classification":
         raise DatasetError("the ensemble is for classification data (a segmenter is one "
@@ -140,20 +139,19 @@ def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
         run_epochs = m.epochs or epochs
         if m.snapshots:
             assert init is not None
-            written = collect_snapshots(data, init, out / f"{m.name}.pt", epochs=run_epochs,
-                                        per_epoch=m.snapshots, seed=seed, progress=progress,
-                                        max_images=max_images,
-                                        adversarial_epsilon=m.adversarial_epsilon)
-            files = [p.name for p in written]
+            collect_snapshots(data, init, out / f"{m.name}.pt", epochs=run_epochs,
+                              per_epoch=m.snapshots, seed=seed, progress=progress,
+                              max_images=max_images, adversarial_epsilon=m.adversarial_epsilon)
         else:
             train_surrogate(data, m.arch, out / f"{m.name}.pt", epochs=run_epochs, seed=seed,
                             progress=progress, adversarial_epsilon=m.adversarial_epsilon,
                             init=init, max_images=max_images)
-            files = [f"{m.name}.pt"]
-        scores = [load_surrogate(out / f).info.metrics.get("val_accuracy") for f in files]
-        ensemble.members[m.name] = {"member": asdict(m), "files": files,
-                                    "sha256": {f: _sha256(out / f) for f in files},
-                                    "val_accuracy": scores}
+        files = m.files()
+        written = {f: load_surrogate(out / f) for f in files}
+        ensemble.members[m.name] = {
+            "member": asdict(m), "files": files,
+            "sha256": {f: s.sha256 for f, s in written.items()},
+            "val_accuracy": [s.info.metrics.get("val_accuracy") for s in written.values()]}
         ensemble.trained.append(m.name)
         # a member that another starts from is retrained only with it: drop the dependants
         for later in members[i:]:

@@ -26,7 +26,7 @@ from .declared_view import VIEW
 
 __all__ = ["ARCHITECTURES", "SEGMENTATION_ARCHITECTURES", "Surrogate", "SurrogateInfo",
            "as_input", "build_model", "load_surrogate", "match_channels", "save_surrogate",
-           "segmentation_loss"]
+           "segmentation_loss", "torchvision_body"]
 
 FORMAT = "dicom-gateway-surrogate/1"
 # what torch and the description raise for a file that is not a usable surrogate
@@ -151,14 +151,22 @@ def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
     repeated to three channels, inputs below 64 px upsampled to 64 (as the evaluation's
     victims of these families see thumbnails)."""
     def make(channels: int, classes: int) -> nn.Module:
-        import torchvision.models as tv
-
-        body = getattr(tv, name)(weights=None, num_classes=classes)
-        for m in body.modules():  # MobileNetV3 ships momentum 0.01, tuned for ImageNet's
-            if isinstance(m, nn.BatchNorm2d):  # length: a few hundred steps leave its
-                m.momentum = 0.1  # running statistics unusable
-        return _Grey3(_AtLeast(body, 64), channels)
+        return _Grey3(_AtLeast(torchvision_body(name, classes), 64), channels)
     return make
+
+
+def torchvision_body(name: str, classes: int) -> nn.Module:
+    """torchvision's ``name`` network, untrained, with ``classes`` outputs and batch-norm
+    momentum 0.1 everywhere (MobileNetV3 ships 0.01, tuned for ImageNet's length: a few
+    hundred steps leave its running statistics unusable, and eval mode then predicts one
+    class)."""
+    import torchvision.models as tv
+
+    body: nn.Module = getattr(tv, name)(weights=None, num_classes=classes)
+    for m in body.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    return body
 
 
 class _UNetSmall(nn.Module):

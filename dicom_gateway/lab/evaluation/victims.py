@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...protect.surrogate import ARCHITECTURES as SURROGATE_ARCHITECTURES
-from ...protect.surrogate import SurrogateInfo
+from ...protect.surrogate import SurrogateInfo, torchvision_body
 from ..datasets import ImageSet
 from ..train import fit, random_affine
 
@@ -79,11 +79,7 @@ def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
         if name == "vit":
             return tv.VisionTransformer(image_size=28, patch_size=4, num_layers=4, num_heads=4,
                                         hidden_dim=128, mlp_dim=256, num_classes=classes)
-        model = getattr(tv, name)(weights=None, num_classes=classes)
-        for m in model.modules():  # MobileNetV3 ships momentum 0.01, tuned for ImageNet's
-            if isinstance(m, nn.BatchNorm2d):  # length: a few hundred steps leave its
-                m.momentum = 0.1  # running statistics unusable
-        return model
+        return torchvision_body(name, classes)
     return make
 
 
