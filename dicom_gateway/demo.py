@@ -26,6 +26,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from .config import parse_config
 from .errors import GatewayError
 from .gateway import Gateway
+from .reactor_guard import guard
 from .receive import accept_storage
 from .settings import Config
 
@@ -190,7 +191,7 @@ def _send(paths: list[Path], port: int, called: str) -> int:
         ds = dcmread(p, stop_before_pixels=True)
         classes.setdefault(str(ds.SOPClassUID), set()).add(str(ds.file_meta.TransferSyntaxUID))
     contexts = [build_context(c, sorted(ts)) for c, ts in classes.items()]
-    assoc = ae.associate("127.0.0.1", port, ae_title=called, contexts=contexts)
+    assoc = guard(ae.associate("127.0.0.1", port, ae_title=called, contexts=contexts))
     if not assoc.is_established:
         raise GatewayError("the gateway refused the demo association")
     acked = 0

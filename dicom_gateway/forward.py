@@ -51,6 +51,7 @@ from pynetdicom.presentation import PresentationContext
 
 from .errors import PartnerRefused, PartnerUnavailable, TLSFileError
 from .logsafe import quiet_pynetdicom
+from .reactor_guard import guard
 from .settings import PartnerConfig
 from .tls import PartnerTLSLink
 
@@ -263,6 +264,7 @@ class PartnerLink:
             reason = "connection_failed" if not connected else (
                 "association_rejected" if assoc.is_rejected else "association_aborted")
             raise PartnerUnavailable(reason, f"cannot associate with {where}")
+        guard(assoc)  # a response pynetdicom's reactor takes by mistake goes to its request
         sock = assoc.dul.socket
         # pynetdicom never sets TCP_NODELAY; without it ~45 ms/instance
         if sock is not None and sock.socket is not None:

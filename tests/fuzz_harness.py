@@ -32,6 +32,7 @@ from pynetdicom import AE, _config, association
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_gateway.reactor_guard import guard
 from dicom_gateway.spool import safe_key
 
 __all__ = ["KEPT_STATES", "Sender", "Target", "expected_key", "meta_and_offset", "rss_kb"]
@@ -204,7 +205,7 @@ class Sender:
         store_file(self.file, case.sop_class, case.sop, case.syntax, case.body)
         started = time.monotonic()
         if self.assoc is None or not self.assoc.is_established:
-            self.assoc = self.ae.associate("127.0.0.1", self.port, ae_title=GW_AE)
+            self.assoc = guard(self.ae.associate("127.0.0.1", self.port, ae_title=GW_AE))
             if not self.assoc.is_established:
                 return self._late(started), None
             started = time.monotonic()

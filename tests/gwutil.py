@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dicom_gateway.config import parse_config
 from dicom_gateway.gateway import Gateway
+from dicom_gateway.reactor_guard import guard
 from dicom_gateway.settings import Config
 
 __all__ = ["GatewayProcess", "base_config", "metric", "partner", "running_gateway", "sample",
@@ -153,7 +154,8 @@ def send(port: int, datasets: list[Any], calling: str = "HOSPITAL_PACS",
         classes.setdefault(str(ds.SOPClassUID), set()).add(str(ds.file_meta.TransferSyntaxUID))
     ae = AE(ae_title=calling)
     contexts = [build_context(c, [t]) for c, ts in classes.items() for t in sorted(ts)]
-    assoc = ae.associate("127.0.0.1", port, ae_title=called, contexts=contexts, tls_args=tls_args)
+    assoc = guard(ae.associate("127.0.0.1", port, ae_title=called, contexts=contexts,
+                               tls_args=tls_args))
     if not assoc.is_established:
         raise ConnectionRefusedError(f"association rejected={assoc.is_rejected}")
     statuses = []

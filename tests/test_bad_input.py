@@ -29,6 +29,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from dicom_gateway.protect import Outcome, registry
 from dicom_gateway.protect.method import failed
 from dicom_gateway.protect.options import NoneOptions
+from dicom_gateway.reactor_guard import guard
 from dicom_gateway.seal.uids import derive_uid
 
 ALL = [{"name": "all", "match": {}, "to": ["recorder"], "profile": "passthrough"}]
@@ -40,8 +41,8 @@ def _send_files(port: int, paths: list[Path]) -> list[int]:
 
     _config.STORE_SEND_CHUNKED_DATASET = True  # as the gateway's forwarder does
     ae = AE(ae_title="HOSPITAL_PACS")
-    assoc = ae.associate("127.0.0.1", port, ae_title="EGRESS_GW", contexts=[
-        build_context(CTImageStorage, ["1.2.840.10008.1.2.1"])])
+    assoc = guard(ae.associate("127.0.0.1", port, ae_title="EGRESS_GW", contexts=[
+        build_context(CTImageStorage, ["1.2.840.10008.1.2.1"])]))
     assert assoc.is_established
     try:
         return [int(getattr(assoc.send_c_store(p), "Status", -1)) for p in paths]

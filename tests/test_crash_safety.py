@@ -21,6 +21,8 @@ from peers import RecordingSCP, copy_ct_series
 from pydicom.uid import generate_uid
 from pynetdicom import AE, build_context
 
+from dicom_gateway.reactor_guard import guard
+
 N = 200
 
 
@@ -43,9 +45,9 @@ class Sender:
         pending = [f for f in self.files if self.sop[f] not in self.acked]
         ae = AE(ae_title="HOSPITAL_PACS")
         ae.dimse_timeout = 5
-        assoc = ae.associate("127.0.0.1", self.port, ae_title="EGRESS_GW", contexts=[
+        assoc = guard(ae.associate("127.0.0.1", self.port, ae_title="EGRESS_GW", contexts=[
             build_context(pydicom.dcmread(self.files[0], stop_before_pixels=True).SOPClassUID,
-                          ["1.2.840.10008.1.2.1"])])
+                          ["1.2.840.10008.1.2.1"])]))
         if not assoc.is_established:
             return
         try:

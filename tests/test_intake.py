@@ -37,6 +37,7 @@ from pynetdicom.dsutils import encode_file_meta
 
 from dicom_gateway.config import parse_config
 from dicom_gateway.errors import ConfigError
+from dicom_gateway.reactor_guard import guard
 
 ALL = [{"name": "all", "match": {}, "to": ["recorder"], "profile": "passthrough"}]
 MIB = 1 << 20
@@ -103,8 +104,8 @@ def store(port: int, folder: Path, instances: list[Instance]) -> list[tuple[int,
     wanted = sorted({(i.sop_class, str(i.syntax)) for i in instances})
     ae = AE(ae_title="HOSPITAL_PACS")
     ae.dimse_timeout = 120
-    assoc = ae.associate("127.0.0.1", port, ae_title="EGRESS_GW",
-                         contexts=[build_context(c, [s]) for c, s in wanted])
+    assoc = guard(ae.associate("127.0.0.1", port, ae_title="EGRESS_GW",
+                               contexts=[build_context(c, [s]) for c, s in wanted]))
     assert assoc.is_established
     out = []
     try:

@@ -25,6 +25,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE, build_context
 
+from dicom_gateway.reactor_guard import guard
 from dicom_gateway.seal.uids import derive_uid
 
 HAPROXY = shutil.which("haproxy")
@@ -67,7 +68,7 @@ def _associate(port: int, datasets: list[Any]) -> list[int]:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     contexts = [build_context(str(datasets[0].SOPClassUID),
                               [str(datasets[0].file_meta.TransferSyntaxUID)])]
-    assoc = ae.associate("127.0.0.1", port, ae_title="EGRESS_GW", contexts=contexts)
+    assoc = guard(ae.associate("127.0.0.1", port, ae_title="EGRESS_GW", contexts=contexts))
     if not assoc.is_established:
         return [-1] * len(datasets)
     statuses = []
