@@ -247,7 +247,7 @@ def test_transfer_study_reports_computed_figures(tmp_path: Path,
                           surrogate_files=(surrogates["pneumonia"],), victims=("plain-cnn",),
                           budgets=(8 / 255,), options={"steps": 5}, epochs=1, test_images=40,
                           ablation=[("TI 5", {"smoothing": 5})], ablation_images=20,
-                          progress=False)
+                          victim_recipe="light", progress=False)
     results = run_transfer(study)
     saved = json.loads((tmp_path / "report" / "results.json").read_text())
     assert saved["frontier"][0]["epsilon_255"] == 8
@@ -265,6 +265,7 @@ def test_transfer_study_reports_computed_figures(tmp_path: Path,
     assert len(results["ablation"]) == 1 and results["ablation"][0]["images"] == 20
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| 8/255 |" in report and "retained skill" in report
+    assert results["victim_recipe"] == "light" and "with the light recipe" in report
     assert {t["target"] for t in results["targets"]} >= {"8/255: black-box retained skill"}
 
 

@@ -70,6 +70,10 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--removal-images", type=int, default=500,
                    help="watermark transfer study: training images of the removal network")
     e.add_argument("--train-images", type=int, help="cap the training and validation splits")
+    e.add_argument("--victim-recipe", choices=("practitioner", "light"), default="practitioner",
+                   help="transfer study: how the victims are trained: practitioner (random "
+                        "resized crop, flip, rotation, intensity jitter, ImageNet "
+                        "normalization) or light (flip, 2-px shift)")
     e.add_argument("--test-images", type=int, help="cap the test split")
     e.add_argument("--surrogate-files",
                    help="comma-separated surrogate files (train-surrogate's output): run the "
@@ -164,8 +168,8 @@ def _run_transfer(args: argparse.Namespace) -> int:
         epochs=args.epochs or 4, seed=args.seed,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         cache=Path(args.cache) if args.cache else None, test_images=args.test_images,
-        train_images=args.train_images, progress=not args.quiet,
-        command="dicom-gateway " + shlex.join(sys.argv[1:]))
+        train_images=args.train_images, victim_recipe=args.victim_recipe,
+        progress=not args.quiet, command="dicom-gateway " + shlex.join(sys.argv[1:]))
     if args.ablation_ensembles:
         study.ablation_ensembles = tuple(
             tuple(Path(f) for f in group.split("+") if f)

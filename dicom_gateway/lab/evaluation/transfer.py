@@ -76,6 +76,7 @@ class TransferStudy:
     cache: Path | None = None
     test_images: int | None = None
     train_images: int | None = None  # victims: a stratified subset of the training split
+    victim_recipe: str = "practitioner"  # how the victims are trained (victims.RECIPES)
     progress: bool = True
     command: str = ""
 
@@ -260,6 +261,7 @@ def set_up(study: TransferStudy) -> Setup:
                        for name in [f"surrogate:{path.stem}"]},
         "victims": list(study.victims),
         "epochs": study.epochs,
+        "victim_recipe": study.victim_recipe,
     }
     return Setup(splits, test, train, cache, white, black, scorer, results)
 
@@ -284,8 +286,8 @@ def run_transfer(study: TransferStudy) -> dict[str, Any]:
 
 def train_victims(study: TransferStudy, train: ImageSet, val: ImageSet, cache: Path
              ) -> tuple[dict[str, Any], dict[str, float]]:
-    """The unauthorized models, trained (or read from the cache) by the practitioner's recipe,
-    with their validation accuracies."""
+    """The unauthorized models, trained (or read from the cache) by ``study.victim_recipe``
+    (the practitioner's by default), with their validation accuracies."""
     black, clean_val = {}, {}
     for i, arch in enumerate(study.victims):
         t0 = time.monotonic()
@@ -293,7 +295,8 @@ def train_victims(study: TransferStudy, train: ImageSet, val: ImageSet, cache: P
         # reuses the models a full study trained (the cache key holds the seed)
         offset = DEFAULT_VICTIMS_224.index(arch) if arch in DEFAULT_VICTIMS_224 else i
         trained = train_cached(arch, train, val, study.epochs, study.seed + offset,
-                               cache, "victim", progress=study.progress, recipe="practitioner")
+                               cache, "victim", progress=study.progress,
+                               recipe=study.victim_recipe)
         black[arch], clean_val[arch] = trained.model.eval(), round(trained.val_score, 4)
         log_progress(study, f"victim {arch}: val {trained.val_score:.3f} "
                     f"({'cached' if trained.cached else f'{time.monotonic() - t0:.0f}s'})")

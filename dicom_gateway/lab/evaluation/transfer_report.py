@@ -117,6 +117,11 @@ def _family_note(results: dict[str, Any]) -> str:
             "worst victim and the targets are over the held-out victims only.")
 
 
+_RECIPES = {"practitioner": "practitioner recipe (random resized crop, flip, rotation, "
+                            "intensity jitter; ImageNet normalization for three-channel models)",
+            "light": "light recipe (flip, 2-px shift, the data's own normalization)"}
+
+
 def report_head(results: dict[str, Any], method: str, how: str) -> list[str]:
     """The head of a transfer report: title, command, data, chance, how the images were
     protected (``how``), the victims' recipe, the wall time, and the clean models' table."""
@@ -127,8 +132,8 @@ def report_head(results: dict[str, Any], method: str, how: str) -> list[str]:
             f"Data: {d['source']} ({d['resolution'][0]}x{d['resolution'][1]}x{d['channels']}), "
             f"train {d['train']}, val {d['val']}, test {d['test']} of {d['test_full']}. "
             f"Chance (majority class of the test images): {results['chance']:.3f}. {how} "
-            f"Victims trained {results['epochs']} epochs from scratch with the practitioner "
-            "recipe. Wall time of the run: "
+            f"Victims trained {results['epochs']} epochs from scratch with the "
+            f"{_RECIPES[results.get('victim_recipe', 'practitioner')]}. Wall time of the run: "
             f"{results['wall_seconds'] / 60:.1f} min.", "",
             "## Clean models", "",
             table(["model", "test accuracy", "val accuracy"],
