@@ -29,10 +29,13 @@ def _classes(folder: Path) -> None:
 
 
 def test_the_recipe_follows_the_image_size() -> None:
-    """Thumbnails get the small CNN's ensemble; 224x224 the four families of the evaluation
-    plus LGV snapshots; the ViT, which takes 224x224 only, is left out at other sizes."""
-    assert [m.name for m in recipe(28, 28)] == ["cnn-small", "cnn-small-adv1", "resnet18-adv1",
-                                               "cnn-small-lgv"]
+    """Thumbnails get six independently trained small CNNs; 224x224 the four families of the
+    evaluation plus LGV snapshots; the ViT, which takes 224x224 only, is left out at other
+    sizes."""
+    assert [m.name for m in recipe(28, 28)] == [
+        "cnn-small-affine-1", "cnn-small-affine-2", "cnn-small-affine-3", "cnn-small-affine-4",
+        "cnn-small-light-1", "cnn-small-light-2"]
+    assert len({m.seed for m in recipe(28, 28) if m.augment == "affine"}) == 4
     assert [m.name for m in recipe(224, 224)] == ["resnet10", "resnet10-adv1", "vit-tiny-adv1",
                                                  "convnext-nano-adv1", "resnet10-lgv"]
     assert "vit-tiny-adv1" not in [m.name for m in recipe(256, 256)]
@@ -50,28 +53,28 @@ def test_one_command_trains_the_ensemble_and_a_rerun_keeps_it(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     manifest = json.loads((out / "ensemble.json").read_text())
     files = [f for m in manifest["members"].values() for f in m["files"]]
-    assert len(files) == 7 and f"surrogates: [{out / 'cnn-small.pt'}" in done.stdout
+    assert len(files) == 6 and f"surrogates: [{out / 'cnn-small-affine-1.pt'}" in done.stdout
     loaded = {f: load_surrogate(out / f) for f in files}
-    assert loaded["cnn-small.pt"].info.training["adversarial_epsilon"] == 0
-    assert loaded["resnet18-adv1.pt"].info.arch == "resnet18"
-    assert loaded["resnet18-adv1.pt"].info.training["adversarial_epsilon"] > 0
-    assert loaded["cnn-small-adv1.pt"].info.training["init"] == loaded["cnn-small.pt"].sha256
-    lgv = [s for f, s in loaded.items() if f.startswith("cnn-small-lgv-")]
-    assert len(lgv) == 4 and all(s.info.training["lgv"]["init"] == loaded["cnn-small.pt"].sha256
-                                 for s in lgv)
+    training = [(s.info.arch, s.info.training["augment"], s.info.training["seed"])
+                for s in loaded.values()]
+    assert training == [*(("cnn-small", "affine", k) for k in range(4)),
+                        *(("cnn-small", "light", k) for k in range(2))]
+    assert all(s.info.training["adversarial_epsilon"] > 0 for s in loaded.values())
+    assert len({s.sha256 for s in loaded.values()}) == 6  # six different networks
 
     again = _cli(*args)  # nothing to do: every member kept, no file touched
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("(kept)") == 4 and "(trained)" not in again.stdout
+    assert again.stdout.count("(kept)") == 6 and "(trained)" not in again.stdout
     assert {f: load_surrogate(out / f).sha256 for f in files} == {
         f: s.sha256 for f, s in loaded.items()}
 
-    (out / "resnet18-adv1.pt").write_bytes(b"cut short")  # an interrupted member
+    (out / "cnn-small-light-2.pt").write_bytes(b"cut short")  # an interrupted member
     mended = _cli(*args)
     assert mended.returncode == 0, mended.stderr
-    assert "resnet18-adv1: 1 file(s)" in mended.stdout
-    assert mended.stdout.count("(kept)") == 3 and mended.stdout.count("(trained)") == 1
-    assert load_surrogate(out / "resnet18-adv1.pt").info.arch == "resnet18"
+    assert "cnn-small-light-2: 1 file(s)" in mended.stdout
+    assert mended.stdout.count("(kept)") == 5 and mended.stdout.count("(trained)") == 1
+    again_info = load_surrogate(out / "cnn-small-light-2.pt").info
+    assert (again_info.training["augment"], again_info.training["seed"]) == ("light", 1)
 
     other = _cli(*args[:-4], "--epochs", "2", "--out", str(out))  # other settings, same folder
     assert other.returncode != 0 and "other settings" in other.stderr

@@ -8,10 +8,13 @@ A member whose files the manifest lists with the same settings and the same dige
 takes hours). A folder that holds an ensemble trained with other settings is refused: one
 folder, one ensemble. The profile lists every file (:meth:`Ensemble.files`).
 
-The members are the evaluation's recommendation (``docs/protection.md``, decisions 0017 and
-0026): surrogates of several families, slightly robust (adversarial training at 1/255,
-Springer et al., NeurIPS 2021) where that helped, and LGV weight snapshots (Gubri et al.,
-ECCV 2022) of the standard network.
+The members are the evaluation's recommendation (``docs/protection.md``, decisions 0017,
+0026 and 0034). From 64 px up: surrogates of several families, slightly robust (adversarial
+training at 1/255, Springer et al., NeurIPS 2021) where that helped, and LGV weight snapshots
+(Gubri et al., ECCV 2022) of the standard network. Below 64 px: six slightly robust copies of
+the small CNN trained independently (seeds, and two augmentations), which transferred better
+on thumbnails than other families or snapshots (an ensemble of independently trained models,
+as in Liu et al., ICLR 2017).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class Member:
     epochs: int | None = None  # None: the run's epochs; fine-tunes and snapshots: 1
     snapshots: int = 0  # LGV snapshots an epoch (0: one trained surrogate)
     size: int | None = None  # the only input size the architecture takes (vit-tiny: 224)
+    augment: str = "auto"  # train-surrogate --augment (light, affine, auto)
+    seed: int = 0  # added to the run's --seed: independently trained copies of one recipe
 
     def files(self) -> list[str]:
         if not self.snapshots:
@@ -62,13 +67,14 @@ LARGE = (Member("resnet10", "resnet10", 0.0),
          Member("convnext-nano-adv1", "convnext-nano", SLIGHT),
          Member("resnet10-lgv", "resnet10", 0.0, init="resnet10", epochs=1,
                 snapshots=LGV_SNAPSHOTS))
-# below 64 px (MedMNIST thumbnails): the small CNN (standard and slightly robust), a ResNet-18
-# without the ImageNet stem, four LGV snapshots of the standard CNN
-SMALL = (Member("cnn-small", "cnn-small", 0.0),
-         Member("cnn-small-adv1", "cnn-small", SLIGHT, init="cnn-small", epochs=1),
-         Member("resnet18-adv1", "resnet18", SLIGHT),
-         Member("cnn-small-lgv", "cnn-small", 0.0, init="cnn-small", epochs=1,
-                snapshots=LGV_SNAPSHOTS))
+# below 64 px (MedMNIST thumbnails): six slightly robust small CNNs trained independently
+# (other seeds), four with the practitioner's augmentation and two with the light one
+# (decision 0034: on thumbnails independent copies transfer better than other families or
+# LGV snapshots of one network)
+SMALL = (*(Member(f"cnn-small-affine-{k}", "cnn-small", SLIGHT, augment="affine", seed=k - 1)
+           for k in range(1, 5)),
+         *(Member(f"cnn-small-light-{k}", "cnn-small", SLIGHT, augment="light", seed=k - 1)
+           for k in range(1, 3)))
 
 
 def recipe(height: int, width: int) -> tuple[Member, ...]:
@@ -143,9 +149,10 @@ def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
                               per_epoch=m.snapshots, seed=seed, progress=progress,
                               max_images=max_images, adversarial_epsilon=m.adversarial_epsilon)
         else:
-            train_surrogate(data, m.arch, out / f"{m.name}.pt", epochs=run_epochs, seed=seed,
-                            progress=progress, adversarial_epsilon=m.adversarial_epsilon,
-                            init=init, max_images=max_images)
+            train_surrogate(data, m.arch, out / f"{m.name}.pt", epochs=run_epochs,
+                            seed=seed + m.seed, progress=progress,
+                            adversarial_epsilon=m.adversarial_epsilon, init=init,
+                            max_images=max_images, augment=m.augment)
         files = m.files()
         written = {f: load_surrogate(out / f) for f in files}
         ensemble.members[m.name] = {
@@ -172,7 +179,9 @@ def _what(m: Member, epochs: int) -> str:
     if m.snapshots:
         return f"{m.snapshots} LGV snapshots an epoch of {m.init}, {m.epochs or epochs} epoch(s)"
     start = f" from {m.init}" if m.init else ""
-    return f"{m.arch}, {m.epochs or epochs} epoch(s) {budget}{start}"
+    how = "" if m.augment == "auto" else f", {m.augment} augmentation"
+    again = f", seed +{m.seed}" if m.seed else ""
+    return f"{m.arch}, {m.epochs or epochs} epoch(s) {budget}{start}{how}{again}"
 
 
 def _say(progress: bool, line: str) -> None:
