@@ -72,14 +72,14 @@ def test_spectrum_simulation_is_a_dct_round_trip_with_scaled_coefficients() -> N
 
 
 def test_auto_picks_the_transform_by_image_size() -> None:
-    """``transform: auto`` (the default): resize-and-pad on thumbnails, the partner's
-    augmentation from 64 px up; the attack with ``auto`` gives the images of the transform
-    it stands for (same seed)."""
+    """``transform: auto``: resize-and-pad on thumbnails, the partner's augmentation from 64 px
+    up; the attack with ``auto`` gives the images of the transform it stands for (same seed).
+    The default is ``augment`` at every size (decision 0034)."""
     from dicom_gateway.protect.diversity import transform_for
     from dicom_gateway.protect.options import PerturbationOptions
     from dicom_gateway.protect.perturbation import attack
 
-    assert PerturbationOptions.__dataclass_fields__["transform"].default == "auto"
+    assert PerturbationOptions.__dataclass_fields__["transform"].default == "augment"
     assert transform_for("auto", 28, 28) == "resize-pad"
     assert transform_for("auto", 63, 512) == "resize-pad"
     assert transform_for("auto", 64, 64) == transform_for("auto", 224, 224) == "augment"

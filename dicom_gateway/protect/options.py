@@ -251,7 +251,7 @@ class PerturbationOptions(Options):
     smoothing: int | str = option("auto", integer(0, 63, also=("auto",)))
     scales: int = option(1, integer(0, 8))
     balance: bool = option(False, boolean)
-    transform: str = option("auto", choice(*TRANSFORMS, "auto"))
+    transform: str = option("augment", choice(*TRANSFORMS, "auto"))
     copies: int = option(1, integer(1, 64))
     snapshots_per_step: int = option(0, integer(0, 64))
     skip_gamma: float = option(1.0, number(0, 1, open_low=True))
