@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dicom_gateway.lab.ensemble import recipe
 
@@ -82,3 +83,33 @@ def test_one_command_trains_the_ensemble_and_a_rerun_keeps_it(tmp_path: Path) ->
     assert mixed.returncode != 0 and "--arch" in mixed.stderr
     for refused in (other, mixed):
         assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_member_started_from_another_is_retrained_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe with a fine-tuned member (as at 224x224): when the member it starts from is
+    retrained, the fine-tune is retrained too; an untouched independent member is kept; a
+    member a later recipe no longer names is dropped from the manifest."""
+    from dicom_gateway.lab import ensemble
+    from dicom_gateway.lab.ensemble import Member, train_ensemble
+
+    members = (Member("base", "cnn-small", 0.0), Member("tuned", "cnn-small", 1 / 255,
+                                                        init="base", epochs=1),
+               Member("other", "cnn-small", 0.0, seed=1))
+    monkeypatch.setattr(ensemble, "recipe", lambda height, width: members)
+    _classes(tmp_path / "cls")
+    out = tmp_path / "models"
+    first = train_ensemble(tmp_path / "cls", out, epochs=1, progress=False)
+    assert first.trained == ["base", "tuned", "other"]
+    (out / "base.pt").write_bytes(b"cut short")
+    again = train_ensemble(tmp_path / "cls", out, epochs=1, progress=False)
+    assert again.trained == ["base", "tuned"]
+    manifest = json.loads((out / "ensemble.json").read_text())
+    assert set(manifest["members"]) == {"base", "tuned", "other"}
+
+    # a later version's recipe without "other": the manifest and the profile line drop it
+    monkeypatch.setattr(ensemble, "recipe", lambda height, width: members[:2])
+    upgraded = train_ensemble(tmp_path / "cls", out, epochs=1, progress=False)
+    assert upgraded.trained == [] and set(upgraded.members) == {"base", "tuned"}
+    assert out / "other.pt" not in upgraded.files(out)
+    assert set(json.loads((out / "ensemble.json").read_text())["members"]) == {"base", "tuned"}

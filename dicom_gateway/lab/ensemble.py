@@ -13,8 +13,8 @@ The members are the evaluation's recommendation (``docs/protection.md``, decisio
 training at 1/255, Springer et al., NeurIPS 2021) where that helped, and LGV weight snapshots
 (Gubri et al., ECCV 2022) of the standard network. Below 64 px: six slightly robust copies of
 the small CNN trained independently (seeds, and two augmentations), which transferred better
-on thumbnails than other families or snapshots (an ensemble of independently trained models,
-as in Liu et al., ICLR 2017).
+on thumbnails than other families or snapshots (the ensemble attack of Liu et al., ICLR 2017,
+there over architectures, here over independent trainings of one).
 """
 
 from __future__ import annotations
@@ -136,6 +136,12 @@ def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     ensemble = _read(out, settings)
     members = recipe(height, width)
+    for name in [n for n in ensemble.members if n not in {m.name for m in members}]:
+        # a member of an earlier recipe (an upgrade changed it): no longer listed or used
+        _say(progress, f"ensemble: {name}: not in this version's recipe, left out "
+                       "(its files stay in the folder)")
+        del ensemble.members[name]
+        _write(out, ensemble)
     for i, m in enumerate(members, 1):
         if _kept(out, ensemble.members.get(m.name), m):
             _say(progress, f"ensemble: {i}/{len(members)} {m.name}: kept from an earlier run")
