@@ -136,11 +136,12 @@ def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     ensemble = _read(out, settings)
     members = recipe(height, width)
-    for name in [n for n in ensemble.members if n not in {m.name for m in members}]:
-        # a member of an earlier recipe (an upgrade changed it): no longer listed or used
+    dropped = set(ensemble.members) - {m.name for m in members}
+    for name in sorted(dropped):  # of an earlier recipe (an upgrade changed it)
         _say(progress, f"ensemble: {name}: not in this version's recipe, left out "
                        "(its files stay in the folder)")
         del ensemble.members[name]
+    if dropped:
         _write(out, ensemble)
     for i, m in enumerate(members, 1):
         if _kept(out, ensemble.members.get(m.name), m):

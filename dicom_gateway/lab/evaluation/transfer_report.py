@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .victims import RECIPES
+
 __all__ = ["fmt", "report_head", "table", "transfer_targets", "write_transfer_report"]
 
 _FILTERS = ("median3", "gaussian1", "resize_crop")
@@ -117,11 +119,6 @@ def _family_note(results: dict[str, Any]) -> str:
             "worst victim and the targets are over the held-out victims only.")
 
 
-_RECIPES = {"practitioner": "practitioner recipe (random resized crop, flip, rotation, "
-                            "intensity jitter; ImageNet normalization for three-channel models)",
-            "light": "light recipe (flip, 2-px shift, the data's own normalization)"}
-
-
 def report_head(results: dict[str, Any], method: str, how: str) -> list[str]:
     """The head of a transfer report: title, command, data, chance, how the images were
     protected (``how``), the victims' recipe, the wall time, and the clean models' table."""
@@ -133,7 +130,7 @@ def report_head(results: dict[str, Any], method: str, how: str) -> list[str]:
             f"train {d['train']}, val {d['val']}, test {d['test']} of {d['test_full']}. "
             f"Chance (majority class of the test images): {results['chance']:.3f}. {how} "
             f"Victims trained {results['epochs']} epochs from scratch with the "
-            f"{_RECIPES[results.get('victim_recipe', 'practitioner')]}. Wall time of the run: "
+            f"{RECIPES[results.get('victim_recipe', 'practitioner')]}. Wall time of the run: "
             f"{results['wall_seconds'] / 60:.1f} min.", "",
             "## Clean models", "",
             table(["model", "test accuracy", "val accuracy"],

@@ -197,7 +197,10 @@ FAMILIES = {"resnet10": "ResNet", "resnet18": "ResNet", "vit-tiny": "ViT", "vit-
 def family(arch: str) -> str:
     """The family of ``arch`` (:data:`FAMILIES`; an unknown architecture is its own)."""
     return FAMILIES.get(arch, arch)
-RECIPES = ("light", "practitioner")
+# the victims' training recipes, as the transfer report names them
+RECIPES = {"light": "light recipe (flip, 2-px shift, the data's own normalization)",
+           "practitioner": "practitioner recipe (random resized crop, flip, rotation, "
+                           "intensity jitter; ImageNet normalization for three-channel models)"}
 
 
 def build(arch: str, data: ImageSet, imagenet_normalization: bool = False) -> nn.Module:
