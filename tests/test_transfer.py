@@ -325,6 +325,45 @@ def test_victim_families() -> None:
     assert family("plain-cnn") == "plain-cnn"  # unknown: its own family
 
 
+def test_third_thumbnail_panel_is_held_out_from_the_first_two() -> None:
+    """The third thumbnail panel (a check of the thumbnail defaults on architectures they were
+    not chosen with) shares no family with the first two panels nor with the surrogates, and
+    every one of its models takes 28x28 input and trains (one step, both modes)."""
+    import torch
+
+    from dicom_gateway.lab.evaluation.victims import ARCHITECTURES, family
+
+    first = ["mobilenetv3-small", "shufflenetv2", "densenet121", "efficientnet-b0", "vit-tiny",
+             "plain-cnn", "cnn-small"]
+    third = ["resnet18", "regnetx-400mf-64", "squeezenet-64", "convnext-small-64", "mnasnet-64",
+             "googlenet-64"]
+    assert len({family(v) for v in third}) == len(third)
+    assert not {family(v) for v in third} & {family(v) for v in first}
+    for name in third[1:]:
+        a = ARCHITECTURES[name]
+        assert a.size == 64
+        model = a.make(3, 2).train()
+        out = model(torch.rand(2, 3, 64, 64))
+        assert out.shape == (2, 2)
+        out.sum().backward()
+        assert model.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 2)
+
+
+def test_training_restores_the_best_epoch_of_a_versioned_torchvision_model() -> None:
+    """``fit`` keeps the best epoch's weights with the state dict's module versions: MNASNet
+    refuses a state dict without them (it stopped the third panel's first run)."""
+    import torch
+
+    from dicom_gateway.lab.datasets import ImageSet
+    from dicom_gateway.lab.evaluation.victims import build
+    from dicom_gateway.lab.train import fit
+
+    torch.manual_seed(0)
+    data = ImageSet(torch.rand(8, 1, 28, 28), torch.tensor([0, 1] * 4), classes=("a", "b"))
+    model = build("mnasnet-64", data)
+    assert 0.0 <= fit(model, data, 2, val=data, progress=False) <= 1.0
+
+
 def test_snapshots_per_step_draws_from_each_snapshot_set() -> None:
     """``snapshots_per_step``: every surrogate that is no snapshot joins every step; of each
     set of snapshots (one ``train-surrogate --snapshots`` run, the same recorded start) the

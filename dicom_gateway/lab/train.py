@@ -6,6 +6,7 @@ test split is never used here.
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Callable
@@ -136,7 +137,9 @@ def fit(model: nn.Module, data: ImageSet, epochs: int, val: ImageSet | None = No
             continue
         score = _score(model, val)
         if score > best:
-            best, best_state = score, {k: v.clone() for k, v in model.state_dict().items()}
+            # a deep copy keeps the state dict's module versions, which some torchvision
+            # modules (MNASNet) check when it is loaded back
+            best, best_state = score, copy.deepcopy(model.state_dict())
         if progress:
             bar = "#" * (epoch + 1) + "." * (epochs - epoch - 1)
             name = "dice" if val.masks is not None else "acc"

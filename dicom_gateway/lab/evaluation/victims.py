@@ -16,7 +16,15 @@ efficientnet-b0     torchvision EfficientNet-B0                                 
 densenet121         torchvision DenseNet-121                                    64x64
 vit-tiny            torchvision ViT, 4 layers, 4 heads, width 128, patch 4      native
 plain-cnn           LeNet-style: 2 conv (5x5) + 2 fully connected, no BN        native
+regnetx-400mf-64    torchvision RegNetX-400MF (third thumbnail panel)           64x64
+squeezenet-64       torchvision SqueezeNet 1.1 (third thumbnail panel)          64x64
+convnext-small-64   ConvNeXt 32-64-128-256 (third thumbnail panel)              64x64
+mnasnet-64          torchvision MnasNet 0.5 (third thumbnail panel)             64x64
+googlenet-64        torchvision GoogLeNet, no auxiliary heads (third panel)     64x64
 ==================  ==========================================================  ===========
+
+The 224x224 architectures (``resnet10``, ``*-224``, ``*-small``, ``regnetx-400mf``) are
+listed with :data:`ARCHITECTURES`.
 
 Segmentation: ``unet-small`` (the gateway's) and ``fcn-small`` (dilated convolutions, no
 skip connections). torchvision's batch-norm momentum is set to 0.1 everywhere (MobileNetV3
@@ -79,6 +87,9 @@ def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
         if name == "vit":
             return tv.VisionTransformer(image_size=28, patch_size=4, num_layers=4, num_heads=4,
                                         hidden_dim=128, mlp_dim=256, num_classes=classes)
+        if name == "googlenet":  # no auxiliary heads: one output in training mode too
+            return tv.googlenet(weights=None, num_classes=classes, aux_logits=False,
+                                init_weights=True)
         return torchvision_body(name, classes)
     return make
 
@@ -178,6 +189,17 @@ ARCHITECTURES: dict[str, Architecture] = {
                               lr=5e-4),
     "efficientnet-b0-224": Architecture(_torchvision("efficientnet_b0"), 3, None,
                                         "EfficientNet-B0 (torchvision)"),
+    # a third thumbnail panel (families neither the first two panels nor the surrogates hold),
+    # to check the thumbnail defaults on architectures they were not chosen with
+    "regnetx-400mf-64": Architecture(_torchvision("regnet_x_400mf"), 3, 64,
+                                     "RegNetX-400MF at 64x64"),
+    "squeezenet-64": Architecture(_torchvision("squeezenet1_1"), 3, 64, "SqueezeNet 1.1 at 64x64",
+                                  lr=1e-3),
+    "convnext-small-64": Architecture(_small_224("convnext"), 3, 64,
+                                      "ConvNeXt, widths 32-64-128-256, at 64x64", lr=1e-3),
+    "mnasnet-64": Architecture(_torchvision("mnasnet0_5"), 3, 64, "MnasNet 0.5 at 64x64"),
+    "googlenet-64": Architecture(_torchvision("googlenet"), 3, 64,
+                                 "GoogLeNet (Inception v1) at 64x64"),
     "unet-small": Architecture(SURROGATE_ARCHITECTURES["unet-small"], None, None,
                                "gateway U-Net (16-32-64)"),
     "fcn-small": Architecture(_fcn_small, None, None, "dilated FCN, no skips"),
@@ -191,7 +213,9 @@ FAMILIES = {"resnet10": "ResNet", "resnet18": "ResNet", "vit-tiny": "ViT", "vit-
             "mobilenetv3-small": "MobileNet", "mobilenetv3-small-224": "MobileNet",
             "densenet121": "DenseNet", "densenet-small": "DenseNet",
             "efficientnet-b0": "EfficientNet", "efficientnet-b0-224": "EfficientNet",
-            "regnetx-400mf": "RegNet", "squeezenet-224": "SqueezeNet"}
+            "regnetx-400mf": "RegNet", "squeezenet-224": "SqueezeNet",
+            "regnetx-400mf-64": "RegNet", "squeezenet-64": "SqueezeNet",
+            "convnext-small-64": "ConvNeXt", "mnasnet-64": "MnasNet", "googlenet-64": "Inception"}
 
 
 def family(arch: str) -> str:
