@@ -87,12 +87,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .stage import configure_device, protection_advice
 
     config = load_config(args.file)
     if config.protection.device == "cuda":  # only this machine can answer that one
-        from .stage import configure_device
-
         configure_device(config)
+    for note in protection_advice(config):
+        print(f"{args.file}: note: {note}")
     print(f"{args.file}: OK: {len(config.partners)} partner(s), {len(config.routes)} route(s), "
           f"{len(config.profiles)} profile(s), no_route={config.no_route.action}")
     return 0

@@ -34,7 +34,7 @@ from .route import Router
 from .seal.service import SealService
 from .settings import Config
 from .spool import Entry, Spool
-from .stage import ProtectionStage, configure_device
+from .stage import ProtectionStage, configure_device, protection_advice
 from .study import StudyAssembler
 from .tls import INBOUND_REFUSALS
 from .worker import StudyWorker
@@ -97,6 +97,8 @@ class Gateway:
     def start(self) -> None:
         device = configure_device(self.config)  # first: a missing device touches nothing
         self.metrics.protection_device.labels(device=device).set(1)
+        for note in protection_advice(self.config):
+            _log.warning("%s", note)
         counts = self.spool.recover()
         _log.info("spool recovered at %s: %s", self.spool.root, counts)
         if self.audit is not None:  # AuditError: no start without a writable trail

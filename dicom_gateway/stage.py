@@ -25,7 +25,8 @@ from .protect.device import configure
 from .protect.masks import SEGMENTATION_STORAGE
 from .settings import Config, ProfileConfig
 
-__all__ = ["SEGMENTATION_UNCHANGED", "ProtectionStage", "configure_device", "study_context"]
+__all__ = ["SEGMENTATION_UNCHANGED", "ProtectionStage", "configure_device", "protection_advice",
+           "study_context"]
 
 _log = logging.getLogger(__name__)
 SEGMENTATION_UNCHANGED = {"pixels": "unchanged", "reason": "segmentation"}
@@ -169,6 +170,23 @@ def _is_segmentation(path: Path) -> bool:
 def study_context(paths: Iterable[Path]) -> StudyContext:
     """What a method may know of a study from its instance files: its Segmentation instances."""
     return StudyContext(segmentations=tuple(p for p in paths if _is_segmentation(p)))
+
+
+def protection_advice(config: Config) -> list[str]:
+    """What the profiles of ``config`` could do markedly better though nothing in them is an
+    error, one line each: an ``adversarial_perturbation`` against a single surrogate file
+    (decision 0035: on every victim panel measured, models the hospital did not train kept
+    about twice the skill they kept against an ensemble of independently trained copies)."""
+    notes = []
+    for name, profile in config.profiles.items():
+        files = {Path(p).resolve() for p in getattr(profile.options, "surrogates", ())}
+        if profile.method == "adversarial_perturbation" and len(files) == 1:
+            notes.append(f"profile {name!r}: adversarial_perturbation against one surrogate: "
+                         "models the hospital did not train keep about twice the skill they "
+                         "keep against an ensemble (train one with `dicom-gateway "
+                         "train-surrogate --data DATA --ensemble --out DIR` and list every file "
+                         "it writes under surrogates; docs/evaluation/README.md)")
+    return notes
 
 
 def configure_device(config: Config) -> str:

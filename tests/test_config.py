@@ -30,6 +30,36 @@ def test_check_config_cli_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert "OK" in capsys.readouterr().out
 
 
+def test_check_config_notes_a_perturbation_against_one_surrogate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A profile that protects against one surrogate file is valid, and check-config says in
+    one note per profile that an ensemble protects markedly better (decision 0035); two files
+    (not the same file twice) silence it."""
+    import shutil
+
+    shipped = Path(__file__).resolve().parents[1] / "dicom_gateway" / "defaults"
+    one = tmp_path / "one.pt"
+    shutil.copy(shipped / "pneumonia-cnn-small.pt", one)
+    shutil.copy(one, tmp_path / "two.pt")
+    raw = _raw()
+    raw["profiles"]["xray"] = {"method": "adversarial_perturbation",
+                               "surrogates": [str(one), str(tmp_path / "." / "one.pt")]}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    notes = [line for line in out if ": note: " in line]
+    assert len(notes) == 1, out
+    assert notes[0].startswith(f"{path}: note: profile 'xray': adversarial_perturbation "
+                               "against one surrogate")
+    assert "train-surrogate --data DATA --ensemble" in notes[0]
+    assert out[-1].startswith(f"{path}: OK")
+    raw["profiles"]["xray"]["surrogates"] = [str(one), str(tmp_path / "two.pt")]
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["check-config", str(path)]) == 0
+    assert ": note: " not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("mutate, path, problem", [
     (lambda r: r["gateway"].update(colour="red"), "gateway.colour", "unknown key"),
     (lambda r: r["gateway"].pop("ae_title"), "gateway.ae_title", "required key is missing"),
