@@ -325,6 +325,19 @@ def test_victim_families() -> None:
     assert family("plain-cnn") == "plain-cnn"  # unknown: its own family
 
 
+def test_ablation_ensembles_of_the_same_file_names_are_told_apart() -> None:
+    """Ensembles whose files have the same names in other folders (the same recipe trained with
+    another setting) are named by folder and stem in the ablation; others by stem alone."""
+    from dicom_gateway.lab.evaluation.transfer import ensemble_labels
+
+    a = [Path("e1/m-1.pt"), Path("e1/m-2.pt")]
+    b = [Path("e2/m-1.pt"), Path("e2/m-2.pt")]
+    c = [Path("e1/other.pt")]
+    assert ensemble_labels([a, b, c]) == ["ensemble e1/m-1 + e1/m-2", "ensemble e2/m-1 + e2/m-2",
+                                          "ensemble other"]
+    assert ensemble_labels([a, c]) == ["ensemble m-1 + m-2", "ensemble other"]
+
+
 def test_third_thumbnail_panel_is_held_out_from_the_first_two() -> None:
     """The third thumbnail panel (a check of the thumbnail defaults on architectures they were
     not chosen with) shares no family with the first two panels nor with the surrogates, and

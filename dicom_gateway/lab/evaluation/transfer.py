@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,9 @@ from .scoring import MIN_CLEAN_SKILL, retained_skill
 from .victims import family, train_cached
 
 __all__ = ["DEFAULT_ABLATION", "DEFAULT_VICTIMS_224", "DEFENCES", "MIN_CLEAN_SKILL", "Scorer",
-           "Setup", "TransferStudy", "log_progress", "protect_cached", "relative_source",
-           "retained_skill", "run_transfer", "set_up", "subset", "train_victims"]
+           "Setup", "TransferStudy", "ensemble_labels", "log_progress", "protect_cached",
+           "relative_source", "retained_skill", "run_transfer", "set_up", "subset",
+           "train_victims"]
 
 DEFAULT_VICTIMS_224 = ("shufflenetv2-x0.5", "mobilenetv3-small-224", "convnext-small",
                        "vit-small", "regnetx-400mf", "densenet-small")
@@ -327,12 +329,24 @@ def _budget_row(study: TransferStudy, scorer: Scorer, test: ImageSet, eps: float
     return row
 
 
+def ensemble_labels(ensembles: Sequence[Sequence[Path]]) -> list[str]:
+    """The ablation's name for each ensemble: its files' stems joined by ``+``, or, where two
+    ensembles would get the same name (the same file names in other folders), ``folder/stem``."""
+    def label(files: Sequence[Path], folder: bool) -> str:
+        return "ensemble " + " + ".join(f"{p.parent.name}/{p.stem}" if folder else p.stem
+                                        for p in files)
+    plain = [label(files, False) for files in ensembles]
+    return [label(files, True) if plain.count(name) > 1 else name
+            for files, name in zip(ensembles, plain, strict=True)]
+
+
 def _ablation(study: TransferStudy, white: dict[str, Any], black: dict[str, Any],
               test: ImageSet, cache: Path) -> list[dict[str, Any]]:
     """Each lever (and each surrogate ensemble) alone at the ablation budget, on a subset."""
     rows = list(study.ablation) + [
-        ("ensemble " + " + ".join(p.stem for p in files),
-         {"surrogates": [str(p) for p in files]}) for files in study.ablation_ensembles]
+        (label, {"surrogates": [str(p) for p in files]})
+        for label, files in zip(ensemble_labels(study.ablation_ensembles),
+                                study.ablation_ensembles, strict=True)]
     if not rows:
         return []
     sub = subset(test, study.ablation_images, study.seed + 1)
