@@ -184,8 +184,8 @@ def protection_advice(config: Config) -> list[str]:
             notes.append(f"profile {name!r}: adversarial_perturbation against one surrogate: "
                          "models the hospital did not train keep about twice the skill they "
                          "keep against an ensemble (train one with `dicom-gateway "
-                         "train-surrogate --data DATA --ensemble --out DIR` and list every file "
-                         "it writes under surrogates; docs/evaluation/README.md)")
+                         "train-surrogate --data DATA --ensemble --out DIR` and name DIR under "
+                         "surrogates; docs/evaluation/README.md)")
     return notes
 
 

@@ -29,6 +29,14 @@ def _classes(folder: Path) -> None:
             Image.fromarray(rng.integers(lo, hi, (20, 20), np.uint8)).save(path)
 
 
+_PROFILE = """\
+gateway: {{ae_title: GW, listen: {{host: 127.0.0.1, port: 11112}}, spool_dir: spool,
+          allowed_callers: [PACS]}}
+profiles:
+  xray: {{method: adversarial_perturbation, surrogates: [{folder}]}}
+"""
+
+
 def test_the_recipe_follows_the_image_size() -> None:
     """Thumbnails get six independently trained small CNNs; 224x224 the four families of the
     evaluation plus LGV snapshots; the ViT, which takes 224x224 only, is left out at other
@@ -54,7 +62,8 @@ def test_one_command_trains_the_ensemble_and_a_rerun_keeps_it(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     manifest = json.loads((out / "ensemble.json").read_text())
     files = [f for m in manifest["members"].values() for f in m["files"]]
-    assert len(files) == 6 and f"surrogates: [{out / 'cnn-small-affine-1.pt'}" in done.stdout
+    assert len(files) == 6 and f"surrogates: [{out}]" in done.stdout
+    assert manifest["recipe"] == [m.name for m in recipe(20, 20)]
     loaded = {f: load_surrogate(out / f) for f in files}
     training = [(s.info.arch, s.info.training["augment"], s.info.training["seed"])
                 for s in loaded.values()]
@@ -70,6 +79,12 @@ def test_one_command_trains_the_ensemble_and_a_rerun_keeps_it(tmp_path: Path) ->
         f: s.sha256 for f, s in loaded.items()}
 
     (out / "cnn-small-light-2.pt").write_bytes(b"cut short")  # an interrupted member
+    profile = tmp_path / "gateway.yaml"
+    profile.write_text(_PROFILE.format(folder=out))
+    refused = _cli("check-config", str(profile))  # a profile naming the folder sees it
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "profiles.xray.surrogates" in refused.stderr
+    assert "cnn-small-light-2.pt: changed since" in refused.stderr
     mended = _cli(*args)
     assert mended.returncode == 0, mended.stderr
     assert "cnn-small-light-2: 1 file(s)" in mended.stdout
@@ -81,8 +96,49 @@ def test_one_command_trains_the_ensemble_and_a_rerun_keeps_it(tmp_path: Path) ->
     assert other.returncode != 0 and "other settings" in other.stderr
     mixed = _cli(*args[:-2], "--arch", "resnet18", "--out", str(tmp_path / "x"))
     assert mixed.returncode != 0 and "--arch" in mixed.stderr
+    assert _cli("check-config", str(profile)).returncode == 0
     for refused in (other, mixed):
         assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_profile_names_the_folder_when_every_member_is_there(tmp_path: Path) -> None:
+    """``surrogates: [DIR]`` stands for the files of ``DIR/ensemble.json`` in its order; an
+    unfinished ensemble, a missing file, a folder without a manifest are refused, saying what
+    to do (the recipe's members are named in the manifest from the first member on)."""
+    from dicom_gateway.lab.train import train_surrogate
+    from dicom_gateway.protect import ensemble_folder
+    from dicom_gateway.protect.options import PerturbationOptions
+    from dicom_gateway.protect.surrogate import load_surrogate
+
+    _classes(tmp_path / "cls")
+    out = tmp_path / "models"
+    out.mkdir()
+    names = ["b", "a"]
+    for name in names:
+        train_surrogate(tmp_path / "cls", "cnn-small", out / f"{name}.pt", epochs=1,
+                        progress=False)
+    members = {n: {"member": {}, "files": [f"{n}.pt"],
+                   "sha256": {f"{n}.pt": load_surrogate(out / f"{n}.pt").sha256}}
+               for n in names}
+
+    def manifest(recipe: list[str], listed: list[str]) -> None:
+        body = {"settings": {}, "recipe": recipe, "members": {n: members[n] for n in listed}}
+        (out / ensemble_folder.MANIFEST).write_text(json.dumps(body))
+
+    manifest(names, names)
+    options = PerturbationOptions.parse({"surrogates": ["models"]}, base_dir=tmp_path)
+    assert options.surrogates == (out / "b.pt", out / "a.pt")
+    manifest([*names, "c"], names)
+    refused = ensemble_folder.EnsembleFolderError
+    with pytest.raises(refused, match=r"unfinished \(2 of 3 members trained; missing: c\): rerun"):
+        ensemble_folder.ensemble_files(out)
+    manifest(names, names)
+    (out / "a.pt").unlink()
+    with pytest.raises(refused, match=r"a\.pt: listed in ensemble\.json but missing"):
+        ensemble_folder.ensemble_files(out)
+    (out / ensemble_folder.MANIFEST).unlink()
+    with pytest.raises(refused, match=r"needs the ensemble\.json"):
+        ensemble_folder.ensemble_files(out)
 
 
 def test_a_member_started_from_another_is_retrained_with_it(

@@ -105,8 +105,8 @@ def _ensemble(args: argparse.Namespace, data: Path) -> int:
         print(f"{name}: {len(entry['files'])} file(s), val accuracy {scores} ({state})")
     files = ensemble.files(out)
     print(f"{len(ensemble.members)} members, {len(files)} surrogate files in {out} "
-          f"(ensemble.json); in a profile:")
-    print(f"  surrogates: [{', '.join(str(f) for f in files)}]")
+          f"(ensemble.json); in a profile, the folder (checked: complete, unchanged):")
+    print(f"  surrogates: [{out}]")
     return 0
 
 

@@ -6,7 +6,9 @@ members of :func:`recipe` for the data's image size into ``DIR`` and lists them 
 A member whose files the manifest lists with the same settings and the same digests is kept
 (a rerun after an interruption trains only what is missing; at 224x224 on a CPU the ensemble
 takes hours). A folder that holds an ensemble trained with other settings is refused: one
-folder, one ensemble. The profile lists every file (:meth:`Ensemble.files`).
+folder, one ensemble. A profile names the folder (checked by
+:mod:`dicom_gateway.protect.ensemble_folder`: every member of ``recipe``, files unchanged) or
+lists its files (:meth:`Ensemble.files`).
 
 The members are the evaluation's recommendation (``docs/protection.md``, decisions 0017,
 0026 and 0034). From 64 px up: surrogates of several families, slightly robust (adversarial
@@ -27,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
+from ..protect.ensemble_folder import MANIFEST
 from ..protect.surrogate import load_surrogate
 from .durable import write_durably
 from .train import SLIGHTLY_ROBUST, collect_snapshots, image_size, train_surrogate
 
 __all__ = ["Ensemble", "Member", "recipe", "train_ensemble"]
 
-MANIFEST = "ensemble.json"
 SLIGHT = SLIGHTLY_ROBUST  # train-surrogate's default budget for classifiers
 LGV_SNAPSHOTS = 4  # snapshots an epoch (decision 0026: four of one epoch)
 
@@ -90,6 +92,7 @@ class Ensemble:
 
     settings: dict[str, Any]
     members: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recipe: list[str] = field(default_factory=list)  # every member's name, trained or not
     trained: list[str] = field(default_factory=list)  # this run (not in the manifest)
 
     def files(self, folder: Path) -> list[Path]:
@@ -136,6 +139,7 @@ def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     ensemble = _read(out, settings)
     members = recipe(height, width)
+    ensemble.recipe = [m.name for m in members]
     dropped = set(ensemble.members) - {m.name for m in members}
     for name in sorted(dropped):  # of an earlier recipe (an upgrade changed it)
         _say(progress, f"ensemble: {name}: not in this version's recipe, left out "
@@ -176,7 +180,8 @@ def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
 
 
 def _write(folder: Path, ensemble: Ensemble) -> None:
-    body = {"settings": ensemble.settings, "members": ensemble.members}
+    body = {"settings": ensemble.settings, "recipe": ensemble.recipe,
+            "members": ensemble.members}
     text = json.dumps(body, indent=2) + "\n"
     write_durably(lambda path: path.write_text(text), folder / MANIFEST)
 

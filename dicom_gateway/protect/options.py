@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Self
 
 from ..errors import GatewayError, SurrogateError
 from .diversity import TRANSFORMS
+from .ensemble_folder import ensemble_files
 
 __all__ = [
     "EPSILON_FORMS",
@@ -132,11 +133,13 @@ def option(default: Any = MISSING, check: Check | None = None, *, path: bool = F
 
 
 def surrogate_files(value: Any) -> tuple[Path, ...]:
-    """A non-empty list of surrogate model files, each one loadable."""
+    """A non-empty list of surrogate model files, each one loadable; a folder that
+    ``train-surrogate --ensemble`` wrote stands for its files (:mod:`.ensemble_folder`)."""
     if not isinstance(value, (list, tuple)) or not value or \
             not all(isinstance(p, (str, Path)) for p in value):
-        raise ValueError("required: a list of surrogate model files")
-    paths = tuple(Path(p) for p in value)
+        raise ValueError("required: a list of surrogate model files (or ensemble folders)")
+    paths = tuple(f for p in map(Path, value)
+                  for f in (ensemble_files(p) if p.is_dir() else (p,)))
     for p in paths:
         if not p.is_file():
             raise ValueError(f"surrogate file not found: {p}")

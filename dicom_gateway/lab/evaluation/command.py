@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ...errors import GatewayError
+from ...protect.ensemble_folder import EnsembleFolderError, ensemble_files
 
 __all__ = ["add_parser", "parse_profile"]
 
@@ -76,7 +77,8 @@ def add_parser(sub: Any) -> None:
                         "normalization) or light (flip, 2-px shift)")
     e.add_argument("--test-images", type=int, help="cap the test split")
     e.add_argument("--surrogate-files",
-                   help="comma-separated surrogate files (train-surrogate's output): run the "
+                   help="comma-separated surrogate files (train-surrogate's output; a folder "
+                        "train-surrogate --ensemble wrote stands for its files): run the "
                         "transfer study of adversarial_perturbation (or, with --profile, of "
                         "adversarial_watermark) through the gateway's code path with this "
                         "ensemble (docs/evaluation/README.md)")
@@ -154,7 +156,11 @@ def _study(run: Any, study: Any) -> dict[str, Any]:
 def _run_transfer(args: argparse.Namespace) -> int:
     from .transfer import DEFAULT_ABLATION, TransferStudy, run_transfer
 
-    files = tuple(Path(f.strip()) for f in args.surrogate_files.split(",") if f.strip())
+    named = tuple(Path(f.strip()) for f in args.surrogate_files.split(",") if f.strip())
+    try:
+        files = tuple(f for p in named for f in (ensemble_files(p) if p.is_dir() else (p,)))
+    except EnsembleFolderError as exc:
+        raise GatewayError(f"--surrogate-files: {exc}") from None
     for f in files:
         if not f.is_file():
             raise GatewayError(f"--surrogate-files: {f}: no such file")
