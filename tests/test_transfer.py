@@ -269,6 +269,55 @@ def test_transfer_study_reports_computed_figures(tmp_path: Path,
     assert {t["target"] for t in results["targets"]} >= {"8/255: black-box retained skill"}
 
 
+def test_resize_images_is_an_8_bit_antialiased_reduction() -> None:
+    from dicom_gateway.lab.datasets import resize_images
+
+    x = torch.zeros(2, 1, 8, 8)
+    x[:, :, :, 4:] = 1.0  # left half black, right half white
+    small = resize_images(x, 4)
+    assert small.shape == (2, 1, 4, 4)
+    assert torch.equal(small * 255, (small * 255).round())  # 8-bit levels
+    row = small[0, 0, 0].tolist()  # the edge blurred by the filter, not aliased away
+    assert row[0] == 0.0 and row[-1] == 1.0 and row == sorted(row)
+    assert row[1] + row[2] == pytest.approx(1.0, abs=1 / 255)
+    assert resize_images(x, 8) is x
+
+
+def test_transfer_study_at_the_partners_resolution(tmp_path: Path,
+                                                   surrogates: dict[str, Path]) -> None:
+    """Images stored (and protected) at 56x56, victims trained at 28x28 on the training images
+    resized there, and scoring what they are given after the same resize: a partner that
+    trains at a lower resolution than the release. The figures are computed as usual; the
+    clean victim scores on the stored images equal those on the images resized first."""
+    from dicom_gateway.lab.datasets import resize_images
+    from dicom_gateway.lab.evaluation.scoring import retained_skill
+    from dicom_gateway.lab.evaluation.transfer import TransferStudy, run_transfer, set_up
+
+    medmnist_npz("pneumoniamnist_balanced.npz")
+    study = TransferStudy(dataset="pneumoniamnist", out=tmp_path / "report",
+                          surrogate_files=(surrogates["pneumonia"],), victims=("plain-cnn",),
+                          budgets=(8 / 255,), options={"steps": 3}, epochs=1, test_images=40,
+                          size=56, victim_size=28, victim_recipe="light", progress=False,
+                          cache=tmp_path / "cache")
+    setup = set_up(study)
+    assert setup.test.images.shape[2:] == (56, 56)
+    victim = setup.black["plain-cnn"]
+    with torch.no_grad():
+        stored = victim(setup.test.images).argmax(1)
+        first_resized = victim.model(resize_images(setup.test.images, 28)).argmax(1)
+    assert torch.equal(stored, first_resized)
+    results = run_transfer(study)
+    assert results["dataset"]["resolution"] == [56, 56] and results["victim_size"] == 28
+    assert "resized to 56x56" in results["dataset"]["source"]
+    row = results["frontier"][0]
+    assert row["max_abs_change_255"] <= 8
+    acc = row["protected"]["accuracy"]["plain-cnn"]
+    assert row["protected"]["black_box_retained_skill"] == pytest.approx(
+        retained_skill(acc, results["clean"]["test_accuracy"]["plain-cnn"], results["chance"]),
+        abs=1e-3)
+    assert "at the partner's resolution 28x28" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_train_surrogate_fine_tunes_slightly_robust(tmp_path: Path,
                                                      surrogates: dict[str, Path]) -> None:
     """``--init`` starts from a surrogate file; ``--adversarial-epsilon`` trains on FGSM

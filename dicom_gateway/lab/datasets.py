@@ -28,7 +28,8 @@ import torch
 
 from ..errors import DatasetError
 
-__all__ = ["ImageSet", "load_images", "load_npz_split", "load_split_tree", "stratified_split"]
+__all__ = ["ImageSet", "load_images", "load_npz_split", "load_split_tree", "resize_images",
+           "stratified_split"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -53,6 +54,21 @@ class ImageSet:
         return ImageSet(self.images[index],
                         None if self.labels is None else self.labels[index],
                         None if self.masks is None else self.masks[index], self.classes)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``images`` ``(N, C, H, W)`` in [0, 1] at ``size`` x ``size``, as an 8-bit image library
+    resizes (antialiased bilinear, then rounded to 1/255): how a partner brings a release
+    stored at one resolution to the one its model trains at (the MedMNIST thumbnails are such
+    reductions of sources like the 224x224 chest X-rays)."""
+    import torch.nn.functional as F
+
+    if tuple(images.shape[2:]) == (size, size):
+        return images
+    out = torch.cat([F.interpolate(images[i:i + 256], size=(size, size), mode="bilinear",
+                                   align_corners=False, antialias=True)
+                     for i in range(0, len(images), 256)])
+    return (out.clamp(0, 1) * 255).round() / 255
 
 
 def load_npz_split(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,6 +82,13 @@ def add_parser(sub: Any) -> None:
                         "transfer study of adversarial_perturbation (or, with --profile, of "
                         "adversarial_watermark) through the gateway's code path with this "
                         "ensemble (docs/evaluation/README.md)")
+    e.add_argument("--size", type=int, metavar="N",
+                   help="transfer study: the images brought to N x N on load, as if stored "
+                        "at that size (what the gateway protects)")
+    e.add_argument("--victim-size", type=int, metavar="N",
+                   help="transfer study: the partner's resolution: victims train on the "
+                        "training images resized to N x N and resize what they are given "
+                        "(the protected images at the stored size) the same way")
     e.add_argument("--budgets", default="2/255,4/255,8/255,16/255",
                    help="transfer study: the budgets of the frontier (N/255 or fractions)")
     e.add_argument("--attack", default="",
@@ -100,6 +107,12 @@ def add_parser(sub: Any) -> None:
                         "by '+', ensembles by ',' (e.g. a.pt,a.pt+b.pt)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     e.set_defaults(func=run_command)
+
+
+def _size(value: int | None, flag: str) -> int | None:
+    if value is not None and not 8 <= value <= 4096:
+        raise GatewayError(f"{flag} {value}: a side of 8 to 4096 pixels")
+    return value
 
 
 def _fraction(text: str) -> float:
@@ -175,6 +188,7 @@ def _run_transfer(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         cache=Path(args.cache) if args.cache else None, test_images=args.test_images,
         train_images=args.train_images, victim_recipe=args.victim_recipe,
+        size=_size(args.size, "--size"), victim_size=_size(args.victim_size, "--victim-size"),
         progress=not args.quiet, command="dicom-gateway " + shlex.join(sys.argv[1:]))
     if args.ablation_ensembles:
         study.ablation_ensembles = tuple(
@@ -233,6 +247,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.surrogate_files:
         return _run_transfer(args)
+    if args.size or args.victim_size:
+        raise GatewayError("--size, --victim-size: the transfer study only (--surrogate-files)")
     config = Path(args.config) if args.config else None
     methods = ([parse_profile(p, config) for p in args.profile] if args.profile
                else list(DEFAULT_METHODS))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..datasets import ImageSet, load_images, load_split_tree, stratified_split
+from ..datasets import ImageSet, load_images, load_split_tree, resize_images, stratified_split
 
 __all__ = ["DATASETS", "Splits", "default_data_dir", "load_dataset"]
 
@@ -82,8 +82,23 @@ def _split(data: ImageSet, seed: int, val: int, test: int) -> tuple[ImageSet, ..
 
 
 def load_dataset(name: str, data_dir: Path | None = None, seed: int = 0,
-                 size: int = 128) -> Splits:
-    """The splits of a named set (under ``data_dir``) or of an ``.npz`` path."""
+                 size: int = 128, resize: int | None = None) -> Splits:
+    """The splits of a named set (under ``data_dir``) or of an ``.npz`` path; with ``resize``,
+    a classification set's images brought to ``resize`` x ``resize``
+    (:func:`~dicom_gateway.lab.datasets.resize_images`) as if stored at that size."""
+    splits = _load(name, data_dir, seed, size)
+    if resize is None or splits.resolution == (resize, resize):
+        return splits
+    if splits.task != "classification":
+        raise ValueError(f"dataset {name}: resizing is for classification sets")
+    for s in (splits.train, splits.val, splits.test):
+        s.images = resize_images(s.images, resize)
+    splits.source += f", resized to {resize}x{resize}"
+    splits.digest += f"@{resize}"
+    return splits
+
+
+def _load(name: str, data_dir: Path | None, seed: int, size: int) -> Splits:
     data_dir = data_dir or default_data_dir()
     if name not in DATASETS:
         path = Path(name)

@@ -29,7 +29,7 @@ import torch
 from ...protect.perturbation import DEFAULTS, adapt
 from ...protect.quality import psnr, ssim
 from ...protect.surrogate import load_surrogate
-from ..datasets import ImageSet
+from ..datasets import ImageSet, resize_images
 from ..train import accuracy
 from . import defences
 from .data import load_dataset
@@ -79,6 +79,8 @@ class TransferStudy:
     test_images: int | None = None
     train_images: int | None = None  # victims: a stratified subset of the training split
     victim_recipe: str = "practitioner"  # how the victims are trained (victims.RECIPES)
+    size: int | None = None  # the images as stored and protected: resized to this on load
+    victim_size: int | None = None  # the partner's resolution: victims train and score there
     progress: bool = True
     command: str = ""
 
@@ -148,6 +150,25 @@ class Scorer:
                     sum(acc[n] for n in self.black if n not in self.in_family)
                     / max(len(self.black) - len(self.in_family), 1), 4),
                 "in_family": sorted(self.in_family)}
+
+
+def at_size(data: ImageSet, size: int | None) -> ImageSet:
+    """``data`` with its images at ``size`` x ``size`` (:func:`resize_images`), or as is."""
+    if size is None:
+        return data
+    return ImageSet(resize_images(data.images, size), data.labels, data.masks, data.classes)
+
+
+class _Resized(torch.nn.Module):
+    """A victim trained at ``size``: what it is given is first resized as a partner's
+    pipeline resizes a release stored at another resolution."""
+
+    def __init__(self, model: torch.nn.Module, size: int) -> None:
+        super().__init__()
+        self.model, self.size = model, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(resize_images(x, self.size))
 
 
 class _Adapted(torch.nn.Module):
@@ -236,11 +257,14 @@ class Setup:
 
 def set_up(study: TransferStudy) -> Setup:
     """Load the data, the surrogates and the victims (trained or cached); the results' head."""
-    splits = load_dataset(study.dataset, study.data_dir, seed=study.seed)
+    splits = load_dataset(study.dataset, study.data_dir, seed=study.seed, resize=study.size)
     test = subset(splits.test, study.test_images, study.seed)
     train = subset(splits.train, study.train_images, study.seed + 2)
     cache = study.cache or study.out / "cache"
-    black, clean_val = train_victims(study, train, splits.val, cache)
+    black, clean_val = train_victims(study, at_size(train, study.victim_size),
+                                     at_size(splits.val, study.victim_size), cache)
+    if study.victim_size is not None:  # each victim brings what it is given to its size
+        black = {n: _Resized(m, study.victim_size).eval() for n, m in black.items()}
     white = {f"surrogate:{path.stem}": load_surrogate(path) for path in study.surrogate_files}
     scorer = Scorer(white, black, test)
     log_progress(study, f"clean accuracies {scorer.clean}, chance {scorer.chance:.4f}")
@@ -262,6 +286,7 @@ def set_up(study: TransferStudy) -> Setup:
                        for path in study.surrogate_files
                        for name in [f"surrogate:{path.stem}"]},
         "victims": list(study.victims),
+        "victim_size": study.victim_size,
         "epochs": study.epochs,
         "victim_recipe": study.victim_recipe,
     }

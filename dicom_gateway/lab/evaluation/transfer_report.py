@@ -119,6 +119,16 @@ def _family_note(results: dict[str, Any]) -> str:
             "worst victim and the targets are over the held-out victims only.")
 
 
+def _at(results: dict[str, Any]) -> str:
+    size = results.get("victim_size")
+    if not size:
+        return ""
+    d = results["dataset"]["resolution"]
+    return (f", at the partner's resolution {size}x{size}: the training images resized to it "
+            f"and every image a victim is given ({d[0]}x{d[1]} as stored and protected) "
+            "resized the same way (antialiased, 8-bit) before it classifies it")
+
+
 def report_head(results: dict[str, Any], method: str, how: str) -> list[str]:
     """The head of a transfer report: title, command, data, chance, how the images were
     protected (``how``), the victims' recipe, the wall time, and the clean models' table."""
@@ -130,7 +140,8 @@ def report_head(results: dict[str, Any], method: str, how: str) -> list[str]:
             f"train {d['train']}, val {d['val']}, test {d['test']} of {d['test_full']}. "
             f"Chance (majority class of the test images): {results['chance']:.3f}. {how} "
             f"Victims trained {results['epochs']} epochs from scratch with the "
-            f"{RECIPES[results.get('victim_recipe', 'practitioner')]}. Wall time of the run: "
+            f"{RECIPES[results.get('victim_recipe', 'practitioner')]}{_at(results)}. Wall "
+            "time of the run: "
             f"{results['wall_seconds'] / 60:.1f} min.", "",
             "## Clean models", "",
             table(["model", "test accuracy", "val accuracy"],
