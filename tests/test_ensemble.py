@@ -94,10 +94,12 @@ def test_one_command_trains_the_ensemble_and_a_rerun_keeps_it(tmp_path: Path) ->
 
     other = _cli(*args[:-4], "--epochs", "2", "--out", str(out))  # other settings, same folder
     assert other.returncode != 0 and "other settings" in other.stderr
+    smaller = _cli(*args[:-2], "--size", "16", "--out", str(out))  # another training size
+    assert smaller.returncode != 0 and "'size': [20, 20]" in smaller.stderr
     mixed = _cli(*args[:-2], "--arch", "resnet18", "--out", str(tmp_path / "x"))
     assert mixed.returncode != 0 and "--arch" in mixed.stderr
     assert _cli("check-config", str(profile)).returncode == 0
-    for refused in (other, mixed):
+    for refused in (other, smaller, mixed):
         assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
 

@@ -52,6 +52,55 @@ def test_train_surrogate_reads_image_folders(tmp_path: Path) -> None:
     assert "Traceback" not in wrong.stderr
 
 
+def test_train_surrogate_at_a_smaller_size_sees_what_the_gateway_view_gives_it(
+        tmp_path: Path) -> None:
+    """``--size``: a surrogate trained on reductions of stored images (as a site with
+    radiographs of two thousand pixels trains at 224) gets the same reduction from the
+    gateway's view of the stored image, so the protection stays at the stored size."""
+    from dicom_gateway.lab.datasets import resize_images
+    from dicom_gateway.lab.evaluation.gateway_path import wrap_as_dicom
+    from dicom_gateway.protect.perturbation import adapt
+    from dicom_gateway.protect.surrogate import load_surrogate
+    from dicom_gateway.protect.view import prepare
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:48, :48]
+    stored = []
+    for i in range(16):  # a bright disc (left or right) on noise, stored at 48 x 48
+        for name, cx in (("left", 14), ("right", 34)):
+            disc = (yy - 24) ** 2 + (xx - cx) ** 2 < 60
+            image = np.where(disc, 210, rng.integers(0, 120, (48, 48))).astype(np.uint8)
+            _png(tmp_path / "cls" / name / f"{i}.png", image)
+            stored.append(image)
+    done = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--size", "16",
+                "--epochs", "3", "--out", str(tmp_path / "c.pt"))
+    assert done.returncode == 0, done.stderr
+    assert "cnn-small 16x16x1, 2 classes" in done.stdout
+    s = load_surrogate(tmp_path / "c.pt")
+    assert s.info.input_size == (16, 16) and s.info.training["resized_to"] == 16
+    x = torch.from_numpy(np.stack(stored)[:, None]).float() / 255
+    views = [prepare(p) for p in wrap_as_dicom(x, tmp_path / "dicom")]
+    seen = torch.from_numpy(np.concatenate([v.values for v in views]).transpose(0, 3, 1, 2))
+    assert seen.shape[2:] == (48, 48)  # the gateway reads (and protects) the stored size
+    with torch.no_grad():
+        through = adapt(seen.float(), s)
+    trained_on = resize_images(x, 16)
+    assert through.shape == trained_on.shape
+    assert float((through - trained_on).abs().max()) <= 0.6 / 255  # 8-bit rounding apart
+    with torch.no_grad():
+        agree = (s.model(through).argmax(1) == s.model(trained_on).argmax(1)).float().mean()
+    assert float(agree) >= 0.95
+    small = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--size", "4",
+                 "--out", str(tmp_path / "x.pt"))
+    assert small.returncode != 0 and "--size 4" in small.stderr
+    assert "Traceback" not in small.stderr
+    lgv = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--init",
+               str(tmp_path / "c.pt"), "--snapshots", "1", "--epochs", "1",
+               "--out", str(tmp_path / "lgv.pt"))  # snapshots train at the start's size
+    assert lgv.returncode != 0 and "takes 16x16 images" in lgv.stderr
+    assert "--size 16" in lgv.stderr and "Traceback" not in lgv.stderr
+
+
 def test_torchscript_model_with_description(tmp_path: Path) -> None:
     from dicom_gateway.errors import SurrogateError
     from dicom_gateway.protect.surrogate import load_surrogate

@@ -61,6 +61,8 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if not data.exists():
         raise GatewayError(f"{data}: no such file or folder")
+    if args.size is not None and args.size < 8:
+        raise GatewayError(f"--size {args.size}: the smallest training size is 8 px")
     if args.ensemble:
         return _ensemble(args, data)
     if args.snapshots:
@@ -69,7 +71,7 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
         info = train_surrogate(data, arch, Path(args.out), epochs=args.epochs, seed=args.seed,
                                mask_suffix=args.mask_suffix, adversarial_epsilon=adversarial,
                                augment=args.augment, init=Path(args.init) if args.init else None,
-                               max_images=args.max_images)
+                               max_images=args.max_images, size=args.size)
     except DatasetError as exc:
         raise DatasetError(f"{data}: cannot train on it: {exc}") from None
     sha = load_surrogate(Path(args.out)).sha256
@@ -96,7 +98,7 @@ def _ensemble(args: argparse.Namespace, data: Path) -> int:
         raise GatewayError(f"--ensemble: --out {out} is a file; name a folder")
     try:
         ensemble = train_ensemble(data, out, epochs=args.epochs, seed=args.seed,
-                                  max_images=args.max_images)
+                                  max_images=args.max_images, size=args.size)
     except DatasetError as exc:
         raise DatasetError(f"{data}: cannot train the ensemble: {exc}") from None
     for name, entry in ensemble.members.items():
@@ -122,7 +124,8 @@ def _snapshots(args: argparse.Namespace, data: Path, adversarial: float | None) 
     try:
         files = collect_snapshots(data, Path(args.init), Path(args.out), epochs=args.epochs,
                                   per_epoch=args.snapshots, lr=args.lr, seed=args.seed,
-                                  max_images=args.max_images, adversarial_epsilon=adversarial)
+                                  max_images=args.max_images, adversarial_epsilon=adversarial,
+                                  size=args.size)
     except DatasetError as exc:
         raise DatasetError(f"{data}: cannot train on it: {exc}") from None
     print(f"{len(files)} snapshots: {', '.join(str(f) for f in files)}")
@@ -228,6 +231,11 @@ def _add_train_surrogate(sub: Any) -> None:
                         "OUT-01.pt, OUT-02.pt, ...; adversarially at the --init file's "
                         "recorded budget unless --adversarial-epsilon says (docs/protection.md)")
     t.add_argument("--lr", type=float, help="with --snapshots: the constant learning rate")
+    t.add_argument("--size", type=int, metavar="N",
+                   help="train at N x N: the images reduced on load (antialiased, 8-bit), "
+                        "e.g. 224 from radiographs of two thousand pixels; the gateway "
+                        "reduces what it protects the same way for the surrogate, and the "
+                        "protection stays at the stored resolution (default: as stored)")
     t.set_defaults(func=_cmd_train_surrogate)
 
 

@@ -127,10 +127,13 @@ def _kept(folder: Path, entry: dict[str, Any] | None, member: Member) -> bool:
 
 
 def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
-                   max_images: int | None = None, progress: bool = True) -> Ensemble:
+                   max_images: int | None = None, progress: bool = True,
+                   size: int | None = None) -> Ensemble:
     """Train the members :func:`recipe` names for ``data`` into ``out`` (see the module);
-    returns the ensemble, ``trained`` naming the members this call trained."""
-    height, width, task = image_size(data, seed)
+    returns the ensemble, ``trained`` naming the members this call trained. ``size``: every
+    member trained at ``size`` x ``size`` (:func:`~dicom_gateway.lab.train.at_size`), the
+    recipe chosen for that size."""
+    height, width, task = image_size(data, seed, size)
     if task != "classification":
         raise DatasetError("the ensemble is for classification data (a segmenter is one "
                            "surrogate: train-surrogate --task segmentation)")
@@ -158,12 +161,13 @@ def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
             assert init is not None
             collect_snapshots(data, init, out / f"{m.name}.pt", epochs=run_epochs,
                               per_epoch=m.snapshots, seed=seed, progress=progress,
-                              max_images=max_images, adversarial_epsilon=m.adversarial_epsilon)
+                              max_images=max_images, adversarial_epsilon=m.adversarial_epsilon,
+                              size=size)
         else:
             train_surrogate(data, m.arch, out / f"{m.name}.pt", epochs=run_epochs,
                             seed=seed + m.seed, progress=progress,
                             adversarial_epsilon=m.adversarial_epsilon, init=init,
-                            max_images=max_images, augment=m.augment)
+                            max_images=max_images, augment=m.augment, size=size)
         files = m.files()
         written = {f: load_surrogate(out / f) for f in files}
         ensemble.members[m.name] = {

@@ -27,11 +27,18 @@ from ..protect.surrogate import (
     save_surrogate,
     segmentation_loss,
 )
-from .datasets import ImageSet, load_images, load_npz_split, load_split_tree, stratified_split
+from .datasets import (
+    ImageSet,
+    load_images,
+    load_npz_split,
+    load_split_tree,
+    resize_images,
+    stratified_split,
+)
 
-__all__ = ["LEARNING_RATES", "SLIGHTLY_ROBUST", "Augment", "accuracy", "collect_snapshots",
-           "describe", "dice", "fit", "image_size", "load_npz_split", "random_affine",
-           "train_surrogate"]
+__all__ = ["LEARNING_RATES", "SLIGHTLY_ROBUST", "Augment", "accuracy", "at_size",
+           "collect_snapshots", "describe", "dice", "fit", "image_size", "load_npz_split",
+           "random_affine", "train_surrogate"]
 
 
 def _augment(x: torch.Tensor, m: torch.Tensor | None = None
@@ -154,17 +161,36 @@ def fit(model: nn.Module, data: ImageSet, epochs: int, val: ImageSet | None = No
     return best
 
 
-def _splits(data: Path, seed: int, mask_suffix: str, max_images: int | None = None
-            ) -> tuple[ImageSet, ImageSet]:
+def _splits(data: Path, seed: int, mask_suffix: str, max_images: int | None = None,
+            size: int | None = None) -> tuple[ImageSet, ImageSet]:
     """The training and validation splits; with ``max_images``, a seeded subset of that many
-    training images (in the classes' proportions when there are labels)."""
+    training images (in the classes' proportions when there are labels); with ``size``, the
+    images reduced (or enlarged) to ``size`` x ``size`` (:func:`at_size`)."""
     train, val = _all_splits(data, seed, mask_suffix)
-    if max_images is None or max_images >= len(train):
+    if max_images is not None and max_images < len(train):
+        if train.labels is not None:
+            train = stratified_split(train, max_images / len(train), seed + 1)[1]
+        else:
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
+            train = train.subset(order[:max_images])
+    if size is None:
         return train, val
-    if train.labels is not None:
-        return stratified_split(train, max_images / len(train), seed + 1)[1], val
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
-    return train.subset(order[:max_images]), val
+    return at_size(train, size), at_size(val, size)
+
+
+def at_size(data: ImageSet, size: int) -> ImageSet:
+    """``data`` at ``size`` x ``size``: images as an 8-bit image library resizes them
+    (:func:`~dicom_gateway.lab.datasets.resize_images`, antialiased bilinear, the reduction
+    the gateway's view applies before a surrogate sees an image), masks by nearest
+    neighbour."""
+    import torch.nn.functional as F
+
+    if size < 8:
+        raise DatasetError(f"size {size}: the smallest training size is 8 px")
+    masks = data.masks
+    if masks is not None and tuple(masks.shape[2:]) != (size, size):
+        masks = F.interpolate(masks, size=(size, size), mode="nearest")
+    return ImageSet(resize_images(data.images, size), data.labels, masks, data.classes)
 
 
 def _all_splits(data: Path, seed: int, mask_suffix: str) -> tuple[ImageSet, ImageSet]:
@@ -182,9 +208,12 @@ def _all_splits(data: Path, seed: int, mask_suffix: str) -> tuple[ImageSet, Imag
     return full.subset(order[held:]), full.subset(order[:held])
 
 
-def image_size(data: Path, seed: int = 0) -> tuple[int, int, str]:
-    """``(height, width, task)`` of the training images of ``data``."""
-    train, _ = _splits(data, seed, "_mask")
+def image_size(data: Path, seed: int = 0, size: int | None = None) -> tuple[int, int, str]:
+    """``(height, width, task)`` of the training images of ``data`` (``size`` x ``size``
+    when given)."""
+    train, _ = _all_splits(data, seed, "_mask")
+    if size is not None:
+        return size, size, train.task
     return int(train.images.shape[2]), int(train.images.shape[3]), train.task
 
 
@@ -210,7 +239,7 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
                     batch: int = 64, lr: float | None = None, progress: bool = True,
                     mask_suffix: str = "_mask", adversarial_epsilon: float | None = None,
                     augment: str = "auto", init: Path | None = None,
-                    max_images: int | None = None) -> SurrogateInfo:
+                    max_images: int | None = None, size: int | None = None) -> SurrogateInfo:
     """Train, keep the epoch with the best validation score, save; return the info.
 
     ``augment``: ``light`` (flip, shift <= 2 px), ``affine`` (:func:`random_affine`, what a
@@ -219,8 +248,11 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
     :data:`SLIGHTLY_ROBUST` for classification, 0 for segmentation. ``init``: a surrogate
     file of the same architecture and data shape to start from (fine-tuning, e.g. a few
     adversarial epochs on a surrogate already trained). ``max_images``: train on a seeded
-    subset of that many training images (in the classes' proportions), for a small machine."""
-    train, val = _splits(data, seed, mask_suffix, max_images)
+    subset of that many training images (in the classes' proportions), for a small machine.
+    ``size``: train at ``size`` x ``size`` (:func:`at_size`), e.g. 224 from radiographs
+    stored at two thousand pixels a side; the gateway's view reduces what it protects the
+    same way before the surrogate sees it."""
+    train, val = _splits(data, seed, mask_suffix, max_images, size)
     if arch == "auto":
         arch = ("unet-small" if train.task == "segmentation" else
                 "cnn-small" if min(train.images.shape[2:]) < 64 else "resnet10")
@@ -262,7 +294,8 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
     info = replace(info, metrics={key: round(best, 4)}, training={
         "epochs": epochs, "seed": seed, "augment": augment,
         "adversarial_epsilon": round(adversarial_epsilon, 6), "images": len(train),
-        **({"init": start.sha256} if init is not None else {})})
+        **({"init": start.sha256} if init is not None else {}),
+        **({"resized_to": size} if size is not None else {})})
     save_surrogate(model, info, out)
     return info
 
@@ -270,7 +303,8 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
 def collect_snapshots(data: Path, init: Path, out: Path, epochs: int = 2, per_epoch: int = 4,
                       lr: float | None = None, seed: int = 0, progress: bool = True,
                       max_images: int | None = None,
-                      adversarial_epsilon: float | None = None) -> list[Path]:
+                      adversarial_epsilon: float | None = None,
+                      size: int | None = None) -> list[Path]:
     """Large geometry vicinity (LGV; Gubri et al., "LGV: Boosting adversarial example
     transferability from large geometric vicinity", ECCV 2022): from the trained surrogate
     ``init``, SGD at a constant high learning rate ``lr`` (momentum 0.9, weight decay 1e-4)
@@ -286,13 +320,19 @@ def collect_snapshots(data: Path, init: Path, out: Path, epochs: int = 2, per_ep
     ``adversarial_epsilon``: each batch replaced by FGSM examples within that budget, as
     :func:`fit` does, so that the snapshots of a slightly robust surrogate stay slightly robust;
     ``None`` (the default): the budget ``init`` was trained at (its recorded recipe; 0 if none).
+    ``size``: as for :func:`train_surrogate` (the size ``init`` was trained at).
     """
     start = load_surrogate(init)
     if adversarial_epsilon is None:
         adversarial_epsilon = float(start.info.training.get("adversarial_epsilon") or 0.0)
     if start.info.task != "classification":
         raise DatasetError("snapshots are for classification surrogates")
-    train, val = _splits(data, seed, "_mask", max_images)
+    train, val = _splits(data, seed, "_mask", max_images, size)
+    if tuple(train.images.shape[2:]) != tuple(start.info.input_size):
+        h, w = start.info.input_size
+        raise DatasetError(f"--init {init} takes {h}x{w} images and the training images are "
+                           f"{train.images.shape[2]}x{train.images.shape[3]}"
+                           + (f"; train at its size: --size {h}" if h == w else ""))
     model = build_model(start.info)
     model.load_state_dict(start.model.state_dict())
     lr = lr if lr is not None else LEARNING_RATES.get(start.info.arch, 2e-3)
