@@ -171,3 +171,39 @@ def test_a_member_started_from_another_is_retrained_with_it(
     assert upgraded.trained == [] and set(upgraded.members) == {"base", "tuned"}
     assert out / "other.pt" not in upgraded.files(out)
     assert set(json.loads((out / "ensemble.json").read_text())["members"]) == {"base", "tuned"}
+
+
+def test_a_profile_lists_the_folder_beside_surrogates_at_another_size(tmp_path: Path) -> None:
+    """Decision 0038: surrogates trained at the partner's resolution (``--size``) listed beside
+    the ensemble folder; the folder expands in its manifest's order, the files follow, and the
+    attack feeds each surrogate the stored image at its own size, the budget kept at the
+    stored pixels."""
+    import torch
+
+    from dicom_gateway.lab.train import train_surrogate
+    from dicom_gateway.protect import ensemble_folder
+    from dicom_gateway.protect.options import PerturbationOptions
+    from dicom_gateway.protect.perturbation import attack
+    from dicom_gateway.protect.surrogate import load_surrogate
+
+    _classes(tmp_path / "cls")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "small").mkdir()
+    stored = tmp_path / "models" / "a.pt"
+    reduced = tmp_path / "small" / "c.pt"
+    train_surrogate(tmp_path / "cls", "cnn-small", stored, epochs=1, progress=False)
+    train_surrogate(tmp_path / "cls", "cnn-small", reduced, epochs=1, progress=False, size=12)
+    body = {"settings": {}, "recipe": ["a"],
+            "members": {"a": {"member": {}, "files": ["a.pt"],
+                              "sha256": {"a.pt": load_surrogate(stored).sha256}}}}
+    (tmp_path / "models" / ensemble_folder.MANIFEST).write_text(json.dumps(body))
+    options = PerturbationOptions.parse({"surrogates": ["models", "small/c.pt"]},
+                                        base_dir=tmp_path)
+    assert options.surrogates == (stored, reduced)
+    loaded = [load_surrogate(p) for p in options.surrogates]
+    assert [s.info.input_size for s in loaded] == [(20, 20), (12, 12)]
+    x = torch.rand(4, 1, 20, 20, generator=torch.Generator().manual_seed(0))
+    adv = attack(x, loaded, 8 / 255, steps=3, transform="augment")
+    assert adv.shape == x.shape
+    assert float((adv - x).abs().max()) <= 8 / 255 + 1e-6
+    assert float((adv - x).abs().max()) > 4 / 255  # the stored pixels moved, within budget
