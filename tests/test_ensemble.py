@@ -175,9 +175,9 @@ def test_a_member_started_from_another_is_retrained_with_it(
 
 def test_a_profile_lists_the_folder_beside_surrogates_at_another_size(tmp_path: Path) -> None:
     """Decision 0038: surrogates trained at the partner's resolution (``--size``) listed beside
-    the ensemble folder; the folder expands in its manifest's order, the files follow, and the
-    attack feeds each surrogate the stored image at its own size, the budget kept at the
-    stored pixels."""
+    the ensemble folder; the folder expands in its manifest's order, the files follow, each
+    surrogate keeps its declared size, and the attack runs on the stored image with both, the
+    budget kept at the stored pixels."""
     import torch
 
     from dicom_gateway.lab.train import train_surrogate
