@@ -29,6 +29,19 @@ def _classes(folder: Path) -> None:
             Image.fromarray(rng.integers(lo, hi, (20, 20), np.uint8)).save(path)
 
 
+def _write_manifest(folder: Path, recipe: list[str], listed: list[str]) -> None:
+    """The ``ensemble.json`` ``train-surrogate --ensemble`` would write for the members
+    ``listed`` (one file ``NAME.pt`` each, in ``folder``) of ``recipe``."""
+    from dicom_gateway.protect import ensemble_folder
+    from dicom_gateway.protect.surrogate import load_surrogate
+
+    members = {n: {"member": {}, "files": [f"{n}.pt"],
+                   "sha256": {f"{n}.pt": load_surrogate(folder / f"{n}.pt").sha256}}
+               for n in listed}
+    body = {"settings": {}, "recipe": recipe, "members": members}
+    (folder / ensemble_folder.MANIFEST).write_text(json.dumps(body))
+
+
 _PROFILE = """\
 gateway: {{ae_title: GW, listen: {{host: 127.0.0.1, port: 11112}}, spool_dir: spool,
           allowed_callers: [PACS]}}
@@ -110,7 +123,6 @@ def test_a_profile_names_the_folder_when_every_member_is_there(tmp_path: Path) -
     from dicom_gateway.lab.train import train_surrogate
     from dicom_gateway.protect import ensemble_folder
     from dicom_gateway.protect.options import PerturbationOptions
-    from dicom_gateway.protect.surrogate import load_surrogate
 
     _classes(tmp_path / "cls")
     out = tmp_path / "models"
@@ -119,22 +131,14 @@ def test_a_profile_names_the_folder_when_every_member_is_there(tmp_path: Path) -
     for name in names:
         train_surrogate(tmp_path / "cls", "cnn-small", out / f"{name}.pt", epochs=1,
                         progress=False)
-    members = {n: {"member": {}, "files": [f"{n}.pt"],
-                   "sha256": {f"{n}.pt": load_surrogate(out / f"{n}.pt").sha256}}
-               for n in names}
-
-    def manifest(recipe: list[str], listed: list[str]) -> None:
-        body = {"settings": {}, "recipe": recipe, "members": {n: members[n] for n in listed}}
-        (out / ensemble_folder.MANIFEST).write_text(json.dumps(body))
-
-    manifest(names, names)
+    _write_manifest(out, names, names)
     options = PerturbationOptions.parse({"surrogates": ["models"]}, base_dir=tmp_path)
     assert options.surrogates == (out / "b.pt", out / "a.pt")
-    manifest([*names, "c"], names)
+    _write_manifest(out, [*names, "c"], names)
     refused = ensemble_folder.EnsembleFolderError
     with pytest.raises(refused, match=r"unfinished \(2 of 3 members trained; missing: c\): rerun"):
         ensemble_folder.ensemble_files(out)
-    manifest(names, names)
+    _write_manifest(out, names, names)
     (out / "a.pt").unlink()
     with pytest.raises(refused, match=r"a\.pt: listed in ensemble\.json but missing"):
         ensemble_folder.ensemble_files(out)
@@ -181,7 +185,6 @@ def test_a_profile_lists_the_folder_beside_surrogates_at_another_size(tmp_path: 
     import torch
 
     from dicom_gateway.lab.train import train_surrogate
-    from dicom_gateway.protect import ensemble_folder
     from dicom_gateway.protect.options import PerturbationOptions
     from dicom_gateway.protect.perturbation import attack
     from dicom_gateway.protect.surrogate import load_surrogate
@@ -193,10 +196,7 @@ def test_a_profile_lists_the_folder_beside_surrogates_at_another_size(tmp_path: 
     reduced = tmp_path / "small" / "c.pt"
     train_surrogate(tmp_path / "cls", "cnn-small", stored, epochs=1, progress=False)
     train_surrogate(tmp_path / "cls", "cnn-small", reduced, epochs=1, progress=False, size=12)
-    body = {"settings": {}, "recipe": ["a"],
-            "members": {"a": {"member": {}, "files": ["a.pt"],
-                              "sha256": {"a.pt": load_surrogate(stored).sha256}}}}
-    (tmp_path / "models" / ensemble_folder.MANIFEST).write_text(json.dumps(body))
+    _write_manifest(tmp_path / "models", ["a"], ["a"])
     options = PerturbationOptions.parse({"surrogates": ["models", "small/c.pt"]},
                                         base_dir=tmp_path)
     assert options.surrogates == (stored, reduced)
