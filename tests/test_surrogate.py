@@ -52,6 +52,27 @@ def test_train_surrogate_reads_image_folders(tmp_path: Path) -> None:
     assert "Traceback" not in wrong.stderr
 
 
+def test_one_command_and_seed_make_the_same_weights(tmp_path: Path) -> None:
+    """Each process seeds torch's default generator from the OS: ``--seed`` must fix the
+    initial weights too, not only the data order, or a report's command makes another model
+    (and a test's figure moves from run to run)."""
+    from dicom_gateway.protect.surrogate import load_surrogate
+
+    rng = np.random.default_rng(1)
+    for i in range(16):
+        _png(tmp_path / "cls" / "bright" / f"{i}.png", rng.integers(120, 255, (16, 16), np.uint8))
+        _png(tmp_path / "cls" / "dark" / f"{i}.png", rng.integers(0, 130, (16, 16), np.uint8))
+    weights = []
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        done = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--epochs", "1",
+                    "--seed", seed, "--out", str(tmp_path / f"{name}.pt"))
+        assert done.returncode == 0, done.stderr
+        weights.append(load_surrogate(tmp_path / f"{name}.pt").model.state_dict())
+    same, other = weights[0], weights[1]
+    assert all(torch.equal(same[k], other[k]) for k in same)
+    assert not all(torch.equal(same[k], weights[2][k]) for k in same)
+
+
 def test_train_surrogate_at_a_smaller_size_sees_what_the_gateway_view_gives_it(
         tmp_path: Path) -> None:
     """``--size``: a surrogate trained on reductions of stored images (as a site with

@@ -272,6 +272,9 @@ def train_surrogate(data: Path, arch: str, out: Path, epochs: int = 15, seed: in
         adversarial_epsilon = 0.0 if segmentation else SLIGHTLY_ROBUST
     if adversarial_epsilon and segmentation:
         raise DatasetError("adversarial training is for classification surrogates")
+    # torch seeds its default generator from the OS in each process: the weights' initial
+    # values come from the seed too, so one command and seed make one file
+    torch.manual_seed(seed)
     model = build_model(info)
     if init is not None:
         start = load_surrogate(init)
