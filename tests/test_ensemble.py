@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicom_gateway.lab.ensemble import recipe
+from dicom_gateway.lab.ensemble import at_sizes, recipe
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -84,6 +84,8 @@ def test_one_command_trains_the_ensemble_and_a_rerun_keeps_it(tmp_path: Path) ->
                         *(("cnn-small", "light", k) for k in range(2))]
     assert all(s.info.training["adversarial_epsilon"] > 0 for s in loaded.values())
     assert len({s.sha256 for s in loaded.values()}) == 6  # six different networks
+    # one size: the members are listed as before --sizes existed, so older folders are kept
+    assert all("train_size" not in m["member"] for m in manifest["members"].values())
 
     again = _cli(*args)  # nothing to do: every member kept, no file touched
     assert again.returncode == 0, again.stderr
@@ -114,6 +116,41 @@ def test_one_command_trains_the_ensemble_and_a_rerun_keeps_it(tmp_path: Path) ->
     assert _cli("check-config", str(profile)).returncode == 0
     for refused in (other, smaller, mixed):
         assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_sizes_train_the_recipe_at_the_smallest_and_two_cnns_at_each_other(
+        tmp_path: Path) -> None:
+    """``--ensemble --sizes``: decision 0038's set in one command (the thumbnail recipe at the
+    smallest size, two small CNNs at each further size), each surrogate declaring the size it
+    was trained at; a rerun keeps it; misuse is one line naming the flag."""
+    from dicom_gateway.protect.ensemble_folder import ensemble_files
+    from dicom_gateway.protect.surrogate import load_surrogate
+
+    assert [(m.name, m.train_size) for m in at_sizes((64, 28))] == [
+        *((m.name, 28) for m in recipe(28, 28)),
+        ("cnn-small-64-1", 64), ("cnn-small-64-2", 64)]
+    _classes(tmp_path / "cls")
+    out = tmp_path / "models"
+    args = ("train-surrogate", "--data", str(tmp_path / "cls"), "--ensemble", "--epochs", "1",
+            "--sizes", "12,16", "--out", str(out))
+    done = _cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert "8 members, 8 surrogate files" in done.stdout
+    sizes = [load_surrogate(f).info.input_size for f in ensemble_files(out)]
+    assert sizes == [(12, 12)] * 6 + [(16, 16)] * 2
+    manifest = json.loads((out / "ensemble.json").read_text())
+    assert manifest["settings"]["sizes"] == [12, 16]
+    again = _cli(*args)
+    assert again.returncode == 0 and again.stdout.count("(kept)") == 8, again.stderr
+
+    for bad, says in ((("--sizes", "12"), "two or more"), (("--sizes", "12,x"), "in pixels"),
+                      (("--sizes", "12,16", "--size", "20"), "not both")):
+        refused = _cli(*args[:-4], *bad, "--out", str(tmp_path / "y"))
+        assert refused.returncode != 0 and says in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    alone = _cli("train-surrogate", "--data", str(tmp_path / "cls"), "--sizes", "12,16",
+                 "--out", str(tmp_path / "z.pt"))
+    assert alone.returncode != 0 and "only with --ensemble" in alone.stderr
 
 
 def test_a_profile_names_the_folder_when_every_member_is_there(tmp_path: Path) -> None:

@@ -63,6 +63,8 @@ def _cmd_train_surrogate(args: argparse.Namespace) -> int:
         raise GatewayError(f"{data}: no such file or folder")
     if args.size is not None and args.size < 8:
         raise GatewayError(f"--size {args.size}: the smallest training size is 8 px")
+    if args.sizes is not None and not args.ensemble:
+        raise GatewayError("--sizes: only with --ensemble (one surrogate: --size)")
     if args.ensemble:
         return _ensemble(args, data)
     if args.snapshots:
@@ -98,7 +100,8 @@ def _ensemble(args: argparse.Namespace, data: Path) -> int:
         raise GatewayError(f"--ensemble: --out {out} is a file; name a folder")
     try:
         ensemble = train_ensemble(data, out, epochs=args.epochs, seed=args.seed,
-                                  max_images=args.max_images, size=args.size)
+                                  max_images=args.max_images, size=args.size,
+                                  sizes=_sizes(args))
     except DatasetError as exc:
         raise DatasetError(f"{data}: cannot train the ensemble: {exc}") from None
     for name, entry in ensemble.members.items():
@@ -110,6 +113,22 @@ def _ensemble(args: argparse.Namespace, data: Path) -> int:
           f"(ensemble.json); in a profile, the folder (checked: complete, unchanged):")
     print(f"  surrogates: [{out}]")
     return 0
+
+
+def _sizes(args: argparse.Namespace) -> tuple[int, ...]:
+    """``--sizes 28,64`` as sizes (none when not given); one line naming the problem else."""
+    if args.sizes is None:
+        return ()
+    if args.size is not None:
+        raise GatewayError("--sizes: give --size or --sizes, not both")
+    try:
+        sizes = tuple(int(v) for v in args.sizes.split(","))
+    except ValueError:
+        raise GatewayError(f"--sizes {args.sizes}: sizes in pixels, e.g. 28,64") from None
+    if len(set(sizes)) < 2 or min(sizes) < 8:
+        raise GatewayError(f"--sizes {args.sizes}: two or more different sizes of at least "
+                           f"8 px (one size: --size)")
+    return sizes
 
 
 def _snapshots(args: argparse.Namespace, data: Path, adversarial: float | None) -> int:
@@ -236,6 +255,10 @@ def _add_train_surrogate(sub: Any) -> None:
                         "e.g. 224 from radiographs of two thousand pixels; the gateway "
                         "reduces what it protects the same way for the surrogate, and the "
                         "protection stays at the stored resolution (default: as stored)")
+    t.add_argument("--sizes", metavar="N,M,...",
+                   help="with --ensemble: the recipe for the smallest size trained at it, "
+                        "and two small CNNs at each other size (e.g. 28,64 for partners that "
+                        "train at about 64x64: docs/protection.md)")
     t.set_defaults(func=_cmd_train_surrogate)
 
 

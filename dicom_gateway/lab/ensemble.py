@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from ..protect.surrogate import load_surrogate
 from .durable import write_durably
 from .train import SLIGHTLY_ROBUST, collect_snapshots, image_size, train_surrogate
 
-__all__ = ["Ensemble", "Member", "recipe", "train_ensemble"]
+__all__ = ["Ensemble", "Member", "at_sizes", "recipe", "train_ensemble"]
 
 SLIGHT = SLIGHTLY_ROBUST  # train-surrogate's default budget for classifiers
 LGV_SNAPSHOTS = 4  # snapshots an epoch (decision 0026: four of one epoch)
@@ -53,6 +53,7 @@ class Member:
     size: int | None = None  # the only input size the architecture takes (vit-tiny: 224)
     augment: str = "auto"  # train-surrogate --augment (light, affine, auto)
     seed: int = 0  # added to the run's --seed: independently trained copies of one recipe
+    train_size: int | None = None  # trained at this size x size (None: the run's size)
 
     def files(self) -> list[str]:
         if not self.snapshots:
@@ -77,6 +78,24 @@ SMALL = (*(Member(f"cnn-small-affine-{k}", "cnn-small", SLIGHT, augment="affine"
            for k in range(1, 5)),
          *(Member(f"cnn-small-light-{k}", "cnn-small", SLIGHT, augment="light", seed=k - 1)
            for k in range(1, 3)))
+
+
+# at each further size of ``--sizes``: two small CNNs trained there (decision 0038: against
+# partners that train at 64x64, two 64x64 CNNs beside the thumbnail copies took 0.11-0.17 off
+# the retained skill at 8/255 on two seed sets; two more thumbnail copies did not reliably)
+PER_EXTRA_SIZE = 2
+
+
+def at_sizes(sizes: tuple[int, ...]) -> tuple[Member, ...]:
+    """The members for several training sizes: :func:`recipe` at the smallest, and
+    :data:`PER_EXTRA_SIZE` slightly robust small CNNs (the practitioner's augmentation) at each
+    other size, named ``cnn-small-<size>-<k>``."""
+    first, *others = sorted(set(sizes))
+    members = tuple(replace(m, train_size=first) for m in recipe(first, first))
+    return members + tuple(
+        Member(f"cnn-small-{n}-{k}", "cnn-small", SLIGHT, augment="affine", seed=k - 1,
+               train_size=n)
+        for n in others for k in range(1, PER_EXTRA_SIZE + 1))
 
 
 def recipe(height: int, width: int) -> tuple[Member, ...]:
@@ -118,9 +137,18 @@ def _read(folder: Path, settings: dict[str, Any]) -> Ensemble:
     return ensemble
 
 
+def _recorded(member: Member) -> dict[str, Any]:
+    """``member`` as the manifest lists it (``train_size`` only when set, so that a folder
+    trained before the field existed is still recognized)."""
+    body = asdict(member)
+    if body["train_size"] is None:
+        del body["train_size"]
+    return body
+
+
 def _kept(folder: Path, entry: dict[str, Any] | None, member: Member) -> bool:
     """Whether ``member`` is done: listed with the same recipe and its files unchanged."""
-    if entry is None or entry.get("member") != asdict(member):
+    if entry is None or entry.get("member") != _recorded(member):
         return False
     return all((folder / f).is_file() and _sha256(folder / f) == entry["sha256"][f]
                for f in entry["files"])
@@ -128,20 +156,25 @@ def _kept(folder: Path, entry: dict[str, Any] | None, member: Member) -> bool:
 
 def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
                    max_images: int | None = None, progress: bool = True,
-                   size: int | None = None) -> Ensemble:
+                   size: int | None = None, sizes: tuple[int, ...] = ()) -> Ensemble:
     """Train the members :func:`recipe` names for ``data`` into ``out`` (see the module);
     returns the ensemble, ``trained`` naming the members this call trained. ``size``: every
     member trained at ``size`` x ``size`` (:func:`~dicom_gateway.lab.train.at_size`), the
-    recipe chosen for that size."""
-    height, width, task = image_size(data, seed, size)
+    recipe chosen for that size. ``sizes`` (instead of ``size``): :func:`at_sizes`, members
+    at several sizes for partners that train at different resolutions."""
+    if size is not None and sizes:
+        raise DatasetError("give one training size or several, not both")
+    height, width, task = image_size(data, seed, min(sizes) if sizes else size)
     if task != "classification":
         raise DatasetError("the ensemble is for classification data (a segmenter is one "
                            "surrogate: train-surrogate --task segmentation)")
-    settings = {"data": data.name, "size": [height, width], "epochs": epochs, "seed": seed,
-                "max_images": max_images}
+    settings: dict[str, Any] = {"data": data.name, "size": [height, width], "epochs": epochs,
+                                "seed": seed, "max_images": max_images}
+    if sizes:
+        settings["sizes"] = sorted(set(sizes))
     out.mkdir(parents=True, exist_ok=True)
     ensemble = _read(out, settings)
-    members = recipe(height, width)
+    members = at_sizes(sizes) if sizes else recipe(height, width)
     ensemble.recipe = [m.name for m in members]
     dropped = set(ensemble.members) - {m.name for m in members}
     for name in sorted(dropped):  # of an earlier recipe (an upgrade changed it)
@@ -162,16 +195,17 @@ def train_ensemble(data: Path, out: Path, epochs: int = 15, seed: int = 0,
             collect_snapshots(data, init, out / f"{m.name}.pt", epochs=run_epochs,
                               per_epoch=m.snapshots, seed=seed, progress=progress,
                               max_images=max_images, adversarial_epsilon=m.adversarial_epsilon,
-                              size=size)
+                              size=m.train_size or size)
         else:
             train_surrogate(data, m.arch, out / f"{m.name}.pt", epochs=run_epochs,
                             seed=seed + m.seed, progress=progress,
                             adversarial_epsilon=m.adversarial_epsilon, init=init,
-                            max_images=max_images, augment=m.augment, size=size)
+                            max_images=max_images, augment=m.augment,
+                            size=m.train_size or size)
         files = m.files()
         written = {f: load_surrogate(out / f) for f in files}
         ensemble.members[m.name] = {
-            "member": asdict(m), "files": files,
+            "member": _recorded(m), "files": files,
             "sha256": {f: s.sha256 for f, s in written.items()},
             "val_accuracy": [s.info.metrics.get("val_accuracy") for s in written.values()]}
         ensemble.trained.append(m.name)
@@ -197,7 +231,8 @@ def _what(m: Member, epochs: int) -> str:
     start = f" from {m.init}" if m.init else ""
     how = "" if m.augment == "auto" else f", {m.augment} augmentation"
     again = f", seed +{m.seed}" if m.seed else ""
-    return f"{m.arch}, {m.epochs or epochs} epoch(s) {budget}{start}{how}{again}"
+    at = f", at {m.train_size}x{m.train_size}" if m.train_size else ""
+    return f"{m.arch}, {m.epochs or epochs} epoch(s) {budget}{start}{how}{again}{at}"
 
 
 def _say(progress: bool, line: str) -> None:
