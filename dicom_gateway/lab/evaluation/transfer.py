@@ -30,6 +30,7 @@ from ...protect.perturbation import DEFAULTS, adapt
 from ...protect.quality import psnr, ssim
 from ...protect.surrogate import load_surrogate
 from ..datasets import ImageSet, resize_images
+from ..durable import write_durably
 from ..train import accuracy
 from . import defences
 from .data import load_dataset
@@ -229,13 +230,13 @@ def protect_cached(method: str, options: dict[str, Any], resolved: dict[str, Any
                                             chunk=chunk, progress=progress,
                                             parameters=parameters)
         done, seconds = torch.cat([done, out]), seconds + rate * len(out)
-        torch.save({"images": done, "seconds": seconds,
-                    "parameters": json.dumps(parameters, default=str)}, part.with_suffix(".tmp"))
-        part.with_suffix(".tmp").replace(part)
+        so_far = {"images": done, "seconds": seconds,
+                  "parameters": json.dumps(parameters, default=str)}
+        write_durably(lambda target, saved=so_far: torch.save(saved, target), part)
     protected, seconds = done, seconds / max(len(images), 1)
-    torch.save({"images": protected, "seconds_per_image": seconds,
-                "parameters": json.dumps(parameters, default=str)}, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    blob = {"images": protected, "seconds_per_image": seconds,
+            "parameters": json.dumps(parameters, default=str)}
+    write_durably(lambda target: torch.save(blob, target), path)
     part.unlink(missing_ok=True)
     return protected, seconds, parameters, False
 

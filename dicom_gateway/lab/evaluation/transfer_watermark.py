@@ -28,6 +28,7 @@ import torch
 from ...protect.quality import psnr, ssim
 from ...protect.watermark import DEFAULTS, gradcam_keepout, load_logo
 from ...protect.watermark_search import box_area, render
+from ..durable import write_durably
 from . import defences
 from .scoring import to_8bit
 from .transfer import DEFENCES, Setup, TransferStudy, log_progress, protect_cached, set_up, subset
@@ -176,8 +177,8 @@ def _removal_network(study: WatermarkStudy, setup: Setup, logo: torch.Tensor, fr
                                              study.progress)
         seconds = time.monotonic() - t0
         setup.cache.mkdir(parents=True, exist_ok=True)
-        torch.save({"state": net.state_dict(), "seconds": seconds}, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
+        blob = {"state": net.state_dict(), "seconds": seconds}
+        write_durably(lambda target: torch.save(blob, target), path)
     net.eval()
     x = setup.test.images
     held = random_marks(x, logo, fraction, study.seed + 13)

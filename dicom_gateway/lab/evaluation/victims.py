@@ -48,6 +48,7 @@ from torch import nn
 from ...protect.surrogate import ARCHITECTURES as SURROGATE_ARCHITECTURES
 from ...protect.surrogate import SurrogateInfo, torchvision_body
 from ..datasets import ImageSet
+from ..durable import write_durably
 from ..train import fit, random_affine
 
 # part of every cache key: bump it when an architecture or the training changes
@@ -287,9 +288,8 @@ def train_cached(arch: str, data: ImageSet, val: ImageSet, epochs: int, seed: in
         lr=ARCHITECTURES[arch].lr, augment=random_affine if practitioner else True)
     model.eval()
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "val_score": score}, tmp)
-    tmp.replace(path)
+    blob = {"state_dict": model.state_dict(), "val_score": score}
+    write_durably(lambda target: torch.save(blob, target), path)
     return Trained(arch, model, score, False, key)
 
 
