@@ -258,6 +258,7 @@ class PerturbationOptions(Options):
     copies: int = option(1, integer(1, 64))
     snapshots_per_step: int = option(0, integer(0, 64))
     skip_gamma: float = option(1.0, number(0, 1, open_low=True))
+    polish: int = option(0, integer(0, 1000))
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,7 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
            momentum: float = 1.0, diversity: float = 0.5, seed: int = 0, labels: Any = None,
            loss: str = "ce", smoothing: int | str = 0, scales: int = 1,
            balance: bool = False, transform: str = "resize-pad", copies: int = 1,
-           snapshots_per_step: int = 0, skip_gamma: float = 1.0) -> Any:
+           snapshots_per_step: int = 0, skip_gamma: float = 1.0, polish: int = 0) -> Any:
     """MI-FGSM (Dong et al. CVPR 2018) with input diversity against the ensemble, optionally
     with translation-invariant smoothing of the gradient (``smoothing``: kernel size in
     pixels of ``x``, 0 = off, ``auto``: :func:`smoothing_size`), scale invariance, a
@@ -168,7 +168,9 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
     of each set of weight snapshots (:func:`snapshot_sets`), only that many drawn per step
     (LGV attacks one snapshot per iteration: Gubri et al., ECCV 2022); 0: all of them.
     ``skip_gamma`` < 1: the gradient through the surrogates' residual branches is scaled by it
-    (SGM, :mod:`.skip_gradient`).
+    (SGM, :mod:`.skip_gradient`). ``polish`` > 0: that many plain steps after the others, on
+    every surrogate, without input diversity, smoothing, momentum or skip-gradient scaling (the
+    white-box attack's own last steps: they fool the surrogates themselves).
 
     ``labels``: the classes to move away from; default the ensemble's clean prediction (the
     gateway has no ground truth; an evaluation with labels passes them).
@@ -206,6 +208,11 @@ def attack(x: Any, surrogates: Sequence[Any], epsilon: float = 8 / 255, steps: i
             with torch.no_grad():
                 adv = adv + alpha * g.sign()
                 adv = (x + (adv - x).clamp(-epsilon, epsilon)).clamp(0.0, 1.0)
+    for _ in range(polish):
+        grad = gradient(adv, surrogates, labels, 0.0, generator, loss, clean=x)
+        with torch.no_grad():
+            adv = adv + alpha * grad.sign()
+            adv = (x + (adv - x).clamp(-epsilon, epsilon)).clamp(0.0, 1.0)
     return adv.detach()
 
 
@@ -231,7 +238,7 @@ class AdversarialPerturbation:
                 "diversity": o.diversity, "loss": o.loss, "smoothing": o.smoothing,
                 "scales": o.scales, "balance": o.balance, "transform": o.transform,
                 "copies": o.copies, "snapshots_per_step": o.snapshots_per_step,
-                "skip_gamma": o.skip_gamma}
+                "skip_gamma": o.skip_gamma, "polish": o.polish}
 
     def __call__(self, paths: Sequence[Path],
                  progress: ReportProgress | None = None) -> list[Outcome]:
