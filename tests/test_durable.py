@@ -23,6 +23,9 @@ def test_two_writers_of_one_file_both_finish(tmp_path: Path) -> None:
     write_durably(first, target)
     assert target.read_text() == "first"  # the last rename wins, each file whole
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    plain = tmp_path / "plain"
+    plain.write_text("x")  # the permissions any new file gets (protected output for the partner)
+    assert target.stat().st_mode == plain.stat().st_mode
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_partial(tmp_path: Path) -> None:

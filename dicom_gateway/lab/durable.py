@@ -6,7 +6,7 @@ file at once (two evaluations sharing a cache) both finish, the last rename winn
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,11 +17,9 @@ __all__ = ["write_durably"]
 
 def write_durably(write: Callable[[Path], object], target: Path) -> None:
     """``write(path)`` to a new name ``<target's name>.<unique>.partial`` beside it, fsync'd,
-    renamed to ``target``; the partial file is removed if ``write`` fails."""
-    handle, name = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".partial",
-                                    dir=target.parent)
-    os.close(handle)
-    partial = Path(name)
+    renamed to ``target``; the partial file is removed if ``write`` fails. ``write`` creates
+    the file, so it gets the permissions any new file gets (the umask's)."""
+    partial = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
         write(partial)
     except BaseException:

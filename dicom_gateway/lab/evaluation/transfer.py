@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -230,9 +231,8 @@ def protect_cached(method: str, options: dict[str, Any], resolved: dict[str, Any
                                             chunk=chunk, progress=progress,
                                             parameters=parameters)
         done, seconds = torch.cat([done, out]), seconds + rate * len(out)
-        so_far = {"images": done, "seconds": seconds,
-                  "parameters": json.dumps(parameters, default=str)}
-        write_durably(lambda target, saved=so_far: torch.save(saved, target), part)
+        write_durably(partial(torch.save, {"images": done, "seconds": seconds, "parameters":
+                                           json.dumps(parameters, default=str)}), part)
     protected, seconds = done, seconds / max(len(images), 1)
     blob = {"images": protected, "seconds_per_image": seconds,
             "parameters": json.dumps(parameters, default=str)}
