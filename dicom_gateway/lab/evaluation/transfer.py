@@ -234,9 +234,8 @@ def protect_cached(method: str, options: dict[str, Any], resolved: dict[str, Any
         write_durably(partial(torch.save, {"images": done, "seconds": seconds, "parameters":
                                            json.dumps(parameters, default=str)}), part)
     protected, seconds = done, seconds / max(len(images), 1)
-    blob = {"images": protected, "seconds_per_image": seconds,
-            "parameters": json.dumps(parameters, default=str)}
-    write_durably(lambda target: torch.save(blob, target), path)
+    write_durably(partial(torch.save, {"images": protected, "seconds_per_image": seconds,
+                                       "parameters": json.dumps(parameters, default=str)}), path)
     part.unlink(missing_ok=True)
     return protected, seconds, parameters, False
 

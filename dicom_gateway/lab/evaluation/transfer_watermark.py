@@ -21,6 +21,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -177,8 +178,7 @@ def _removal_network(study: WatermarkStudy, setup: Setup, logo: torch.Tensor, fr
                                              study.progress)
         seconds = time.monotonic() - t0
         setup.cache.mkdir(parents=True, exist_ok=True)
-        blob = {"state": net.state_dict(), "seconds": seconds}
-        write_durably(lambda target: torch.save(blob, target), path)
+        write_durably(partial(torch.save, {"state": net.state_dict(), "seconds": seconds}), path)
     net.eval()
     x = setup.test.images
     held = random_marks(x, logo, fraction, study.seed + 13)

@@ -39,6 +39,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -288,8 +289,8 @@ def train_cached(arch: str, data: ImageSet, val: ImageSet, epochs: int, seed: in
         lr=ARCHITECTURES[arch].lr, augment=random_affine if practitioner else True)
     model.eval()
     cache.mkdir(parents=True, exist_ok=True)
-    blob = {"state_dict": model.state_dict(), "val_score": score}
-    write_durably(lambda target: torch.save(blob, target), path)
+    write_durably(partial(torch.save, {"state_dict": model.state_dict(), "val_score": score}),
+                  path)
     return Trained(arch, model, score, False, key)
 
 
